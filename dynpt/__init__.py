@@ -1,0 +1,3 @@
+"""dynpt: dynamic-difficulty pretraining of vision-language models in JAX/Flax."""
+
+__version__ = "0.1.0"
