@@ -1,0 +1,29 @@
+"""Task mixing: the dynamic difficulty sampler and every baseline sampler.
+
+See docs/mixing.md for the algorithm, the options and the state format.
+"""
+
+from dynpt.mixing.allocation import allocate_counts
+from dynpt.mixing.allocation import difficulty_shares
+from dynpt.mixing.base import Sampler
+from dynpt.mixing.difficulty import DynamicSampler
+from dynpt.mixing.difficulty import EasiestSampler
+from dynpt.mixing.difficulty import HardestSampler
+from dynpt.mixing.difficulty import LossReweightSampler
+from dynpt.mixing.factory import SAMPLERS
+from dynpt.mixing.factory import make_sampler
+from dynpt.mixing.history import HISTORY_FILENAME
+from dynpt.mixing.history import append_record
+from dynpt.mixing.history import history_record
+from dynpt.mixing.history import read_history
+from dynpt.mixing.hosts import host_counts
+from dynpt.mixing.hosts import host_slices
+from dynpt.mixing.hosts import host_task_ids
+from dynpt.mixing.hosts import task_row_ranges
+from dynpt.mixing.static import FixedSampler
+from dynpt.mixing.static import SizeSampler
+from dynpt.mixing.static import TemperatureSampler
+from dynpt.mixing.static import UniformSampler
+from dynpt.mixing.stop_and_go import AntiCurriculumSampler
+from dynpt.mixing.stop_and_go import CurriculumSampler
+from dynpt.mixing.stop_and_go import StopAndGoSampler

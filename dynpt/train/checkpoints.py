@@ -1,0 +1,133 @@
+"""Checkpoints of everything a run needs to continue exactly: orbax, public API.
+
+One orbax `CheckpointManager` saves three items together, so a restore is
+all-or-nothing:
+  state  — the `TrainState` arrays (params, optimizer state, step, rng),
+           restored straight into their shardings;
+  mixer  — the sampler's state (plain numpy arrays, a few of length |T|);
+  data   — per-task data positions (JSON: a few integers per task).
+Saving is asynchronous: the step does not wait for the write.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def _jsonable(tree: Any) -> Any:
+  """numpy -> lists for the JSON items; keeps dtype info for exact restore."""
+  if isinstance(tree, dict):
+    return {str(k): _jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_jsonable(v) for v in tree]
+  if isinstance(tree, np.ndarray):
+    return {"__ndarray__": tree.tolist(), "dtype": str(tree.dtype),
+            "shape": list(tree.shape)}
+  if isinstance(tree, np.generic):
+    return tree.item()
+  return tree
+
+
+def _from_jsonable(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    if "__ndarray__" in tree:
+      return np.asarray(tree["__ndarray__"], dtype=tree["dtype"]).reshape(
+          tree["shape"])
+    return {k: _from_jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_from_jsonable(v) for v in tree]
+  return tree
+
+
+class Checkpointer:
+  """Saves/restores (state, mixer state, data state) under `run_dir/checkpoints`."""
+
+  def __init__(self, run_dir: str, *, keep: int = 3, save_every: int = 1000,
+               async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=1, create=True,
+        enable_async_checkpointing=async_save)
+    self.save_every = save_every
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "mixer", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def should_save(self, step: int, last_step: int) -> bool:
+    return step == last_step or (self.save_every > 0 and
+                                 step % self.save_every == 0)
+
+  def save(self, step: int, state: Any, mixer_state: dict,
+           data_state: dict) -> None:
+    """Saves asynchronously; returns once device buffers are copied."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        mixer=ocp.args.JsonSave(_jsonable(mixer_state)),
+        data=ocp.args.JsonSave(_jsonable(data_state))), force=True)
+    logging.info("checkpoint for step %d scheduled in %s", step,
+                 self.directory)
+
+  def restore(self, step: int, abstract_state: Any,
+              shardings: Any) -> tuple[Any, dict, dict]:
+    """Restores step `step` into `shardings`; returns (state, mixer, data)."""
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state, shardings)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        mixer=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
+    return (restored["state"], _from_jsonable(restored["mixer"]),
+            _from_jsonable(restored["data"]))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
+  """Params (host numpy arrays) of a run's checkpoint; latest by default.
+
+  Reads only what was saved (no optimizer or model config needed), so export
+  works whatever optimizer the run used.
+  """
+  directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_names=("state", "mixer", "data"))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  manager.close()
+  params = jax.tree.map(np.asarray, restored["state"]["params"])
+  return params, int(step)
+
+
+def save_params(directory: str, params: Any) -> None:
+  """Params-only checkpoint (orbax), the format exports and finetuning use."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(directory), params, force=True)
+
+
+def load_params(directory: str) -> Any:
+  """Loads a params-only checkpoint written by `save_params` (numpy leaves)."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no params checkpoint at {directory}")
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.abspath(directory))
+  return jax.tree.map(np.asarray, params)

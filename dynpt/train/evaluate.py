@@ -1,0 +1,63 @@
+"""Teacher-forced evaluation of a run on every task of its mixture.
+
+Reports each task's mean token cross-entropy and token accuracy on a split
+(by default the pretraining sources' `validation` split), the numbers the
+dynamic sampler reasons about. Generation metrics for downstream tasks live
+in `dynpt.train.finetune`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from dynpt.data import pipeline
+from dynpt.train import checkpoints, model_setup
+from dynpt.train import step as step_lib
+from dynpt.train.config import DataConfig, ModelConfig
+
+
+def evaluate(run_dir: str = "runs/default", data_cfg: DataConfig = DataConfig(),
+             model_cfg: ModelConfig = ModelConfig(), split: str = "validation",
+             examples_per_task: int = 64, batch_size: int = 32,
+             step: int | None = None, params: Any = None) -> dict[str, Any]:
+  """Per-task loss/accuracy; writes `<run_dir>/eval_<split>.json`."""
+  task_names = model_setup.resolve_task_names(data_cfg.mixture)
+  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  if params is None:
+    params, step = checkpoints.restore_params(run_dir, step)
+  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model,
+                                      num_tasks=len(task_names)))
+  results = {}
+  for task_id, name in enumerate(task_names):
+    it = pipeline.TaskIterator(
+        name, task_id=task_id, sequence_length=data_cfg.sequence_length,
+        image_size=data_cfg.image_size, seed=data_cfg.seed, split=split,
+        data_dir=data_cfg.data_dir, shuffle=False, vocabulary=vocab)
+    loss_sum = tokens = correct = 0.0
+    remaining = examples_per_task
+    while remaining > 0:
+      n = min(batch_size, remaining)
+      m = jax.device_get(eval_fn(params, it.take(n)))
+      loss_sum += float(m["task_loss_sum"][task_id])
+      tokens += float(m["task_tokens"][task_id])
+      correct += float(m["task_correct"][task_id])
+      remaining -= n
+    results[name] = {"loss": loss_sum / max(tokens, 1.0),
+                     "token_accuracy": correct / max(tokens, 1.0),
+                     "examples": examples_per_task}
+    logging.info("eval %s/%s: loss %.4f token acc %.4f", name, split,
+                 results[name]["loss"], results[name]["token_accuracy"])
+  out = {"step": step, "split": split, "tasks": results,
+         "mean_loss": float(np.mean([r["loss"] for r in results.values()]))}
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, f"eval_{split}.json"), "w") as f:
+    json.dump(out, f, indent=1)
+  return out

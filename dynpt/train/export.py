@@ -1,0 +1,69 @@
+"""Exports a run's checkpoint for finetuning and for T5X tools.
+
+`<out_dir>/` receives:
+  params/             params only (orbax), what `finetune` starts from;
+  config.gin          the config the run used (copied from the run dir);
+  export_info.json    model size, image size, vocabulary path, source step;
+  t5x_text_tower/     the text tower ({'target': {token_embedder, encoder,
+                      decoder}}) in T5X's T5 1.1 parameter layout, so T5X
+                      checkpoint tools can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from absl import logging
+
+from dynpt.train import checkpoints
+from dynpt.train.config import DataConfig, ModelConfig
+
+TEXT_TOWER_KEYS = ("token_embedder", "encoder", "decoder")
+
+
+def text_tower(params: dict) -> dict:
+  """The T5 part of the params, keyed as T5X's `target` tree."""
+  missing = [k for k in TEXT_TOWER_KEYS if k not in params]
+  if missing:
+    raise ValueError(f"params have no text-tower subtree(s) {missing}; "
+                     f"top-level keys: {sorted(params)}")
+  return {"target": {k: params[k] for k in TEXT_TOWER_KEYS}}
+
+
+def export(run_dir: str = "runs/default", out_dir: str | None = None,
+           step: int | None = None, model_cfg: ModelConfig = ModelConfig(),
+           data_cfg: DataConfig = DataConfig()) -> dict[str, Any]:
+  """Writes the export of `run_dir` (latest checkpoint unless `step`)."""
+  out_dir = out_dir or os.path.join(run_dir, "export")
+  params, step = checkpoints.restore_params(run_dir, step)
+  os.makedirs(out_dir, exist_ok=True)
+  checkpoints.save_params(os.path.join(out_dir, "params"), params)
+  checkpoints.save_params(os.path.join(out_dir, "t5x_text_tower"),
+                          text_tower(params))
+  config_src = os.path.join(run_dir, "config.gin")
+  if os.path.exists(config_src):
+    shutil.copyfile(config_src, os.path.join(out_dir, "config.gin"))
+  info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
+          "model": model_cfg.name, "image_size": data_cfg.image_size,
+          "input_length": data_cfg.input_length,
+          "target_length": data_cfg.target_length,
+          "vocabulary_path": data_cfg.vocabulary_path,
+          "params": "params", "t5x_text_tower": "t5x_text_tower"}
+  with open(os.path.join(out_dir, "export_info.json"), "w") as f:
+    json.dump(info, f, indent=1)
+  logging.info("exported step %d of %s to %s", step, run_dir, out_dir)
+  return {"out_dir": out_dir, "step": step}
+
+
+def load_export(export_dir: str) -> tuple[dict, dict]:
+  """(params, export_info) of an export written by `export`."""
+  info_path = os.path.join(export_dir, "export_info.json")
+  if not os.path.exists(info_path):
+    raise FileNotFoundError(f"{info_path} not found: not a dynpt export "
+                            "(make one with `python tools/export_checkpoint.py`)")
+  with open(info_path) as f:
+    info = json.load(f)
+  return checkpoints.load_params(os.path.join(export_dir, "params")), info

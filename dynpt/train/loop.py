@@ -1,0 +1,302 @@
+"""The pretraining loop: sampler -> batch -> jitted step -> sampler update.
+
+One iteration (step s):
+  1. take the batch for s, assembled on a background thread;
+  2. dispatch the jitted step (asynchronous on the device);
+  3. while it runs: fetch step s-1's metrics, `sampler.update(s-1, ...)`,
+     log, and start assembling batch s+1 from `sampler.counts(s+1)`.
+So the sampler sees losses one step late (immaterial with windows of K=100
+steps), and the host never waits for the device except to read metrics
+that are already done. At checkpoint steps the pending update is flushed
+before the next batch is drawn, so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+from dynpt import mixing
+from dynpt.train import batching, checkpoints, model_setup, optim, partitioning
+from dynpt.train import state as state_lib
+from dynpt.train import step as step_lib
+from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
+from dynpt.train.history import MixtureHistory
+
+
+class TrainingDivergedError(RuntimeError):
+  """Raised when the loss becomes NaN/inf; the last good checkpoint is kept."""
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU preemption, `kill`) into a save-and-exit request."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint, then exiting")
+    self.requested = True
+
+  def __exit__(self, *unused):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _make_sampler(sampler_cfg: SamplerConfig, task_names, batch_size,
+                  data_cfg: DataConfig):
+  options = dict(sampler_cfg.options)
+  if sampler_cfg.name in ("size", "temperature") and "task_sizes" not in options:
+    options["task_sizes"] = [
+        model_setup.dataset_size(t, sampler_cfg.size_split, data_cfg.data_dir)
+        for t in task_names]
+  return mixing.make_sampler(sampler_cfg.name, task_names, batch_size,
+                             **options)
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local.items()}
+
+
+def _global_positions(mixture_input: batching.MixtureInput) -> dict:
+  """{task: [position per host]}, identical on every host."""
+  local = np.asarray([mixture_input.state()[t]
+                      for t in mixture_input.task_names], np.int64)
+  if jax.process_count() > 1:
+    allpos = np.asarray(multihost_utils.process_allgather(local))
+  else:
+    allpos = local[None]
+  return {t: [int(p) for p in allpos[:, i]]
+          for i, t in enumerate(mixture_input.task_names)}
+
+
+def train(train_cfg: TrainConfig = TrainConfig(),
+          data_cfg: DataConfig = DataConfig(),
+          sampler_cfg: SamplerConfig = SamplerConfig(),
+          optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
+          model_cfg: ModelConfig = ModelConfig(),
+          init_params: Any = None) -> dict[str, Any]:
+  """Runs (or resumes) a multi-task run; returns a summary dict.
+
+  Everything that can be wrong with the configuration (unknown task or
+  sampler, batch too small for the per-task minimum, missing data) fails
+  here before the model is built.
+  """
+  train_cfg.validate()
+  run_dir = train_cfg.run_dir
+  os.makedirs(run_dir, exist_ok=True)
+  task_names = model_setup.resolve_task_names(data_cfg.mixture)
+  num_tasks = len(task_names)
+  sampler = _make_sampler(sampler_cfg, task_names,
+                          train_cfg.global_batch_size, data_cfg)
+  mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
+  data_shards = mesh.shape[partitioning.DATA]
+  if train_cfg.global_batch_size % max(data_shards, jax.process_count()):
+    raise ValueError(
+        f"TrainConfig.global_batch_size={train_cfg.global_batch_size} must be "
+        f"divisible by the {data_shards} data-parallel devices and "
+        f"{jax.process_count()} processes")
+  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  ckpt = checkpoints.Checkpointer(
+      run_dir, keep=train_cfg.keep_checkpoints,
+      save_every=train_cfg.checkpoint_every,
+      async_save=train_cfg.async_checkpoints)
+  latest = ckpt.latest_step()
+  mixer_state = data_state = None
+  if latest is not None:
+    logging.info("resuming from checkpoint step %d in %s", latest, run_dir)
+  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
+  tx = optim.make_optimizer(dataclasses.replace(
+      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps))
+  init_fn = model_setup.init_params_fn(model, data_cfg)
+  if latest is not None:
+    abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules,
+                                                    train_cfg.seed)
+    state, mixer_state, data_state = ckpt.restore(latest, abstract, shardings)
+    sampler.load_state_dict(mixer_state)
+  else:
+    state, shardings = state_lib.create_train_state(init_fn, tx, mesh, rules,
+                                                    train_cfg.seed)
+    if init_params is not None:
+      state = state.replace(params=jax.device_put(init_params,
+                                                  shardings.params))
+  mixture_input = batching.MixtureInput(
+      task_names, sequence_length=data_cfg.sequence_length,
+      image_size=data_cfg.image_size, seed=data_cfg.seed,
+      data_dir=data_cfg.data_dir, split=data_cfg.split, vocabulary=vocab,
+      positions=data_state)
+  logging.info("model %s: %d params; %d tasks; mesh %s", model_cfg.name,
+               state_lib.count_params(state.params), num_tasks,
+               dict(mesh.shape))
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  repl = partitioning.replicated(mesh)
+  p_step = jax.jit(
+      functools.partial(
+          step_lib.train_step, model=model, num_tasks=num_tasks,
+          label_smoothing=train_cfg.label_smoothing,
+          loss_normalization=train_cfg.loss_normalization,
+          learning_rate_fn=optim.learning_rate_schedule(dataclasses.replace(
+              optimizer_cfg,
+              total_steps=optimizer_cfg.total_steps or train_cfg.num_steps))),
+      in_shardings=(shardings, batch_sharding, repl),
+      out_shardings=(shardings, repl), donate_argnums=(0,))
+
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      os.path.join(run_dir, "tensorboard"), just_logging=not is_chief,
+      asynchronous=True)
+  history = MixtureHistory(os.path.join(run_dir, "mixture_history.jsonl"),
+                           task_names, enabled=is_chief)
+  start = int(jax.device_get(state.step))
+  history.truncate_after(start)
+  last = train_cfg.num_steps
+  if start >= last:
+    logging.info("run already complete at step %d", start)
+  reporter = _Reporter(writer, task_names, train_cfg, sampler, history)
+  pending = None  # (step, metrics on device) of the previous step.
+
+  def flush():
+    nonlocal pending
+    if pending is not None:
+      reporter.consume(*pending)
+      pending = None
+
+  future = mixture_input.prefetch(sampler.counts(start)) if start < last else None
+  t_start = time.time()
+  step = start
+  with _Preemption() as preemption, mesh:
+    try:
+      for step in reporter.progress(start, last):
+        batch = _global_batch(future.result(), batch_sharding)
+        weights = jnp.asarray(sampler.loss_weights(step), jnp.float32)
+        state, metrics = p_step(state, batch, weights)
+        flush()
+        pending = (step, metrics)
+        done = step + 1
+        stop = preemption.requested or done == last
+        if stop or ckpt.should_save(done, last):
+          flush()
+          ckpt.save(done, state, sampler.state_dict(),
+                    _global_positions(mixture_input))
+        if stop:
+          break
+        future = mixture_input.prefetch(sampler.counts(done))
+      flush()
+    finally:
+      ckpt.close()
+      writer.flush()
+      history.close()
+      mixture_input.close()
+  elapsed = time.time() - t_start
+  summary = reporter.summary(start, int(jax.device_get(state.step)), elapsed)
+  summary.update(run_dir=run_dir, preempted=preemption.requested,
+                 compilations=p_step._cache_size(),
+                 skipped_records=mixture_input.skipped,
+                 checkpoints=ckpt.directory)
+  if is_chief:
+    with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  return summary
+
+
+class _Reporter:
+  """Host-side bookkeeping of step metrics: sampler update, logs, history."""
+
+  def __init__(self, writer, task_names, train_cfg: TrainConfig, sampler,
+               history: MixtureHistory):
+    self.writer = writer
+    self.task_names = task_names
+    self.cfg = train_cfg
+    self.sampler = sampler
+    self.history = history
+    self._acc_loss = 0.0
+    self._acc_n = 0
+    self._acc_task_sum = np.zeros(len(task_names))
+    self._acc_task_tokens = np.zeros(len(task_names))
+    self._last_time = time.time()
+    self.final_task_loss: dict[str, float] = {}
+    self.examples = 0
+
+  def progress(self, start: int, last: int):
+    rng = range(start, last)
+    if self.cfg.progress_bar and jax.process_index() == 0:
+      import tqdm  # Only the chief draws a bar.
+      return tqdm.tqdm(rng, initial=start, total=last, desc="train",
+                       unit="step", dynamic_ncols=True)
+    return rng
+
+  def consume(self, step: int, metrics) -> None:
+    m = jax.device_get(metrics)
+    loss = float(m["loss"])
+    if not np.isfinite(loss):
+      raise TrainingDivergedError(
+          f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+          f"is kept in {self.cfg.run_dir}/checkpoints")
+    counts = np.asarray(self.sampler.counts(step))
+    tokens = np.asarray(m["task_tokens"], np.float64)
+    sums = np.asarray(m["task_loss_sum"], np.float64)
+    task_loss = np.where(tokens > 0, sums / np.maximum(tokens, 1), np.nan)
+    shares = np.asarray(self.sampler.shares(step), np.float64)
+    self.sampler.update(step, task_loss)
+    self.examples += int(counts.sum())
+    self._acc_loss += loss
+    self._acc_n += 1
+    self._acc_task_sum += sums
+    self._acc_task_tokens += tokens
+    if step % self.cfg.history_every == 0:
+      self.history.write(step, shares, counts, task_loss)
+    if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.cfg.num_steps:
+      self._write(step, m, shares)
+
+  def _write(self, step: int, m, shares) -> None:
+    now = time.time()
+    steps = self._acc_n
+    dt = max(now - self._last_time, 1e-9)
+    task_loss = self._acc_task_sum / np.maximum(self._acc_task_tokens, 1)
+    scalars = {
+        "train/loss": self._acc_loss / max(self._acc_n, 1),
+        "train/grad_norm": float(m["grad_norm"]),
+        "train/learning_rate": float(m.get("learning_rate", 0.0)),
+        "train/steps_per_s": steps / dt,
+        "train/examples_per_s": steps * self.cfg.global_batch_size / dt,
+        "train/step_time_ms": 1000 * dt / max(steps, 1),
+    }
+    for i, name in enumerate(self.task_names):
+      if self._acc_task_tokens[i] > 0:
+        scalars[f"train/task/{name}/loss"] = float(task_loss[i])
+        self.final_task_loss[name] = float(task_loss[i])
+      scalars[f"train/task/{name}/share"] = float(shares[i])
+    self.writer.write_scalars(step + 1, scalars)
+    self._last_time = now
+    self._acc_loss, self._acc_n = 0.0, 0
+    self._acc_task_sum[:] = 0
+    self._acc_task_tokens[:] = 0
+
+  def summary(self, start: int, end: int, elapsed: float) -> dict:
+    return {"start_step": start, "end_step": end,
+            "seconds": round(elapsed, 2),
+            "examples_per_s": round(self.examples / max(elapsed, 1e-9), 2),
+            "final_task_loss": self.final_task_loss}

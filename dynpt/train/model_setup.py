@@ -1,0 +1,89 @@
+"""Glue between configs and the parts: task lists, vocabulary, model, init.
+
+Kept apart from the loop so eval, export and finetuning build the very same
+model from the same configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from dynpt.models import configs as model_configs
+from dynpt.models import vl_model
+from dynpt.train.config import DataConfig, ModelConfig
+
+
+def resolve_task_names(mixture: str) -> list[str]:
+  """Task names of a registered mixture, a task, or a comma-separated list.
+
+  Raises:
+    ValueError: naming any unknown task or mixture (before training starts).
+  """
+  import tasks  # Registers every seqio task and mixture.
+
+  names = [n.strip() for n in mixture.split(",") if n.strip()]
+  if not names:
+    raise ValueError("DataConfig.mixture is empty")
+  out = []
+  for name in names:
+    out.extend(tasks.mixture_task_names(name))
+  if len(set(out)) != len(out):
+    raise ValueError(f"DataConfig.mixture={mixture!r} lists a task twice")
+  return out
+
+
+def vocabulary(path: str | None):
+  from dynpt.data import pipeline
+
+  return pipeline.get_vocabulary(path)
+
+
+def dataset_size(task: str, split: str, data_dir: str | None) -> int:
+  from dynpt.data import pipeline
+
+  return pipeline.dataset_size(task, split=split, data_dir=data_dir)
+
+
+def padded_vocab_size(vocab) -> int:
+  """Vocab size rounded up to a multiple of 128 (MXU/TPU friendly, as T5)."""
+  return -(-vocab.vocab_size // 128) * 128
+
+
+def build_model(model_cfg: ModelConfig, vocab, image_size: int
+                ) -> vl_model.VLModel:
+  cfg = model_configs.get_config(
+      model_cfg.name, vocab_size=padded_vocab_size(vocab),
+      image_size=image_size, dtype=model_cfg.dtype, remat=model_cfg.remat,
+      dropout_rate=model_cfg.dropout_rate)
+  return vl_model.VLModel(cfg)
+
+
+def dummy_batch(data_cfg: DataConfig, batch_size: int = 1,
+                num_frames: int | None = None) -> dict[str, jax.Array]:
+  """Zero model inputs of the configured shapes (for init and shape checks)."""
+  size = data_cfg.image_size
+  image_shape = ((batch_size, num_frames, size, size, 3) if num_frames
+                 else (batch_size, size, size, 3))
+  return {
+      "image": jnp.zeros(image_shape, jnp.uint8),
+      "encoder_input_tokens": jnp.ones((batch_size, data_cfg.input_length),
+                                       jnp.int32),
+      "decoder_input_tokens": jnp.ones((batch_size, data_cfg.target_length),
+                                       jnp.int32),
+  }
+
+
+def init_params_fn(model: vl_model.VLModel, data_cfg: DataConfig,
+                   num_frames: int | None = None) -> Callable[[jax.Array], Any]:
+  """rng -> boxed params (logical axis metadata kept for partitioning)."""
+  batch = dummy_batch(data_cfg, 1, num_frames)
+
+  def init(rng):
+    return model.init(rng, vl_model.normalize_image(batch["image"]),
+                      batch["encoder_input_tokens"],
+                      batch["decoder_input_tokens"])["params"]
+
+  return init

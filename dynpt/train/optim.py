@@ -1,0 +1,57 @@
+"""The optimizer and learning-rate schedule of the paper, built from optax.
+
+Paper (appendix): Adam with weight decay 0.1, lr 1e-4, 10k linear warm-up then
+cosine decay, gradient-norm clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Hyper-parameters of AdamW + warm-up/cosine (bound from gin)."""
+  learning_rate: float = 1e-4
+  warmup_steps: int = 10_000
+  total_steps: int = 500_000
+  end_learning_rate_factor: float = 0.0
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip_norm: float = 1.0
+  # Decay only matrices/kernels/embeddings, not norm scales (common practice;
+  # set False to decay everything, as a literal reading of the paper would).
+  decay_only_matrices: bool = True
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+  """Linear warm-up from 0 to `learning_rate`, then cosine decay."""
+  warmup = min(cfg.warmup_steps, max(cfg.total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+      decay_steps=max(cfg.total_steps, warmup + 1),
+      end_value=cfg.learning_rate * cfg.end_learning_rate_factor)
+
+
+def _decay_mask(params):
+  return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping and the warm-up/cosine schedule."""
+  if cfg.learning_rate <= 0 or cfg.weight_decay < 0:
+    raise ValueError(f"bad optimizer config {cfg}: learning_rate must be > 0 "
+                     "and weight_decay >= 0")
+  parts = []
+  if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(optax.adamw(
+      learning_rate=learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
+      eps=cfg.eps, weight_decay=cfg.weight_decay,
+      mask=_decay_mask if cfg.decay_only_matrices else None))
+  return optax.chain(*parts)

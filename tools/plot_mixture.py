@@ -1,0 +1,47 @@
+r"""Plots a run's task mixture over training (the paper's Figure 2).
+
+Usage:
+  python tools/plot_mixture.py <run_dir> [--out=PNG]
+
+Reads `<run_dir>/mixture_history.jsonl` (written by the trainer, one line per
+sampler update) and writes a PNG with each task's share of the batch and its
+loss vs step; by default `<run_dir>/mixture.png`. Corrupt lines are skipped
+and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Run from a checkout without installing: make `dynpt` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynpt.mixing import history  # noqa: E402
+from dynpt.mixing import plot  # noqa: E402
+
+_OUT = flags.DEFINE_string("out", None, "PNG to write (default <run_dir>/mixture.png).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2:
+    raise app.UsageError("usage: plot_mixture.py <run_dir> [--out=PNG]")
+  run_dir = argv[1]
+  path = os.path.join(run_dir, history.HISTORY_FILENAME)
+  try:
+    records, skipped = history.read_history(path)
+  except ValueError as e:
+    sys.exit(f"plot_mixture: {e}")
+  out = _OUT.value or os.path.join(run_dir, "mixture.png")
+  plot.plot_history(records, out, title=os.path.basename(os.path.normpath(run_dir)))
+  logging.info("wrote %s from %d records (%d corrupt lines skipped)", out, len(records),
+               skipped)
+  print(f"wrote {out} ({len(records)} records, {skipped} corrupt lines skipped)")
+
+
+if __name__ == "__main__":
+  app.run(main)
