@@ -1,0 +1,28 @@
+"""Real-data converters: each published raw format -> the `dynpt.data.schema` records.
+
+Use `tools/convert.py`, or from Python::
+
+  conv = converters.get_converter("vqav2", converters.ConvertOptions(raw_dir="raw/vqa"))
+  summary = converters.convert(conv, "val", out_dir="data/real")
+"""
+
+from dynpt.data.converters.base import ConvertOptions, Converter, Skip, image_id
+from dynpt.data.converters.captions import CC3M, CC12M, LocalizedNarratives
+from dynpt.data.converters.engine import RUNNERS, convert, format_summary
+from dynpt.data.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome
+from dynpt.data.converters.refcoco import RefCOCO, RefCOCOg, RefCOCOPlus
+from dynpt.data.converters.video import IVQA, MSRVTTQA, MSVDQA
+from dynpt.data.converters.vqa import GQA, SNLIVE, VQAv2
+
+CONVERTERS: dict[str, type[Converter]] = {
+    c.name: c for c in (CC3M, CC12M, LocalizedNarratives, OpenImagesLabels, ImageNet21k,
+                        VisualGenome, VQAv2, GQA, SNLIVE, RefCOCO, RefCOCOPlus, RefCOCOg,
+                        MSRVTTQA, MSVDQA, IVQA)
+}
+
+
+def get_converter(name: str, options: ConvertOptions) -> Converter:
+  """Returns the converter of data set `name` reading from `options.raw_dir`."""
+  if name not in CONVERTERS:
+    raise ValueError(f"unknown dataset {name!r}; choose from {sorted(CONVERTERS)}")
+  return CONVERTERS[name](options)

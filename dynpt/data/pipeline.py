@@ -1,0 +1,260 @@
+"""Deterministic, resumable per-task input streams for the trainer.
+
+One `TaskIterator` per task and host. The example at position ``p`` of
+(task, seed, shard) is a pure function of those values, whatever position the
+iterator was created at:
+
+- epoch ``e = p // shard_size`` has its own record order, seeded by (seed, e);
+- the iterator skips ``p % shard_size`` raw records of that epoch before any
+  parsing or decoding;
+- all preprocessing randomness (MLM masks, completion cut, ITM negatives,
+  absent labels) comes from a stateless per-record seed (seed, e, record key),
+  not from seqio's stream-position seeds (see `dynpt.data.sources`).
+
+The data state of a task is therefore three small ints (`state`), as the
+paper-scale run requires. ``position`` counts record slots of the stream: a
+record that fails to parse or decode is skipped (and counted in ``skipped``)
+but still uses its slot, so a resumed iterator skips it the same way.
+
+TensorFlow runs on the CPU only (`dynpt.data.sources` hides GPUs from it) and
+examples are pulled in small batches from a prefetching tf.data pipeline, so
+`take` costs a few numpy concatenations per call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dynpt.data import feature_converter as fc
+from dynpt.data import preprocessors as pp
+from dynpt.data import schema
+from dynpt.data import sources
+
+EXTRA_IDS = 100
+_PULL_BATCH = 32  # Examples per tf.data batch; `take` slices and concatenates these.
+
+
+def default_vocab_path() -> str:
+  """The shipped toy vocabulary, ``dynpt/assets/vocab/toy_spm.model`` (absolute path)."""
+  return str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "vocab" / "toy_spm.model")
+
+
+def get_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
+  """SentencePiece vocabulary with T5 conventions and 100 extra ids.
+
+  Args:
+    path: a sentencepiece model; default: the shipped toy vocabulary.
+
+  Raises:
+    FileNotFoundError: naming the path, when it does not exist.
+  """
+  path = path or default_vocab_path()
+  if "://" not in path and not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"sentencepiece model {path} does not exist (the toy one is "
+                            "built by `python tools/train_vocab.py`)")
+  return seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
+
+
+def get_task(task_name: str) -> seqio.Task:
+  """The registered seqio task (importing `tasks` to register them if needed).
+
+  Raises:
+    ValueError: naming the task and listing the known ones.
+  """
+  if task_name not in seqio.TaskRegistry.names():
+    importlib.import_module("tasks")
+  if task_name not in seqio.TaskRegistry.names():
+    raise ValueError(f"unknown task {task_name!r}; known tasks: "
+                     f"{sorted(seqio.TaskRegistry.names())}")
+  task = seqio.TaskRegistry.get(task_name)
+  if not isinstance(task.source, sources.SchemaDataSource):
+    raise TypeError(f"task {task_name!r} must read a SchemaDataSource, got {task.source!r}")
+  return task
+
+
+def dataset_size(task_name: str, split: str = "train", data_dir: str | None = None) -> int:
+  """Records of the task's source split (for size-proportional samplers)."""
+  return get_task(task_name).source.num_records(split, data_dir)
+
+
+def is_video_task(task: seqio.Task) -> bool:
+  return task.output_features["image"].rank == 4
+
+
+class TaskIterator:
+  """Deterministic, resumable per-task example stream for one host's shard.
+
+  Args:
+    task_name: a registered seqio task.
+    task_id: index of the task in the mixture (the ``task_id`` feature).
+    sequence_length: {'inputs': 32, 'targets': L}.
+    image_size: side of the square model image.
+    seed: data seed of the run.
+    split: split to read.
+    data_dir: data root (default $DYNPT_DATA_DIR or ./data/toy).
+    shard_index, num_shards: this host's shard of every epoch.
+    start_position: position to resume from (a value of `position`).
+    shuffle: per-epoch shuffled order (else file order, the same every epoch).
+    repeat: cycle through epochs forever; else stop after the current epoch
+      (`take` then returns fewer rows).
+    vocabulary: tokenizer (default: the task's registered one).
+    num_frames: frames per example of a video task (default 4).
+    passthrough: extra non-model features to return (see
+      `feature_converter.PASSTHROUGH_SPECS`), e.g. ground truth for metrics.
+    augment: mild colour jitter on the image.
+    shuffle_buffer_size: records in the order's shuffle buffer.
+
+  Raises:
+    FileNotFoundError: naming the task, the expected files and the command
+      that builds them, when the split is missing.
+  """
+
+  def __init__(self, task_name: str, *, task_id: int, sequence_length: dict,
+               image_size: int, seed: int, split: str = "train",
+               data_dir: str | None = None, shard_index: int = 0, num_shards: int = 1,
+               start_position: int = 0, shuffle: bool = True, repeat: bool = True,
+               vocabulary=None, num_frames: int | None = None,
+               passthrough: tuple[str, ...] = (), augment: bool = False,
+               shuffle_buffer_size: int = sources.DEFAULT_SHUFFLE_BUFFER):
+    if not 0 <= shard_index < num_shards:
+      raise ValueError(f"task {task_name!r}: shard_index {shard_index} not in [0, {num_shards})")
+    if start_position < 0:
+      raise ValueError(f"task {task_name!r}: start_position {start_position} < 0")
+    self.task_name = task_name
+    self.task = get_task(task_name)
+    self.task_id = int(task_id)
+    self.sequence_length = {k: int(v) for k, v in sequence_length.items()}
+    self.seed = int(seed)
+    self.split = split
+    self.data_dir = schema.get_data_dir(data_dir)
+    self.shard_index, self.num_shards = int(shard_index), int(num_shards)
+    self.shuffle, self.repeat = shuffle, repeat
+    self.shuffle_buffer_size = shuffle_buffer_size
+    source = self.task.source
+    self.num_records = source.num_records(split, self.data_dir)
+    self.shard_size = len(range(self.shard_index, self.num_records, self.num_shards))
+    if self.shard_size == 0:
+      raise ValueError(f"task {task_name!r}: split {split!r} has {self.num_records} records, "
+                       f"too few for shard {shard_index} of {num_shards}")
+    vocab = vocabulary or self.task.output_features["targets"].vocabulary
+    self.output_features = {
+        k: (seqio.Feature(vocab, add_eos=f.add_eos, required=f.required, dtype=f.dtype,
+                          rank=f.rank) if k in ("inputs", "targets") else f)
+        for k, f in self.task.output_features.items()}
+    video = is_video_task(self.task)
+    self.num_frames = (num_frames or fc.DEFAULT_NUM_FRAMES) if video else None
+    self.converter = fc.ImageEncDecFeatureConverter(
+        image_size, num_frames=self.num_frames, task_id=self.task_id,
+        passthrough=tuple(passthrough) + (pp.POS_KEY,), augment=augment,
+        apply_length_check=False)  # trim_and_pad makes lengths exact; skip 2 maps.
+    self.image_size = int(image_size)
+    self.position = int(start_position)
+    self.skipped = 0
+    self._epoch = self.position // self.shard_size
+    self._iterator = None
+    self._yielded_this_epoch = 0
+    self._buffer: dict[str, np.ndarray] | None = None
+    self._buffer_start = 0
+    self._exhausted = False
+    self._empty_batch: dict[str, np.ndarray] | None = None
+
+  # ---------------------------------------------------------------- dataset
+  def _epoch_dataset(self, epoch: int, offset: int) -> tf.data.Dataset:
+    """Model-feature batches of one epoch of this shard, from record `offset` on."""
+    ds = self.task.source.epoch_dataset(
+        self.split, data_dir=self.data_dir, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+        shard_index=self.shard_index, num_shards=self.num_shards, offset=offset,
+        shard_size=self.shard_size, buffer_size=self.shuffle_buffer_size)
+    for prep in self.task.preprocessors:
+      prep = seqio.utils.add_kwargs_to_transform(
+          prep, sequence_length=self.sequence_length, output_features=self.output_features)
+      ds = prep(ds)
+    ds = self.converter(ds, {"inputs": self.sequence_length["inputs"],
+                             "targets": self.sequence_length["targets"]})
+    # A record that fails to parse, decode or preprocess is dropped here; the
+    # gap it leaves in POS_KEY is counted in `skipped`.
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.batch(_PULL_BATCH).prefetch(2)
+
+  def _next_batch(self) -> dict[str, np.ndarray] | None:
+    """The next pulled batch, moving to the next epoch as needed; None at the end."""
+    while True:
+      if self._iterator is None:
+        offset = self.position - self._epoch * self.shard_size
+        self._iterator = self._epoch_dataset(self._epoch, max(offset, 0)).as_numpy_iterator()
+        self._yielded_this_epoch = 0
+      try:
+        batch = next(self._iterator)
+        self._yielded_this_epoch += len(batch[pp.POS_KEY])
+        return batch
+      except StopIteration:
+        if self._yielded_this_epoch == 0 and self.position <= self._epoch * self.shard_size:
+          raise RuntimeError(
+              f"task {self.task_name!r}: every record of epoch {self._epoch} of split "
+              f"{self.split!r} under {self.data_dir} failed to parse or preprocess "
+              "(see the warnings above)") from None
+        self._iterator = None
+        self._epoch += 1
+        if not self.repeat:
+          return None
+
+  # ---------------------------------------------------------------- public
+  def take(self, n: int) -> dict[str, np.ndarray]:
+    """The next `n` examples as numpy arrays with a leading batch axis.
+
+    Returns model features (``image``, ``encoder_input_tokens``,
+    ``decoder_input_tokens``, ``decoder_target_tokens``,
+    ``decoder_loss_weights``, ``task_id``) plus requested pass-through
+    features. With ``repeat=False`` fewer than `n` rows come back at the end.
+    """
+    if n < 0:
+      raise ValueError(f"task {self.task_name!r}: take({n}) needs n >= 0")
+    parts, need = [], n
+    while need > 0 and not self._exhausted:
+      if self._buffer is None or self._buffer_start >= len(self._buffer[pp.POS_KEY]):
+        self._buffer, self._buffer_start = self._next_batch(), 0
+        if self._buffer is None:
+          self._exhausted = True
+          break
+      start = self._buffer_start
+      stop = min(start + need, len(self._buffer[pp.POS_KEY]))
+      part = {k: v[start:stop] for k, v in self._buffer.items()}
+      positions = part[pp.POS_KEY]
+      self.skipped += int(positions[-1] + 1 - self.position) - len(positions)
+      self.position = int(positions[-1]) + 1
+      self._buffer_start = stop
+      parts.append(part)
+      need -= stop - start
+    if not parts:
+      return self._empty()
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out.pop(pp.POS_KEY)
+    return out
+
+  def _empty(self) -> dict[str, np.ndarray]:
+    """Zero-row arrays of the right trailing shapes and dtypes (cached: the
+    trainer asks for 0 examples of a task whenever the sampler gives it none)."""
+    if self._empty_batch is None:
+      if self._buffer is not None:
+        spec = {k: (v.shape[1:], v.dtype) for k, v in self._buffer.items()}
+      else:
+        element_spec = self._epoch_dataset(self._epoch, 0).element_spec
+        spec = {k: (s.shape.as_list()[1:], s.dtype.as_numpy_dtype)
+                for k, s in element_spec.items()}
+      self._empty_batch = {k: np.zeros((0, *shape), dtype) for k, (shape, dtype) in spec.items()
+                           if k != pp.POS_KEY}
+    return {k: v.copy() for k, v in self._empty_batch.items()}
+
+  def state(self) -> dict:
+    """Resume state: {'position', 'seed', 'epoch'} (small ints)."""
+    return {"position": int(self.position), "seed": self.seed,
+            "epoch": int(self.position // self.shard_size)}
+
+  def __repr__(self) -> str:
+    return (f"TaskIterator({self.task_name!r}, task_id={self.task_id}, split={self.split!r}, "
+            f"shard={self.shard_index}/{self.num_shards}, position={self.position})")

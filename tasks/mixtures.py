@@ -1,0 +1,69 @@
+"""The paper's pretraining mixtures (appendix) plus the two task families.
+
+Membership comes from the paper's appendix; the order of a mixture's tasks is
+the canonical `PRETRAINING_TASKS` order filtered to its members, and that
+order defines ``task_id``. seqio rates default to the number of records of
+each task's train split (counted lazily), or 1.0 when the data is absent; the
+dynamic sampler overrides them at training time.
+"""
+
+from __future__ import annotations
+
+import seqio
+
+from tasks.pretraining import CAPTION_SOURCES, LABEL_SOURCES, PRETRAINING_TASKS
+
+# The appendix lists each mixture as the previous one plus new tasks.
+_ADDED = (
+    ("dynpt_4", ("cc12m_mlm", "cc12m_itm", "oi_list_objects", "oi_which_exist")),
+    ("dynpt_8", ("ln_mlm", "ln_itm", "in21k_which_exist", "in21k_list_objects")),
+    ("dynpt_12", ("vg_which_exist", "vg_list_objects", "cc3m_mlm", "cc3m_itm")),
+    ("dynpt_16", ("oi_exists", "vg_exists", "in21k_exists", "ln_cmp")),
+    ("dynpt_24", ("ln_cap", "cc3m_cap", "cc12m_cap", "cc3m_cmp", "cc12m_cmp",
+                  "vg_multi_exists", "in21k_multi_exists", "oi_multi_exists")),
+)
+
+
+def _build() -> dict[str, tuple[str, ...]]:
+  out, members = {}, set()
+  for name, added in _ADDED:
+    members |= set(added)
+    out[name] = tuple(t for t in PRETRAINING_TASKS if t in members)
+  out["dynpt_cross_modal"] = tuple(t for t in PRETRAINING_TASKS
+                                   if t.split("_")[0] in CAPTION_SOURCES)
+  out["dynpt_object_aware"] = tuple(t for t in PRETRAINING_TASKS
+                                    if t.split("_")[0] in LABEL_SOURCES)
+  return out
+
+
+MIXTURES = _build()
+
+
+def size_rate(task: seqio.Task) -> float:
+  """Records in the task's train split under the default data dir, else 1.0."""
+  try:
+    return float(task.source.num_records("train"))
+  except FileNotFoundError:
+    return 1.0
+
+
+def mixture_task_names(name: str) -> list[str]:
+  """Ordered task names of a mixture (`task_id` order), or [name] for a task.
+
+  Raises:
+    ValueError: naming `name` and listing the known mixtures and tasks.
+  """
+  if name in MIXTURES:
+    return list(MIXTURES[name])
+  if name in seqio.TaskRegistry.names():
+    return [name]
+  raise ValueError(f"unknown task or mixture {name!r}; known mixtures: {sorted(MIXTURES)}; "
+                   f"known tasks: {sorted(seqio.TaskRegistry.names())}")
+
+
+def register() -> None:
+  """Registers the mixtures (idempotent); the tasks must be registered first."""
+  for name, members in MIXTURES.items():
+    if name in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(t, size_rate) for t in members])

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: the tiny toy world (built once per session) and its vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> str:
+  """A data dir holding the tiny toy world (every dataset and split; 32 px).
+
+  Built once per test session (a few seconds) by
+  `dynpt.data.toyworld.build.build_toy_world(dir, seed=0, scale='tiny')`.
+  Treat it as read-only: tests that need to write data use their own tmp dir.
+  """
+  from dynpt.data.toyworld.build import build_toy_world
+
+  data_dir = str(tmp_path_factory.mktemp("toy_world"))
+  build_toy_world(data_dir, seed=0, scale="tiny", progress=False)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def toy_vocab():
+  """The shipped toy sentencepiece vocabulary, as a `seqio.SentencePieceVocabulary`."""
+  from dynpt.data import pipeline
+
+  return pipeline.get_vocabulary()

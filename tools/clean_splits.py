@@ -1,0 +1,34 @@
+r"""Removes downstream evaluation images from every pretraining and training set.
+
+  python tools/clean_splits.py --data_dir=data/real --out_dir=data/real_clean
+
+Without --out_dir it only reports what would be removed. The report (12-in-1's
+Table 7: images before, after, % removed per set) is printed and written to
+`clean_splits_report.{md,json}` in out_dir (or data_dir). See
+`dynpt/data/converters/clean.py` for how images are matched.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from absl import app
+from absl import flags
+
+from dynpt.data.converters import clean
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted data dir.", required=True)
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", None, "Where to write the cleaned data dir (default: report only; "
+    "equal to --data_dir cleans in place).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  report = clean.clean_splits(_DATA_DIR.value, _OUT_DIR.value)
+  print(clean.format_report(report), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
