@@ -179,7 +179,13 @@ class TaskIterator:
     # A record that fails to parse, decode or preprocess is dropped here; the
     # gap it leaves in POS_KEY is counted in `skipped`.
     ds = ds.ignore_errors(log_warning=True)
-    return ds.batch(_PULL_BATCH).prefetch(2)
+    # tf.data's autotuning runs a model thread that an iterator's destructor
+    # must join, and that thread sleeps on a long timer: with autotune on, every
+    # epoch rollover and every finished iterator stalled for up to minutes.
+    # Parallel maps then use one thread per core, which is what we want.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.batch(_PULL_BATCH).prefetch(2).with_options(options)
 
   def _next_batch(self) -> dict[str, np.ndarray] | None:
     """The next pulled batch, moving to the next epoch as needed; None at the end."""

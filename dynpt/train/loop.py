@@ -96,8 +96,16 @@ def train(train_cfg: TrainConfig = TrainConfig(),
           sampler_cfg: SamplerConfig = SamplerConfig(),
           optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
           model_cfg: ModelConfig = ModelConfig(),
-          init_params: Any = None) -> dict[str, Any]:
+          init_params: Any = None, frozen_patterns: tuple[str, ...] = (),
+          eval_fn: Any = None, eval_every: int = 0) -> dict[str, Any]:
   """Runs (or resumes) a multi-task run; returns a summary dict.
+
+  Args (beyond the configs):
+    init_params: params to start from instead of a random init (finetuning
+      from an export); ignored when resuming from a checkpoint.
+    frozen_patterns: regexes of param paths that get no updates.
+    eval_fn: `(step, params) -> {name: float}`, called every `eval_every`
+      steps and at the end; its results go to the metric writers.
 
   Everything that can be wrong with the configuration (unknown task or
   sampler, batch too small for the per-task minimum, missing data) fails
@@ -129,7 +137,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
   tx = optim.make_optimizer(dataclasses.replace(
-      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps))
+      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps),
+      frozen_patterns)
   init_fn = model_setup.init_params_fn(model, data_cfg)
   if latest is not None:
     abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules,
@@ -201,6 +210,10 @@ def train(train_cfg: TrainConfig = TrainConfig(),
           flush()
           ckpt.save(done, state, sampler.state_dict(),
                     _global_positions(mixture_input))
+        if eval_fn is not None and (
+            stop or (eval_every > 0 and done % eval_every == 0)):
+          flush()
+          writer.write_scalars(done, eval_fn(done, state.params))
         if stop:
           break
         future = mixture_input.prefetch(sampler.counts(done))

@@ -7,6 +7,8 @@ cosine decay, gradient-norm clipping at 1.0.
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Sequence
 
 import jax
 import optax
@@ -42,8 +44,38 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping and the warm-up/cosine schedule."""
+def param_path(path) -> str:
+  """'encoder/layers_0/mlp/wi_0/kernel' for a jax key path (boxes skipped)."""
+  parts = []
+  for k in path:
+    name = getattr(k, "key", None)
+    if name is None:
+      name = getattr(k, "name", None)
+    if name is None or name == "value":
+      continue
+    parts.append(str(name))
+  return "/".join(parts)
+
+
+def frozen_labels(params, frozen_patterns: Sequence[str]):
+  """'frozen' for params whose path matches any regex (re.search), else 'train'."""
+  compiled = [re.compile(p) for p in frozen_patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(c.search(param_path(path)) for c in compiled)
+      else "train", params)
+
+
+def make_optimizer(cfg: OptimizerConfig, frozen_patterns: Sequence[str] = ()
+                   ) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping and the warm-up/cosine schedule.
+
+  Args:
+    cfg: hyper-parameters.
+    frozen_patterns: regexes over slash-separated param paths (e.g.
+      `^encoder/`, `^resnet/`); matching params get zero updates and no
+      optimizer state (the frozen-base transfer study of "Are we
+      pretraining it right?").
+  """
   if cfg.learning_rate <= 0 or cfg.weight_decay < 0:
     raise ValueError(f"bad optimizer config {cfg}: learning_rate must be > 0 "
                      "and weight_decay >= 0")
@@ -54,4 +86,14 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
       learning_rate=learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
       eps=cfg.eps, weight_decay=cfg.weight_decay,
       mask=_decay_mask if cfg.decay_only_matrices else None))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if not frozen_patterns:
+    return tx
+  for p in frozen_patterns:
+    try:
+      re.compile(p)
+    except re.error as e:
+      raise ValueError(f"bad frozen parameter pattern {p!r}: {e}") from e
+  return optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()},
+      lambda params: frozen_labels(params, frozen_patterns))

@@ -1,0 +1,47 @@
+"""Runs the CPU-sized benchmark set (`make bench`), each script in its own process.
+
+Order matters: train_step.json is written first so that input_pipeline.py can compare
+what the pipeline delivers with what the step consumes. The whole set took
+13 minutes on the shared 2-core development machine.
+
+  python bench/run_all.py [--data_dir=/tmp/bench_data]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> int:
+  data_dir = next((a.split("=", 1)[1] for a in sys.argv[1:]
+                   if a.startswith("--data_dir=")), "/tmp/bench_data")
+  runs = [
+      ("train_step.py", []),
+      # The proposed 1x1-conv-as-matmul change (bench/patches.py), measured after.
+      ("train_step.py", ["--sizes=toy,small", "--peer_sizes=small", "--conv1x1_matmul",
+                         "--rounds=2", "--out=train_step_conv1x1_matmul"]),
+      ("input_pipeline.py", [f"--data_dir={data_dir}"]),
+      ("mixer_overhead.py", [f"--data_dir={data_dir}"]),
+      ("scaling.py", []),
+  ]
+  start = time.time()
+  failed = []
+  for script, args in runs:
+    t = time.time()
+    print(f"\n### {script} {' '.join(args)}", flush=True)
+    code = subprocess.call([sys.executable, os.path.join(BENCH, script), *args])
+    print(f"### {script}: exit {code} after {time.time() - t:.0f} s", flush=True)
+    if code:
+      failed.append(script)
+  print(f"\nbench finished in {time.time() - start:.0f} s; results in "
+        f"{os.path.join(BENCH, 'results')}; failed: {failed or 'none'}")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

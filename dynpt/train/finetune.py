@@ -1,0 +1,239 @@
+"""Finetuning on downstream tasks, and their generation-based evaluation.
+
+Finetuning is the pretraining loop (`dynpt.train.loop.train`) started from an
+export's params (fresh optimizer), on one downstream task or a mixture of
+them, with optional frozen subtrees. Every `eval_every` steps and at the end
+the model decodes the eval split and the task's official metric is computed
+(`dynpt.metrics` via the seqio task's `metric_fns`); the best params by that
+metric are kept in `<run_dir>/best/` with `best.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from dynpt.models import decoding, vl_model
+from dynpt.train import checkpoints, export, loop, model_setup, optim
+from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
+
+# Ground-truth features each kind of task keeps for its metric.
+_PASSTHROUGH = {"refcoco": ("gt_box", "image_wh"),
+                "refcocoplus": ("gt_box", "image_wh"),
+                "refcocog": ("gt_box", "image_wh")}
+_DEFAULT_PASSTHROUGH = ("answers",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How downstream tasks are evaluated (bound from gin)."""
+  split: str = "val"
+  max_examples: int | None = None  # None: the whole split.
+  batch_size: int = 32
+  decode: str = "greedy"  # greedy | beam
+  beam_size: int = 4
+  beam_alpha: float = 0.6
+  max_decode_length: int | None = None  # Default: the target length.
+  every: int = 1000  # Steps between evaluations during finetuning.
+
+
+def _decode_fn(model, eval_cfg: EvalConfig, max_len: int):
+  if eval_cfg.decode == "greedy":
+    fn = functools.partial(decoding.greedy_decode, model,
+                           max_decode_length=max_len)
+  elif eval_cfg.decode == "beam":
+    fn = functools.partial(decoding.beam_search, model,
+                           max_decode_length=max_len,
+                           beam_size=eval_cfg.beam_size,
+                           alpha=eval_cfg.beam_alpha)
+  else:
+    raise ValueError(f"EvalConfig.decode={eval_cfg.decode!r}; use greedy|beam")
+  return jax.jit(lambda params, image, tokens: fn(
+      params, vl_model.normalize_image(image), tokens))
+
+
+def _pad_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads to a fixed batch size so every eval batch reuses one compilation."""
+  n = len(batch["encoder_input_tokens"])
+  return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+def evaluate_task(task_name: str, params: Any, model, vocab, *,
+                  data_cfg: DataConfig, eval_cfg: EvalConfig = EvalConfig(),
+                  out_dir: str | None = None, step: int | None = None
+                  ) -> dict[str, float]:
+  """Decodes `eval_cfg.split` of a downstream task and scores it.
+
+  Returns the task's metrics (percent, as seqio metric_fns report them).
+  Writes `<out_dir>/<task>.json` and `<out_dir>/<task>.predictions.jsonl`.
+  """
+  from dynpt import metrics
+  from dynpt.data import pipeline
+  from tasks import downstream
+
+  task = pipeline.get_task(task_name)
+  passthrough = _PASSTHROUGH.get(task_name, _DEFAULT_PASSTHROUGH)
+  it = pipeline.TaskIterator(
+      task_name, task_id=0, sequence_length=data_cfg.sequence_length,
+      image_size=data_cfg.image_size, seed=data_cfg.seed, split=eval_cfg.split,
+      data_dir=data_cfg.data_dir, shuffle=False, repeat=False,
+      vocabulary=vocab, passthrough=passthrough)
+  max_len = eval_cfg.max_decode_length or data_cfg.target_length
+  decode = _decode_fn(model, eval_cfg, max_len)
+  predictions, targets, inputs = [], [], []
+  remaining = eval_cfg.max_examples
+  while remaining is None or remaining > 0:
+    n = eval_cfg.batch_size if remaining is None else min(eval_cfg.batch_size,
+                                                          remaining)
+    batch = it.take(n)
+    rows = len(batch["encoder_input_tokens"])
+    if rows == 0:
+      break
+    padded = _pad_rows(batch, eval_cfg.batch_size)
+    tokens = np.asarray(jax.device_get(decode(
+        params, padded["image"], padded["encoder_input_tokens"])))[:rows]
+    for i in range(rows):
+      example = {k: batch[k][i] for k in passthrough}
+      target_text = vocab.decode(_strip(batch["decoder_target_tokens"][i]))
+      predictions.append(downstream.postprocess(vocab.decode(_strip(tokens[i]))))
+      targets.append(downstream.postprocess(target_text, example, is_target=True))
+      inputs.append(vocab.decode(_strip(batch["encoder_input_tokens"][i])))
+    if remaining is not None:
+      remaining -= rows
+  if not predictions:
+    raise ValueError(f"task {task_name!r}: split {eval_cfg.split!r} yielded no "
+                     "examples to evaluate")
+  results: dict[str, float] = {}
+  for metric_fn in task.metric_fns:
+    results.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
+  results["num_examples"] = float(len(predictions))
+  if out_dir:
+    metrics.write_results({**results, "step": step, "split": eval_cfg.split},
+                          out_dir, task_name)
+    metrics.dump_predictions(out_dir, task_name, predictions, targets=targets,
+                             inputs=inputs)
+  return results
+
+
+def _strip(tokens: np.ndarray) -> list[int]:
+  """Token ids up to (not including) the first EOS, padding removed."""
+  out = []
+  for t in np.asarray(tokens).tolist():
+    if t == 1:
+      break
+    if t != 0:
+      out.append(t)
+  return out
+
+
+def primary_metric(results: dict[str, float]) -> float:
+  """The number the best checkpoint is chosen by: the first metric reported."""
+  for k, v in results.items():
+    if k != "num_examples":
+      return v
+  raise ValueError(f"no metric in {results}")
+
+
+class _BestKeeper:
+  """Evaluates every task; saves params to `run_dir/best` when the mean improves."""
+
+  def __init__(self, task_names, model, vocab, data_cfg, eval_cfg, run_dir):
+    self.task_names, self.model, self.vocab = task_names, model, vocab
+    self.data_cfg, self.eval_cfg, self.run_dir = data_cfg, eval_cfg, run_dir
+    self.best_path = os.path.join(run_dir, "best.json")
+    self.best = None
+    if os.path.exists(self.best_path):
+      with open(self.best_path) as f:
+        self.best = json.load(f)["score"]
+    self.last: dict[str, Any] = {}
+
+  def __call__(self, step: int, params) -> dict[str, float]:
+    scalars, per_task = {}, {}
+    for name in self.task_names:
+      res = evaluate_task(name, params, self.model, self.vocab,
+                          data_cfg=self.data_cfg, eval_cfg=self.eval_cfg,
+                          out_dir=os.path.join(self.run_dir, "eval", str(step)),
+                          step=step)
+      per_task[name] = res
+      for k, v in res.items():
+        scalars[f"eval/{name}/{k}"] = v
+    score = float(np.mean([primary_metric(r) for r in per_task.values()]))
+    scalars["eval/score"] = score
+    self.last = {"step": step, "score": score, "tasks": per_task}
+    if jax.process_index() == 0 and (self.best is None or score > self.best):
+      self.best = score
+      checkpoints.save_params(os.path.join(self.run_dir, "best", "params"),
+                              jax.device_get(params))
+      with open(self.best_path, "w") as f:
+        json.dump(self.last, f, indent=1)
+      logging.info("new best %.3f at step %d", score, step)
+    return scalars
+
+
+def finetune(train_cfg: TrainConfig = TrainConfig(),
+             data_cfg: DataConfig = DataConfig(mixture="vqav2"),
+             optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
+             model_cfg: ModelConfig = ModelConfig(),
+             sampler_cfg: SamplerConfig = SamplerConfig("uniform", {"min_per_task": 1}),
+             eval_cfg: EvalConfig = EvalConfig(),
+             init_from: str | None = None,
+             frozen_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Finetunes from an export (or from scratch when `init_from` is None).
+
+  Args:
+    init_from: an export directory (`tools/export_checkpoint.py`); params
+      only, the optimizer starts fresh. None = random init (the paper's
+      "no pretraining" baseline).
+    frozen_patterns: regexes of param paths to freeze, e.g. ('^encoder/',
+      '^resnet/') for a frozen encoder.
+
+  Returns:
+    the train summary plus `eval` (last evaluation) and `best` (its score).
+  """
+  task_names = model_setup.resolve_task_names(data_cfg.mixture)
+  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  init_params = None
+  if init_from:
+    init_params, info = export.load_export(init_from)
+    logging.info("finetuning from %s (pretrained step %s)", init_from,
+                 info.get("step"))
+    _check_params_match(model, data_cfg, init_params, init_from)
+  if frozen_patterns:
+    abstract = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
+                              jax.random.PRNGKey(0))
+    labels = jax.tree.leaves(optim.frozen_labels(abstract, frozen_patterns))
+    if "frozen" not in labels:
+      raise ValueError(f"frozen_patterns {frozen_patterns} match no parameter "
+                       "(see `python tools/model_summary.py --paths`)")
+  keeper = _BestKeeper(task_names, model, vocab, data_cfg, eval_cfg,
+                       train_cfg.run_dir)
+  summary = loop.train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
+                       model_cfg, init_params=init_params,
+                       frozen_patterns=tuple(frozen_patterns), eval_fn=keeper,
+                       eval_every=eval_cfg.every)
+  summary.update(eval=keeper.last, best=keeper.best)
+  return summary
+
+
+def _check_params_match(model, data_cfg, params, source: str) -> None:
+  """Fails early, naming the first mismatching path, if shapes differ."""
+  abstract = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
+                            jax.random.PRNGKey(0))
+  want = {optim.param_path(p): tuple(x.shape) for p, x in
+          jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  have = {optim.param_path(p): tuple(np.shape(x)) for p, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  for path, shape in want.items():
+    if have.get(path) != shape:
+      raise ValueError(f"export {source} does not fit the model: {path} has "
+                       f"shape {have.get(path)}, the model needs {shape}")
+
