@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py --run_dir=$(RUN_DIR) --data_dir=$(DATA_DIR)
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/run_all.py
 
 clean:

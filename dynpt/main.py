@@ -22,6 +22,7 @@ import gin  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 MODES = ("pretrain", "finetune", "eval", "export")
+ENV_CPU_COLLECTIVES = "DYNPT_CPU_COLLECTIVES"
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -55,8 +56,33 @@ def _default_search_paths() -> list[str]:
   return [os.getcwd(), os.path.join(os.path.dirname(here), "gin_configs")]
 
 
+def _guard_gin_file_checks() -> None:
+  """Makes gin's file-existence checks answer False instead of crashing.
+
+  gin's Python-package lookup raises TypeError when the first directory of a
+  relative include is also a plain directory on `sys.path`: `include
+  'runs/pretrain.gin'` started from the repository root after the demo wrote
+  `runs/demo` finds `runs` as a namespace package without a file. Such a path
+  is treated as absent, so the search goes on to `gin_configs/`.
+  """
+  readers = gin.config._FILE_READERS  # No public API to wrap the checks.
+  for i, (reader, exists) in enumerate(readers):
+    if getattr(exists, "_dynpt_guarded", False):
+      continue
+
+    def guarded(path, _exists=exists):
+      try:
+        return _exists(path)
+      except TypeError:
+        return False
+
+    guarded._dynpt_guarded = True
+    readers[i] = (reader, guarded)
+
+
 def parse_gin(gin_files, bindings, search_paths=()) -> None:
   """Parses and finalises the config; raises ValueError on any bad binding."""
+  _guard_gin_file_checks()
   for path in list(search_paths) + _default_search_paths():
     gin.add_config_file_search_path(path)
   # Modules whose functions/dataclasses the gin files bind.
@@ -97,6 +123,11 @@ def main(argv) -> None:
 
   if _PLATFORM.value:
     jax.config.update("jax_platforms", _PLATFORM.value)
+  # Multi-process CPU runs (tests, CPU clusters) need a cross-process
+  # collectives backend chosen before the backend starts: gloo or mpi.
+  if os.environ.get(ENV_CPU_COLLECTIVES):
+    jax.config.update("jax_cpu_collectives_implementation",
+                      os.environ[ENV_CPU_COLLECTIVES])
   from dynpt.train import distributed
 
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,

@@ -8,7 +8,7 @@ that builds them.
 from tasks import downstream, mixtures, pretraining
 from tasks.downstream import DOWNSTREAM_TASKS
 from tasks.mixtures import MIXTURES, mixture_task_names
-from tasks.pretraining import PRETRAINING_TASKS
+from tasks.pretraining import GENERATED_TASKS, PRETRAINING_TASKS
 
 pretraining.register()
 downstream.register()

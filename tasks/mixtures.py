@@ -1,5 +1,8 @@
 """The paper's pretraining mixtures (appendix) plus the two task families.
 
+`dynpt_cross_modal_gen` is the cross-modal family plus the generated-caption
+tasks (`GENERATED_TASKS`, appended after it so the family keeps its task ids).
+
 Membership comes from the paper's appendix; the order of a mixture's tasks is
 the canonical `PRETRAINING_TASKS` order filtered to its members, and that
 order defines ``task_id``. seqio rates default to the number of records of
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import seqio
 
-from tasks.pretraining import CAPTION_SOURCES, LABEL_SOURCES, PRETRAINING_TASKS
+from tasks.pretraining import (CAPTION_SOURCES, GENERATED_TASKS, LABEL_SOURCES,
+                               PRETRAINING_TASKS)
 
 # The appendix lists each mixture as the previous one plus new tasks.
 _ADDED = (
@@ -33,6 +37,7 @@ def _build() -> dict[str, tuple[str, ...]]:
                                    if t.split("_")[0] in CAPTION_SOURCES)
   out["dynpt_object_aware"] = tuple(t for t in PRETRAINING_TASKS
                                     if t.split("_")[0] in LABEL_SOURCES)
+  out["dynpt_cross_modal_gen"] = out["dynpt_cross_modal"] + GENERATED_TASKS
   return out
 
 

@@ -14,26 +14,31 @@ import sys
 
 from absl import app, flags, logging
 
+# The demo talks through its progress bar and summary; keep library logs quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/demo", "Run directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/toy", "Toy data directory.")
-_GIN_FILE = flags.DEFINE_string("gin_file", "pretrain/toy_cpu.gin", "Config.")
-_GIN = flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+_CONFIG = flags.DEFINE_string("config", "pretrain/toy_cpu.gin", "Gin config.")
+_BINDING = flags.DEFINE_multi_string("binding", [], "Extra gin bindings.")
 _SCALE = flags.DEFINE_enum("scale", "default", ["tiny", "default"],
                            "Toy world size to build if absent.")
 
 
 def main(argv) -> None:
   del argv
+  logging.set_verbosity(logging.WARNING)
   from dynpt import main as dynpt_main
   from dynpt.data.toyworld import build
 
-  logging.info("toy world in %s", _DATA_DIR.value)
+  print(f"toy world in {_DATA_DIR.value} (built once, then reused)")
   build.build_toy_world(_DATA_DIR.value, seed=0, scale=_SCALE.value)
   bindings = [f"RUN_DIR='{_RUN_DIR.value}'",
-              f"DATA_DIR='{os.path.abspath(_DATA_DIR.value)}'"] + _GIN.value
-  dynpt_main.parse_gin([_GIN_FILE.value], bindings)
+              f"DATA_DIR='{os.path.abspath(_DATA_DIR.value)}'"] + _BINDING.value
+  dynpt_main.parse_gin([_CONFIG.value], bindings)
   dynpt_main.write_config(_RUN_DIR.value)
   summary = dynpt_main.run_mode("pretrain")
   exported = dynpt_main.run_mode("export")

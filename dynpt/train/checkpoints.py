@@ -102,17 +102,24 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
   """Params (host numpy arrays) of a run's checkpoint; latest by default.
 
   Reads only what was saved (no optimizer or model config needed), so export
-  works whatever optimizer the run used.
+  works whatever optimizer the run used. The arrays are restored onto this
+  process's first device, whatever topology saved them (a checkpoint of a
+  multi-host run can be exported on one machine).
   """
   directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=("state", "mixer", "data"))
+      item_names=("state",),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory}")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      manager.item_metadata(step)["state"])
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
+      state=ocp.args.StandardRestore(target)))
   manager.close()
   params = jax.tree.map(np.asarray, restored["state"]["params"])
   return params, int(step)

@@ -39,23 +39,34 @@ def export(run_dir: str = "runs/default", out_dir: str | None = None,
   """Writes the export of `run_dir` (latest checkpoint unless `step`)."""
   out_dir = out_dir or os.path.join(run_dir, "export")
   params, step = checkpoints.restore_params(run_dir, step)
-  os.makedirs(out_dir, exist_ok=True)
-  checkpoints.save_params(os.path.join(out_dir, "params"), params)
-  checkpoints.save_params(os.path.join(out_dir, "t5x_text_tower"),
-                          text_tower(params))
-  config_src = os.path.join(run_dir, "config.gin")
-  if os.path.exists(config_src):
-    shutil.copyfile(config_src, os.path.join(out_dir, "config.gin"))
   info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
           "model": model_cfg.name, "image_size": data_cfg.image_size,
           "input_length": data_cfg.input_length,
           "target_length": data_cfg.target_length,
-          "vocabulary_path": data_cfg.vocabulary_path,
-          "params": "params", "t5x_text_tower": "t5x_text_tower"}
-  with open(os.path.join(out_dir, "export_info.json"), "w") as f:
-    json.dump(info, f, indent=1)
+          "vocabulary_path": data_cfg.vocabulary_path}
+  write_export(out_dir, params, info)
+  config_src = os.path.join(run_dir, "config.gin")
+  if os.path.exists(config_src):
+    shutil.copyfile(config_src, os.path.join(out_dir, "config.gin"))
   logging.info("exported step %d of %s to %s", step, run_dir, out_dir)
   return {"out_dir": out_dir, "step": step}
+
+
+def write_export(out_dir: str, params: Any, info: dict[str, Any]) -> None:
+  """Writes params, the T5X text tower and `export_info.json` into `out_dir`.
+
+  The one writer of the export layout, so that `export` and tools that make
+  exports without a run directory (tests, converted checkpoints) agree with
+  `load_export`. `info` should hold `model`, `image_size`, `input_length`,
+  `target_length` and `vocabulary_path`; the subdirectory names are added.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  checkpoints.save_params(os.path.join(out_dir, "params"), params)
+  checkpoints.save_params(os.path.join(out_dir, "t5x_text_tower"),
+                          text_tower(params))
+  info = dict(info, params="params", t5x_text_tower="t5x_text_tower")
+  with open(os.path.join(out_dir, "export_info.json"), "w") as f:
+    json.dump(info, f, indent=1)
 
 
 def load_export(export_dir: str) -> tuple[dict, dict]:

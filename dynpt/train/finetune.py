@@ -116,8 +116,8 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
     results.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
   results["num_examples"] = float(len(predictions))
   if out_dir:
-    metrics.write_results({**results, "step": step, "split": eval_cfg.split},
-                          out_dir, task_name)
+    metrics.write_results({**results, "step": float(step or 0)}, out_dir,
+                          task_name)
     metrics.dump_predictions(out_dir, task_name, predictions, targets=targets,
                              inputs=inputs)
   return results

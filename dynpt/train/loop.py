@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import signal
@@ -25,16 +26,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from dynpt import mixing
-from dynpt.train import batching, checkpoints, model_setup, optim, partitioning
+from dynpt.train import batching, checkpoints, memory, model_setup, optim
+from dynpt.train import partitioning
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 from dynpt.train.history import MixtureHistory
+
+
+_COMPILE_BARRIER_TIMEOUT_MS = 3600 * 1000  # Large models compile for minutes.
+_BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
 
 
 class TrainingDivergedError(RuntimeError):
@@ -80,15 +87,38 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
 
 
 def _global_positions(mixture_input: batching.MixtureInput) -> dict:
-  """{task: [position per host]}, identical on every host."""
-  local = np.asarray([mixture_input.state()[t]
-                      for t in mixture_input.task_names], np.int64)
+  """{task: [position per logical data shard]}, identical on every host."""
+  state = mixture_input.state()
+  local = np.asarray([state[t] for t in mixture_input.task_names],
+                     np.int64)  # [tasks, shards of this process]
   if jax.process_count() > 1:
+    # [processes, tasks, shards per process]; process p holds the shards
+    # [p*S/P, (p+1)*S/P), so concatenating over processes orders them.
     allpos = np.asarray(multihost_utils.process_allgather(local))
   else:
     allpos = local[None]
-  return {t: [int(p) for p in allpos[:, i]]
+  return {t: [int(p) for p in allpos[:, i].reshape(-1)]
           for i, t in enumerate(mixture_input.task_names)}
+
+
+def _compile_on_every_process(p_step, state, local_batch: dict[str, np.ndarray],
+                              batch_sharding, weights) -> None:
+  """Compiles the step ahead of time, then waits for every process.
+
+  CPU collectives (gloo) give all processes 30 s to reach the first
+  collective. A process that finds the step in the persistent compilation
+  cache while another compiles it for a minute would fail there, so every
+  process compiles first (the jitted call then reuses the executable) and
+  they meet at a barrier of the distributed runtime, which has no such limit.
+  """
+  rows = jax.process_count()
+  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * rows,) + v.shape[1:], v.dtype,
+                                   sharding=batch_sharding)
+           for k, v in local_batch.items()}
+  p_step.lower(state, batch, weights).compile()
+  ocp.multihost.get_barrier_sync_fn()(
+      key=f"dynpt_train_step_compiled_{next(_BARRIER_IDS)}",
+      timeout_ms=_COMPILE_BARRIER_TIMEOUT_MS)
 
 
 def train(train_cfg: TrainConfig = TrainConfig(),
@@ -97,7 +127,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
           optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
           model_cfg: ModelConfig = ModelConfig(),
           init_params: Any = None, frozen_patterns: tuple[str, ...] = (),
-          eval_fn: Any = None, eval_every: int = 0) -> dict[str, Any]:
+          eval_fn: Any = None, eval_every: int = 0,
+          num_data_shards: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) a multi-task run; returns a summary dict.
 
   Args (beyond the configs):
@@ -106,6 +137,11 @@ def train(train_cfg: TrainConfig = TrainConfig(),
     frozen_patterns: regexes of param paths that get no updates.
     eval_fn: `(step, params) -> {name: float}`, called every `eval_every`
       steps and at the end; its results go to the metric writers.
+    num_data_shards: logical data shards S (see `dynpt.train.batching`):
+      which example lands in which row depends on S only, so runs with the
+      same S on any process count (dividing S) see the same batches. Default:
+      the checkpoint's S when resuming and the process count divides it,
+      else one per process.
 
   Everything that can be wrong with the configuration (unknown task or
   sampler, batch too small for the per-task minimum, missing data) fails
@@ -151,14 +187,29 @@ def train(train_cfg: TrainConfig = TrainConfig(),
     if init_params is not None:
       state = state.replace(params=jax.device_put(init_params,
                                                   shardings.params))
+  if num_data_shards is None:
+    num_data_shards = batching.default_num_data_shards(
+        data_state, jax.process_count(), train_cfg.global_batch_size)
+  if train_cfg.global_batch_size % num_data_shards:
+    raise ValueError(
+        f"TrainConfig.global_batch_size={train_cfg.global_batch_size} must be "
+        f"divisible by num_data_shards={num_data_shards}")
   mixture_input = batching.MixtureInput(
       task_names, sequence_length=data_cfg.sequence_length,
       image_size=data_cfg.image_size, seed=data_cfg.seed,
       data_dir=data_cfg.data_dir, split=data_cfg.split, vocabulary=vocab,
-      positions=data_state)
-  logging.info("model %s: %d params; %d tasks; mesh %s", model_cfg.name,
+      positions=data_state, num_data_shards=num_data_shards)
+  logging.info("model %s: %d params; %d tasks; mesh %s; %d data shards over "
+               "%d processes", model_cfg.name,
                state_lib.count_params(state.params), num_tasks,
-               dict(mesh.shape))
+               dict(mesh.shape), num_data_shards, jax.process_count())
+  logging.info("%s", memory.summary_line(memory.estimate_for_state(
+      state, shardings, model.config,
+      global_batch_size=train_cfg.global_batch_size,
+      mesh_shape=(mesh.shape[partitioning.DATA], mesh.shape[partitioning.MODEL]),
+      partition_mode=train_cfg.partition_mode,
+      input_length=data_cfg.input_length,
+      target_length=data_cfg.target_length)))
 
   batch_sharding = partitioning.batch_sharding(mesh)
   repl = partitioning.replicated(mesh)
@@ -198,6 +249,11 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   step = start
   with _Preemption() as preemption, mesh:
     try:
+      if future is not None and jax.process_count() > 1:
+        # Inside `with mesh`: the mesh context is part of jit's cache key.
+        _compile_on_every_process(
+            p_step, state, future.result(), batch_sharding,
+            jnp.asarray(sampler.loss_weights(start), jnp.float32))
       for step in reporter.progress(start, last):
         batch = _global_batch(future.result(), batch_sharding)
         weights = jnp.asarray(sampler.loss_weights(step), jnp.float32)

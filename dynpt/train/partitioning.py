@@ -9,7 +9,7 @@ one argument.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -74,21 +74,36 @@ def create_mesh(num_model_partitions: int = 1,
   return Mesh(grid, (DATA, MODEL))
 
 
-def _spec_for_leaf(leaf: Any, rules, mesh: Mesh) -> P:
+def _spec_for_leaf(leaf: Any, rules, mesh_shape: Mapping[str, int]) -> P:
   if isinstance(leaf, nn.LogicallyPartitioned):
+    if not hasattr(leaf.value, "shape"):
+      # optax.MaskedNode (no state for frozen params): a subtree without
+      # leaves, kept as is so the shardings tree matches the state's.
+      return leaf.value
     spec = nn.logical_to_mesh_axes(leaf.names, rules)
-    return _drop_indivisible(spec, leaf.value.shape, mesh)
+    return _drop_indivisible(spec, leaf.value.shape, mesh_shape)
   return P()
 
 
-def _drop_indivisible(spec: P, shape, mesh: Mesh) -> P:
+def _drop_indivisible(spec: P, shape, mesh_shape: Mapping[str, int]) -> P:
   """Replicates dims whose size the mesh axis does not divide (tiny models)."""
   out = []
   for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if axis is not None and dim % mesh.shape[axis]:
+    if axis is not None and dim % mesh_shape[axis]:
       axis = None
     out.append(axis)
   return P(*out)
+
+
+def param_specs(boxed_params: Any, mesh_shape: Mapping[str, int], rules) -> Any:
+  """PartitionSpecs of a (possibly abstract) boxed tree on a mesh of this shape.
+
+  Needs only the mesh's axis sizes, not its devices, so a memory estimate can
+  place a model on a mesh larger than this machine (`dynpt.train.memory`).
+  """
+  return jax.tree.map(lambda x: _spec_for_leaf(x, rules, mesh_shape),
+                      boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def param_shardings(boxed_params: Any, mesh: Mesh, rules) -> Any:
@@ -97,8 +112,7 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules) -> Any:
   Leaves that carry logical names (`nn.LogicallyPartitioned`) are placed by
   `rules`; unnamed leaves are replicated.
   """
-  specs = jax.tree.map(lambda x: _spec_for_leaf(x, rules, mesh), boxed_params,
-                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  specs = param_specs(boxed_params, mesh.shape, rules)
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                       is_leaf=lambda x: isinstance(x, P))
 
