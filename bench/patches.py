@@ -1,16 +1,17 @@
-"""Candidate speed-ups for dynpt, applied by the benchmarks to measure them before they
-are proposed for the library (see docs/performance.md, "Findings").
+"""The ResNet layers as they were before the CPU speed-ups, for side-by-side benchmarks.
 
-`conv1x1_as_matmul`: XLA's CPU backend runs the backward pass of 1x1 convolutions
-(input and kernel gradients) through its generic convolution path at 18-23 GFLOP/s on
-this machine, while the same contraction written as a dot runs at 45-70. A 1x1
-convolution is a matmul over the channel axis (after striding the input), so
-`MatmulStdConv` computes exactly the same function with the same parameters.
+`dynpt/models/resnet.py` runs 1x1 convolutions as dots, GroupNorm with per-channel
+statistics and the stem's max pool as maxima of strided views (docs/performance.md,
+"ResNet trunk"). `reference_layers` swaps the original flax layers back in (nn.Conv,
+nn.GroupNorm, nn.max_pool; same params, same function), so one process can compile both
+versions of the step and time them in alternation. The swap acts at trace time: build
+*and* compile the step inside the context.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,30 +20,61 @@ import jax.numpy as jnp
 from dynpt.models import resnet
 
 
-class MatmulStdConv(resnet.StdConv):
-  """`resnet.StdConv` whose 1x1 kernels run as a dot over channels (same params)."""
+class _FlaxStdConv(nn.Conv):
+  """The original `resnet.StdConv`: an nn.Conv standardizing its kernel on every use."""
 
-  @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    if tuple(self.kernel_size) != (1, 1):
-      return super().__call__(inputs)
-    kernel = self.param("kernel", self.kernel_init,
-                        (1, 1, inputs.shape[-1], self.features), self.param_dtype)
-    sh, sw = self.strides
-    x = inputs[:, ::sh, ::sw, :]  # [N, H/s, W/s, Cin]: a 1x1 conv with padding 0.
-    dtype = self.dtype or jnp.result_type(inputs, kernel)
-    return jnp.einsum("nhwc,cd->nhwd", x.astype(dtype), kernel[0, 0].astype(dtype))
+  def param(self, name: str, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    return resnet.weight_standardize(value) if name == "kernel" else value
+
+
+def _flax_conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> nn.Module:
+  pad = (kernel - 1) // 2
+  return _FlaxStdConv(features, (kernel, kernel), (strides, strides),
+                      padding=[(pad, pad)] * 2, use_bias=False, dtype=dtype,
+                      param_dtype=jnp.float32, kernel_init=resnet._CONV_INIT, name=name)
+
+
+def _flax_norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False
+               ) -> nn.Module:
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  return nn.GroupNorm(
+      num_groups=num_groups, dtype=dtype, param_dtype=jnp.float32,
+      scale_init=nn.with_logical_partitioning(scale_init, ("conv_out",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+      name=name)
+
+
+def _flax_max_pool(x: jax.Array) -> jax.Array:
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+# Layer kinds that `reference_layers` can switch back: resnet attribute -> original.
+REFERENCE = {"conv": ("_conv", _flax_conv), "norm": ("_norm", _flax_norm),
+             "pool": ("max_pool_3x3_s2", _flax_max_pool)}
+# Named versions of the trunk for A/B runs: name -> kinds switched back to the reference.
+VERSIONS = {
+    "reference": ("conv", "norm", "pool"),  # before the speed-ups
+    "conv1x1": ("norm", "pool"),  # only 1x1 convs as dots
+    "norm": ("conv", "pool"),  # only the per-channel GroupNorm
+    "pool": ("conv", "norm"),  # only the max pool as strided maxima
+    "current": (),  # dynpt/models/resnet.py as it is
+}
 
 
 @contextlib.contextmanager
-def conv1x1_as_matmul(enabled: bool = True):
-  """Within the context, ResNets built by `dynpt.models.resnet` use `MatmulStdConv`."""
-  if not enabled:
-    yield
-    return
-  original = resnet.StdConv
-  resnet.StdConv = MatmulStdConv
+def reference_layers(kinds: tuple[str, ...] = tuple(REFERENCE)):
+  """Within the context, `resnet.ResNet` traces with the original layers of `kinds`."""
+  unknown = set(kinds) - set(REFERENCE)
+  if unknown:
+    raise ValueError(f"reference_layers: unknown kinds {sorted(unknown)}; "
+                     f"known: {sorted(REFERENCE)}")
+  saved = {attr: getattr(resnet, attr) for attr, _ in REFERENCE.values()}
   try:
+    for kind in kinds:
+      attr, layer = REFERENCE[kind]
+      setattr(resnet, attr, layer)
     yield
   finally:
-    resnet.StdConv = original
+    for attr, value in saved.items():
+      setattr(resnet, attr, value)

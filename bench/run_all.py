@@ -22,9 +22,11 @@ def main() -> int:
                    if a.startswith("--data_dir=")), "/tmp/bench_data")
   runs = [
       ("train_step.py", []),
-      # The proposed 1x1-conv-as-matmul change (bench/patches.py), measured after.
-      ("train_step.py", ["--sizes=toy,small", "--peer_sizes=small", "--conv1x1_matmul",
-                         "--rounds=2", "--out=train_step_conv1x1_matmul"]),
+      # The ResNet speed-ups against the original flax layers (bench/patches.py).
+      ("resnet_trunk.py", ["--size=small", "--versions=reference,conv1x1,norm,current"]),
+      ("ab_step.py", ["--sizes=toy,small", "--variants=reference,current"]),
+      ("ab_step.py", ["--sizes=small", "--variants=current,current_bf16",
+                      "--out=ab_step_bf16"]),
       ("input_pipeline.py", [f"--data_dir={data_dir}"]),
       ("mixer_overhead.py", [f"--data_dir={data_dir}"]),
       ("scaling.py", []),

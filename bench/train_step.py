@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from bench import common, patches  # noqa: E402
+from bench import common  # noqa: E402
 from dynpt.train import state as state_lib  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["toy", "small", "base"], "Sizes to measure.")
@@ -29,8 +29,6 @@ _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per side per round.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False,
                                    "Also time the peer under torch.compile.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype override (bfloat16).")
-_CONV1X1 = flags.DEFINE_bool("conv1x1_matmul", False,
-                              "Build the ResNet with bench/patches.MatmulStdConv.")
 _OUT = flags.DEFINE_string("out", "train_step", "Results file name (no .json).")
 
 
@@ -40,8 +38,7 @@ def _steps_for(size: str) -> int:
 
 def measure(size_name: str, with_peer: bool) -> dict:
   size = common.SIZES[size_name]
-  with patches.conv1x1_as_matmul(_CONV1X1.value):
-    sb = common.build_step(size, dtype=_DTYPE.value)
+  sb = common.build_step(size, dtype=_DTYPE.value)
   compiled, compile_s = sb.compile()
   xla = common.xla_flops(compiled)
   memory = common.compiled_memory_mb(compiled)
@@ -64,7 +61,7 @@ def measure(size_name: str, with_peer: bool) -> dict:
       "size": size_name, "model": size.model, "image_size": size.image_size,
       "batch_size": size.batch_size, "input_length": size.input_length,
       "target_length": size.target_length, "vocab_size": size.vocab_size,
-      "dtype": _DTYPE.value or "float32", "conv1x1_matmul": _CONV1X1.value,
+      "dtype": _DTYPE.value or "float32",
       "params": state_lib.count_params(sb.state.params),
       "step_time_s": common.median(ours), "step_times_s": [round(t, 4) for t in ours],
       "init_s": round(sb.init_seconds, 2), "compile_s": round(compile_s, 2),

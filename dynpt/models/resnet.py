@@ -13,6 +13,11 @@ features, differ between training and inference, and need cross-device reduction
 example on its own, so the model is a pure function of its params and the train state
 has no `batch_stats`.
 
+The layers are written for speed on XLA:CPU without changing the function or the params
+(`StdConv` runs wide 1x1 kernels as dots, `GroupNorm` reduces per channel before
+grouping, `max_pool_3x3_s2` takes maxima of strided views): together 1.5x faster trunk
+fwd+bwd at the `small` size; see each layer and docs/performance.md.
+
 Depths: 18 uses basic blocks (two 3x3 convs, as in the original ResNet-18); 26, 50 and
 101 use bottleneck blocks. Only stages 1-3 are built: the model consumes the stage-3
 ("conv4") map, e.g. 14x14x1024 for ResNet-50 at 224 px.
@@ -22,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dynpt.models.configs import ResNetConfig
 
@@ -31,6 +37,10 @@ Array = jax.Array
 STAGE_UNITS = {18: (2, 2, 2), 26: (2, 2, 2), 50: (3, 4, 6), 101: (3, 4, 23)}
 _CONV_AXES = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
 _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXES)
+# Below this many channels the XLA:CPU convolution and reduce-window kernels beat their
+# dot / strided-maxima replacements (a thin minor dimension fills few SIMD lanes):
+# measured at 8-32 channels (the `tiny` trunk) and 64-1024 (`small`), docs/performance.md.
+FAST_PATH_MIN_CHANNELS = 64
 
 
 def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
@@ -39,27 +49,102 @@ def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
   return kernel / (jnp.std(kernel, axis=(0, 1, 2), keepdims=True) + eps)
 
 
-class StdConv(nn.Conv):
-  """A bias-free nn.Conv whose kernel is weight-standardized on every use."""
+class StdConv(nn.Module):
+  """A bias-free, 'same'-padded conv whose kernel is weight-standardized on every use.
 
-  def param(self, name: str, *args, **kwargs):
-    value = super().param(name, *args, **kwargs)
-    return weight_standardize(value) if name == 'kernel' else value
+  The kernel param is [kernel, kernel, in, out] as in `nn.Conv`. A 1x1 kernel with at
+  least `dot_min_channels` input and output channels runs as a dot over channels on the
+  strided input instead of a convolution: it is the same function, but XLA:CPU sends the
+  backward pass of 1x1 convolutions through its generic convolution code (22-120 GFLOP/s,
+  slowest on large maps), while the dot's gradients are dots too (1.2-5x faster per layer at 64-1024
+  channels, docs/performance.md). On TPU/GPU both forms lower to the same matmul.
+  """
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+  dot_min_channels: int = FAST_PATH_MIN_CHANNELS
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel_size, self.strides
+    kernel = self.param('kernel', _CONV_INIT, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    kernel = weight_standardize(kernel).astype(self.dtype)  # [k, k, in, out]
+    x = x.astype(self.dtype)  # [N, H, W, in]
+    if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
+      # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
+      return jnp.einsum('nhwc,cd->nhwd', x[:, ::s, ::s], kernel[0, 0])
+    pad = (k - 1) // 2
+    return lax.conv_general_dilated(x, kernel, (s, s), [(pad, pad)] * 2,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm over [N, H, W, C] (statistics per example and group), params `scale`, `bias`.
+
+  Computes the same function as `nn.GroupNorm` (float32 statistics, one-pass variance
+  clipped at zero, epsilon 1e-6) but reduces each channel over H x W first and only then
+  combines the channels of a group in a tiny [N, C] array. `nn.GroupNorm` reshapes the
+  map to [N, H, W, G, C/G] and reduces over the last axis, a 2-wide minor dimension at
+  64 channels and 32 groups: its fwd+bwd is 2-4x slower on CPU (docs/performance.md).
+  """
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  zero_scale: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, c, g = x.shape[0], x.shape[-1], self.num_groups
+    if c % g:
+      raise ValueError(f'GroupNorm {self.name}: num_groups={g} does not divide {c} channels')
+    scale_init = nn.initializers.zeros if self.zero_scale else nn.initializers.ones
+    scale = self.param('scale', nn.with_logical_partitioning(scale_init, ('conv_out',)),
+                       (c,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           ('conv_out',)), (c,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    spatial = tuple(range(1, x.ndim - 1))
+    mean = jnp.mean(jnp.mean(xf, axis=spatial).reshape(n, g, c // g), axis=-1)  # [N, G]
+    mean_sq = jnp.mean(jnp.mean(jnp.square(xf), axis=spatial).reshape(n, g, c // g),
+                       axis=-1)  # [N, G]
+    inv = lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+    per_channel = (n,) + (1,) * len(spatial) + (c,)
+    mean = jnp.repeat(mean, c // g, axis=-1).reshape(per_channel)  # [N, 1, 1, C]
+    mul = (jnp.repeat(inv, c // g, axis=-1) * scale).reshape(per_channel)  # [N, 1, 1, C]
+    return ((xf - mean) * mul + bias).astype(self.dtype)
+
+
+def max_pool_3x3_s2(x: Array, min_channels: int = FAST_PATH_MIN_CHANNELS) -> Array:
+  """3x3 max pool, stride 2, padding 1 ([N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]).
+
+  With at least `min_channels` channels, written as the maximum of 9 strided views
+  rather than `nn.max_pool`: the gradient of `reduce_window` is a select-and-scatter that
+  XLA:CPU runs 3-6x slower than the elementwise maxima at 112x112x64 (batch 8). Both give
+  the max's gradient to the maximal input; they differ only on exact ties, which after
+  the preceding ReLU are zeros whose gradient the ReLU drops anyway.
+  """
+  n, h, w, c = x.shape
+  if c < min_channels:
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      view = lax.slice(xp, (0, i, j, 0), (n, i + 2 * ho - 1, j + 2 * wo - 1, c),
+                       (1, 2, 2, 1))  # [N, ho, wo, C]
+      out = view if out is None else jnp.maximum(out, view)
+  return out
 
 
 def _conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> StdConv:
-  pad = (kernel - 1) // 2
-  return StdConv(features, (kernel, kernel), (strides, strides), padding=[(pad, pad)] * 2,
-                 use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=_CONV_INIT, name=name)
+  return StdConv(features, kernel, strides, dtype=dtype, name=name)
 
 
-def _norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False) -> nn.GroupNorm:
-  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-  return nn.GroupNorm(
-      num_groups=num_groups, dtype=dtype, param_dtype=jnp.float32,
-      scale_init=nn.with_logical_partitioning(scale_init, ('conv_out',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)), name=name)
+def _norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False) -> GroupNorm:
+  return GroupNorm(num_groups=num_groups, dtype=dtype, zero_scale=zero_scale, name=name)
 
 
 class BottleneckUnit(nn.Module):
@@ -162,7 +247,7 @@ class ResNet(nn.Module):
 
     x = _conv(base, 7, 2, 'conv_root', dtype)(jnp.asarray(images, dtype))
     x = nn.relu(_norm(cfg.num_groups, 'gn_root', dtype)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # stride 4
+    x = max_pool_3x3_s2(x)  # stride 4
     for stage, num_units in enumerate(STAGE_UNITS[cfg.depth]):
       x = ResNetStage(unit_cls=unit_cls, num_units=num_units, nmid=base * 2 ** stage,
                       first_strides=1 if stage == 0 else 2, num_groups=cfg.num_groups,
