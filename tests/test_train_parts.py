@@ -60,3 +60,21 @@ def test_resplit_positions():
   assert same == {"a": [3, 4]}
   assert batching.resplit_positions({"a": [3, 4]}, ["a", "b"], 1) == {"a": [7], "b": [0]}
   assert batching.resplit_positions({"a": [7]}, ["a"], 2) == {"a": [4, 4]}
+
+
+def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path):
+  from dynpt import mixing
+  from dynpt.train import loop
+  from dynpt.train.config import TrainConfig
+
+  sampler = mixing.make_sampler("uniform", ["a", "b"], 8, min_per_task=1)
+  hist = history.MixtureHistory(str(tmp_path / "h.jsonl"), ["a", "b"])
+  reporter = loop._Reporter(None, ["a", "b"], TrainConfig(run_dir=str(tmp_path)),
+                            sampler, hist)
+  good = {"loss": np.float32(1.0), "task_loss_sum": np.array([4.0, 2.0]),
+          "task_tokens": np.array([4.0, 4.0])}
+  reporter.consume(0, good)
+  assert sampler.state_dict() is not None
+  with pytest.raises(loop.TrainingDivergedError, match="step 1.*last good checkpoint"):
+    reporter.consume(1, dict(good, loss=np.float32(np.nan)))
+  hist.close()
