@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from absl import logging
 
-from dynpt.metrics import _box_text
+from dynpt.data import boxes
 
 
 def _as_box(box: Any, name: str) -> np.ndarray:
@@ -58,18 +57,10 @@ def decode_box_text(predicted_text: str | bytes, image_wh: Sequence[float],
                     num_bins: int = 100) -> np.ndarray | None:
   """Pixel box of a generated text, or None when it is not a box.
 
-  Uses `dynpt.data.boxes.text_to_box`, the inverse of the encoder that wrote the
-  training targets, and falls back to the same-format parser in this package
-  when the data package cannot be imported (e.g. metrics installed alone).
+  Uses `dynpt.data.boxes.text_to_box` (pure numpy), the inverse of the encoder
+  that wrote the training targets, so the metric can never disagree with it.
   """
-  try:
-    from dynpt.data import boxes  # pylint: disable=g-import-not-at-top
-    text_to_box = boxes.text_to_box
-  except (ImportError, AttributeError):
-    logging.log_first_n(logging.WARNING,
-                        "dynpt.data.boxes.text_to_box unavailable; using the metrics' "
-                        "own parser of the same format.", 1)
-    text_to_box = _box_text.parse_box_text
+  text_to_box = boxes.text_to_box
   if isinstance(predicted_text, bytes):
     predicted_text = predicted_text.decode("utf-8", errors="replace")
   box = text_to_box(predicted_text, tuple(image_wh), num_bins=num_bins)
