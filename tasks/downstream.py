@@ -13,7 +13,7 @@ the tasks does not depend on that package.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,6 +67,18 @@ def refcoco_metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[s
   return metrics.refcoco_metric_fn(targets, predictions)
 
 
+def exact_match_in_vocab_metric(answer_vocab: frozenset[str]) -> Callable:
+  """Exact match over the questions whose answer is in `answer_vocab` (video QA).
+
+  See `dynpt.data.answer_vocab`: the paper scores MSRVTT-QA and MSVD-QA this way
+  to compare with prior work; the metric also reports `num_excluded`.
+  """
+  def metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[str]) -> dict:
+    from dynpt import metrics
+    return metrics.exact_match_metric_fn(targets, predictions, answer_vocab=answer_vocab)
+  return metric
+
+
 _QA = (pp.vqa,) + common.TOKENIZE + common.APPEND_EOS
 _SNLI = (pp.snli_ve,) + common.TOKENIZE + common.APPEND_EOS
 _REFEXP = (pp.refexp_box,) + common.TOKENIZE + common.APPEND_EOS
@@ -84,6 +96,8 @@ TABLE = {
     "ivqa": (_QA, True, ivqa_metric),
 }
 DOWNSTREAM_TASKS = tuple(TABLE)
+# Tasks scored over a standard answer vocabulary when `EvalConfig.answer_vocab_size` is set.
+ANSWER_VOCAB_TASKS = ("msrvtt_qa", "msvd_qa")
 
 
 def register() -> None:

@@ -122,3 +122,22 @@ def test_bad_arguments_raise(setup, kwargs, match):
   model, params, image, *_ = setup
   with pytest.raises(ValueError, match=match):
     decoding.beam_search(model, params, image, ENC, **kwargs)
+
+
+def test_pad_batch_and_output_ids():
+  batch = {'tokens': np.array([[5, 6, 1, 0], [7, 1, 8, 0]], np.int32),
+           'image': np.ones((2, 3, 3, 3), np.uint8)}
+  padded = decoding.pad_batch(batch, 4)
+  assert padded['tokens'].shape == (4, 4) and padded['image'].shape == (4, 3, 3, 3)
+  assert padded['tokens'].dtype == np.int32 and not padded['tokens'][2:].any()
+  np.testing.assert_array_equal(padded['tokens'][:2], batch['tokens'])
+  with pytest.raises(ValueError, match="'tokens' has 2 rows"):
+    decoding.pad_batch(batch, 1)
+  assert decoding.output_ids([5, 0, 6, 1, 7]) == [5, 6]
+  assert decoding.output_ids([1, 5]) == []
+  assert decoding.output_ids([5, 600, 6, 0], max_id=512) == [5, 6]
+
+
+def test_make_batch_decoder_rejects_unknown_mode():
+  with pytest.raises(ValueError, match='greedy'):
+    decoding.make_batch_decoder(None, mode='sample', max_decode_length=4)

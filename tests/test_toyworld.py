@@ -136,6 +136,10 @@ def test_build_is_idempotent_and_rebuilds_incomplete(tmp_path):
     build.build_toy_world(d, image_size=8, **kw)
   with pytest.raises(ValueError, match="nope"):
     build.build_toy_world(d, seed=0, datasets=["nope"], progress=False)
+  with pytest.raises(ValueError, match="unknown split.*'val'"):
+    build.build_toy_world(d, records={"val": 5}, **kw)
+  with pytest.raises(ValueError, match="at least 1"):
+    build.build_toy_world(d, records={"train": 0}, **kw)
 
 
 _COUNT_Q = re.compile(r"how many (\w+)(?: (\w+))? are there\?")
@@ -265,8 +269,10 @@ def test_difficulty_shape_of_caption_sources(tiny_dir):
 def test_make_toy_data_tool(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, "tools", "make_toy_data.py"),
-       f"--data_dir={tmp_path}", "--datasets=cc3m", "--image_size=16"],
+       f"--data_dir={tmp_path}", "--datasets=cc3m", "--image_size=16",
+       "--records=validation=3"],
       capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
-  assert "cc3m" in out.stdout and "total records: 64" in out.stdout
+  assert "cc3m" in out.stdout and "total records: 51" in out.stdout
+  assert len(schema.read_records(str(tmp_path), "cc3m", "train")) == 48
   rec = schema.read_records(str(tmp_path), "cc3m", "validation")[0]
   assert render.decode_image(rec["image/encoded"]).shape == (16, 16, 3)

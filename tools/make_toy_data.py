@@ -1,7 +1,8 @@
 r"""Builds the procedural toy world: every stand-in dataset, in the dynpt schema.
 
   python tools/make_toy_data.py --data_dir=data/toy [--seed=0] [--scale=tiny|default] \
-      [--image_size=64] [--num_frames=8] [--datasets=cc3m,vqav2] [--overwrite]
+      [--image_size=64] [--num_frames=8] [--datasets=cc3m,vqav2] [--records=train=8000] \
+      [--overwrite]
 
 Deterministic in --seed. Splits that are already complete are skipped unless
 --overwrite. See docs/data.md for what each dataset contains.
@@ -22,14 +23,28 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side in pixels "
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video "
                                    "(default: 4 for tiny, 8 for default).")
 _DATASETS = flags.DEFINE_list("datasets", None, "Datasets to build (default: all).")
+_RECORDS = flags.DEFINE_list("records", None, "Records per split overriding the scale's, "
+                             "as split=count pairs, e.g. train=8000,val=500.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild splits that already exist.")
+
+
+def _parse_records(pairs):
+  records = {}
+  for pair in pairs or ():
+    split, sep, count = pair.partition("=")
+    if not sep or not count.strip().isdigit():
+      raise app.UsageError(f"--records: expected split=count, got {pair!r}")
+    records[split.strip()] = int(count)
+  return records
 
 
 def main(argv):
   del argv
+  records = _parse_records(_RECORDS.value)
   counts = build.build_toy_world(
       _DATA_DIR.value, seed=_SEED.value, scale=_SCALE.value, image_size=_IMAGE_SIZE.value,
-      num_frames=_NUM_FRAMES.value, datasets=_DATASETS.value, overwrite=_OVERWRITE.value)
+      num_frames=_NUM_FRAMES.value, datasets=_DATASETS.value, records=records,
+      overwrite=_OVERWRITE.value)
   width = max(len(name) for name in counts)
   print(f"toy world ({_SCALE.value}, seed {_SEED.value}) in {_DATA_DIR.value}:")
   for name, splits in counts.items():

@@ -50,9 +50,9 @@ from dynpt.data import sources
 from dynpt.models import decoding, vl_model
 
 SUMMARY_FILE = "generation_summary.json"
-DECODE_MODES = ("greedy", "beam")
-EOS_ID = 1
-PAD_ID = 0
+DECODE_MODES = decoding.DECODE_MODES
+EOS_ID = decoding.EOS_ID
+PAD_ID = decoding.PAD_ID
 _PREFETCH_BATCHES = 2  # Image batches prepared ahead of the one being decoded.
 
 
@@ -81,12 +81,7 @@ def tokens_to_text(vocab, tokens: np.ndarray) -> str:
   are dropped: no caption target contains them, and a literal ``<extra_id_N>``
   in a caption would collide with the MLM task's sentinels.
   """
-  ids = []
-  for t in np.asarray(tokens).tolist():
-    if t == EOS_ID:
-      break
-    if PAD_ID < t < vocab.vocab_size - vocab.extra_ids:
-      ids.append(t)
+  ids = decoding.output_ids(tokens, max_id=vocab.vocab_size - vocab.extra_ids)
   return vocab.decode(ids).strip() if ids else ""
 
 
@@ -122,17 +117,9 @@ class Captioner:
     self.info = dict(info or {}, decode=decode, prompt=prompt, batch_size=batch_size)
     self._tokens = np.tile(prompt_tokens(vocab, prompt, input_length),
                            (self.batch_size, 1))  # [batch, input_length]
-    if decode == "greedy":
-      def decode_fn(p, image, tokens):
-        return decoding.greedy_decode(model, p, image, tokens,
-                                      max_decode_length=target_length)
-    else:
-      def decode_fn(p, image, tokens):
-        return decoding.beam_search(model, p, image, tokens,
-                                    max_decode_length=target_length,
-                                    beam_size=beam_size, alpha=beam_alpha)
-    self._decode = jax.jit(lambda p, image, tokens: decode_fn(
-        p, vl_model.normalize_image(image), tokens))
+    self._decode = decoding.make_batch_decoder(
+        model, mode=decode, max_decode_length=target_length, beam_size=beam_size,
+        alpha=beam_alpha)
     self._params = jax.device_put(params)
 
   @classmethod
@@ -169,8 +156,7 @@ class Captioner:
     if not 0 < n <= self.batch_size or images.shape[1:] != (self.image_size,) * 2 + (3,):
       raise ValueError(f"images must be [1..{self.batch_size}, {self.image_size}, "
                        f"{self.image_size}, 3], got {images.shape}")
-    padded = np.zeros((self.batch_size,) + images.shape[1:], np.uint8)
-    padded[:n] = images
+    padded = decoding.pad_batch({"image": images.astype(np.uint8)}, self.batch_size)["image"]
     tokens = np.asarray(jax.device_get(self._decode(self._params, padded, self._tokens)))
     return [tokens_to_text(self.vocab, row) for row in tokens[:n]]
 

@@ -12,8 +12,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dynpt.models.vl_model import VLModel
+from dynpt.models.vl_model import VLModel, normalize_image
 
 Array = jax.Array
 EOS_ID = 1
@@ -209,3 +210,63 @@ def beam_search(model: VLModel, params: Any, image: Array, encoder_input_tokens:
   return _beam(model, _variables(params), jnp.asarray(image),
                jnp.asarray(encoder_input_tokens, jnp.int32), max_decode_length, beam_size,
                float(alpha))
+
+
+# --- Batched decoding of uint8 inputs: shared by downstream eval and captioning. ---
+
+DECODE_MODES = ('greedy', 'beam')
+
+
+def make_batch_decoder(model: VLModel, *, mode: str = 'greedy', max_decode_length: int,
+                       beam_size: int = 4, alpha: float = 0.6):
+  """One jitted `(params, uint8 image, tokens) -> int32 [B, max_decode_length]` function.
+
+  Images are normalised inside the program (`normalize_image`), so callers
+  feed the pipeline's uint8 batches as they come. Call it with a fixed batch size
+  (see `pad_batch`) so every call reuses one compilation.
+
+  Raises:
+    ValueError: for a `mode` other than 'greedy' or 'beam'.
+  """
+  if mode == 'greedy':
+    fn = functools.partial(greedy_decode, model, max_decode_length=max_decode_length)
+  elif mode == 'beam':
+    fn = functools.partial(beam_search, model, max_decode_length=max_decode_length,
+                           beam_size=beam_size, alpha=alpha)
+  else:
+    raise ValueError(f'decode mode {mode!r}; choose from {DECODE_MODES}')
+  return jax.jit(lambda params, image, tokens: fn(
+      params, normalize_image(image), tokens))
+
+
+def pad_batch(arrays: dict, size: int) -> dict:
+  """Zero-pads every array's leading axis to `size` rows (a fixed decode batch).
+
+  Raises:
+    ValueError: when an array already has more than `size` rows.
+  """
+  out = {}
+  for key, value in arrays.items():
+    value = np.asarray(value)
+    if len(value) > size:
+      raise ValueError(f'{key!r} has {len(value)} rows; the decode batch is {size}')
+    out[key] = np.concatenate([value, np.zeros((size - len(value),) + value.shape[1:],
+                                               value.dtype)])
+  return out
+
+
+def output_ids(tokens, max_id: int | None = None) -> list[int]:
+  """The ids of one decoded (or target) row before its first EOS, padding dropped.
+
+  Args:
+    tokens: one row of ids.
+    max_id: when set, ids >= max_id are dropped too (e.g. the sentinels and the
+      padded logits past a sentencepiece model, which no caption contains).
+  """
+  ids = []
+  for t in np.asarray(tokens).tolist():
+    if t == EOS_ID:
+      break
+    if t != PAD_ID and (max_id is None or t < max_id):
+      ids.append(t)
+  return ids

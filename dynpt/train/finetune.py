@@ -11,7 +11,6 @@ metric are kept in `<run_dir>/best/` with `best.json`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from dynpt.models import decoding, vl_model
+from dynpt.models import decoding
 from dynpt.train import checkpoints, export, loop, model_setup, optim
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 
@@ -42,28 +41,9 @@ class EvalConfig:
   beam_alpha: float = 0.6
   max_decode_length: int | None = None  # Default: the target length.
   every: int = 1000  # Steps between evaluations during finetuning.
-
-
-def _decode_fn(model, eval_cfg: EvalConfig, max_len: int):
-  if eval_cfg.decode == "greedy":
-    fn = functools.partial(decoding.greedy_decode, model,
-                           max_decode_length=max_len)
-  elif eval_cfg.decode == "beam":
-    fn = functools.partial(decoding.beam_search, model,
-                           max_decode_length=max_len,
-                           beam_size=eval_cfg.beam_size,
-                           alpha=eval_cfg.beam_alpha)
-  else:
-    raise ValueError(f"EvalConfig.decode={eval_cfg.decode!r}; use greedy|beam")
-  return jax.jit(lambda params, image, tokens: fn(
-      params, vl_model.normalize_image(image), tokens))
-
-
-def _pad_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads to a fixed batch size so every eval batch reuses one compilation."""
-  n = len(batch["encoder_input_tokens"])
-  return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}
+  # Video QA (msrvtt_qa, msvd_qa): score only the questions whose answer is among the
+  # N most frequent training answers, as the paper and prior work do (None: all).
+  answer_vocab_size: int | None = None
 
 
 def evaluate_task(task_name: str, params: Any, model, vocab, *,
@@ -86,8 +66,11 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
       image_size=data_cfg.image_size, seed=data_cfg.seed, split=eval_cfg.split,
       data_dir=data_cfg.data_dir, shuffle=False, repeat=False,
       vocabulary=vocab, passthrough=passthrough)
+  metric_fns = _metric_fns(task_name, task, data_cfg, eval_cfg)
   max_len = eval_cfg.max_decode_length or data_cfg.target_length
-  decode = _decode_fn(model, eval_cfg, max_len)
+  decode = decoding.make_batch_decoder(
+      model, mode=eval_cfg.decode, max_decode_length=max_len,
+      beam_size=eval_cfg.beam_size, alpha=eval_cfg.beam_alpha)
   predictions, targets, inputs = [], [], []
   remaining = eval_cfg.max_examples
   while remaining is None or remaining > 0:
@@ -97,22 +80,22 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
     rows = len(batch["encoder_input_tokens"])
     if rows == 0:
       break
-    padded = _pad_rows(batch, eval_cfg.batch_size)
+    padded = decoding.pad_batch(batch, eval_cfg.batch_size)
     tokens = np.asarray(jax.device_get(decode(
         params, padded["image"], padded["encoder_input_tokens"])))[:rows]
     for i in range(rows):
       example = {k: batch[k][i] for k in passthrough}
-      target_text = vocab.decode(_strip(batch["decoder_target_tokens"][i]))
-      predictions.append(downstream.postprocess(vocab.decode(_strip(tokens[i]))))
+      target_text = vocab.decode(decoding.output_ids(batch["decoder_target_tokens"][i]))
+      predictions.append(downstream.postprocess(vocab.decode(decoding.output_ids(tokens[i]))))
       targets.append(downstream.postprocess(target_text, example, is_target=True))
-      inputs.append(vocab.decode(_strip(batch["encoder_input_tokens"][i])))
+      inputs.append(vocab.decode(decoding.output_ids(batch["encoder_input_tokens"][i])))
     if remaining is not None:
       remaining -= rows
   if not predictions:
     raise ValueError(f"task {task_name!r}: split {eval_cfg.split!r} yielded no "
                      "examples to evaluate")
   results: dict[str, float] = {}
-  for metric_fn in task.metric_fns:
+  for metric_fn in metric_fns:
     results.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
   results["num_examples"] = float(len(predictions))
   if out_dir:
@@ -123,15 +106,19 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
   return results
 
 
-def _strip(tokens: np.ndarray) -> list[int]:
-  """Token ids up to (not including) the first EOS, padding removed."""
-  out = []
-  for t in np.asarray(tokens).tolist():
-    if t == 1:
-      break
-    if t != 0:
-      out.append(t)
-  return out
+def _metric_fns(task_name: str, task, data_cfg: DataConfig, eval_cfg: EvalConfig) -> list:
+  """The task's seqio metrics, or exact match over the answer vocabulary (video QA)."""
+  from dynpt.data import answer_vocab, schema
+  from tasks import downstream
+
+  size = eval_cfg.answer_vocab_size
+  if size is None or task_name not in downstream.ANSWER_VOCAB_TASKS:
+    return list(task.metric_fns)
+  if size < 1:
+    raise ValueError(f"EvalConfig.answer_vocab_size must be >= 1 or None, got {size}")
+  vocab = answer_vocab.load_answer_vocab(schema.get_data_dir(data_cfg.data_dir), task_name,
+                                        int(size))
+  return [downstream.exact_match_in_vocab_metric(vocab)]
 
 
 def primary_metric(results: dict[str, float]) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from absl import logging
 import tensorflow as tf
@@ -75,7 +75,8 @@ def _write_split(data_dir: str, dataset: str, split: str, meta: dict,
 
 def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
                     image_size: int | None = None, *, num_frames: int | None = None,
-                    datasets: Iterable[str] | None = None, overwrite: bool = False,
+                    datasets: Iterable[str] | None = None,
+                    records: Mapping[str, int] | None = None, overwrite: bool = False,
                     progress: bool = True) -> dict[str, dict[str, int]]:
   """Builds the toy world under `data_dir` in the shared schema.
 
@@ -88,6 +89,8 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
     image_size: side of the square images in pixels; defaults to the scale's.
     num_frames: frames per video; defaults to the scale's.
     datasets: names to build (default: all of `datasets.DATASETS`).
+    records: records per split name, overriding the scale's for every built dataset
+      that has that split, e.g. `{'train': 8000}` for a larger toy RefCOCO train set.
     overwrite: rebuild splits that are already complete.
     progress: show a tqdm progress bar.
 
@@ -104,10 +107,18 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
   if num_frames < 2:
     raise ValueError(f"toy world num_frames={num_frames}: videos need at least 2 frames")
   names = list(datasets) if datasets is not None else list(ds_lib.DATASETS)
+  records = dict(records or {})
+  for split, n in records.items():
+    if int(n) < 1:
+      raise ValueError(f"toy world records[{split!r}]={n}: must be at least 1")
+  known_splits = {s for name in names for s in ds_lib.get_spec(name).splits}
+  if set(records) - known_splits:
+    raise ValueError(f"toy world records for unknown split(s) {sorted(set(records) - known_splits)}"
+                     f" of datasets {names}; their splits: {sorted(known_splits)}")
   jobs = []
   for name in names:
     for split in ds_lib.get_spec(name).splits:
-      n = ds_lib.num_records(name, split, scale)
+      n = int(records.get(split, ds_lib.num_records(name, split, scale)))
       meta = {"version": GENERATOR_VERSION, "seed": int(seed), "scale": scale,
               "image_size": image_size, "num_frames": num_frames, "num_records": n,
               "num_shards": max(1, n // RECORDS_PER_SHARD)}
