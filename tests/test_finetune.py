@@ -112,3 +112,68 @@ def test_unmatched_frozen_pattern_is_an_error(toy_data_dir, tmp_path):
         TrainConfig(run_dir=str(tmp_path), num_steps=1, global_batch_size=8),
         DataConfig(mixture="vqav2", data_dir=toy_data_dir, image_size=32),
         model_cfg=ModelConfig("tiny"), frozen_patterns=("^no_such_tower/",))
+
+
+@pytest.fixture(scope="module")
+def refcoco_data_dir(tmp_path_factory):
+  """Toy RefCOCO at 64 px with 20k training expressions (~50 s to build)."""
+  from dynpt.data.toyworld.build import build_toy_world
+
+  data_dir = str(tmp_path_factory.mktemp("toy_refcoco"))
+  build_toy_world(data_dir, seed=0, scale="default", image_size=64, datasets=["refcoco"],
+                  records={"train": 20000, "val": 300, "testA": 1, "testB": 1},
+                  progress=False)
+  return data_dir
+
+
+def _constant_box_baseline(data_dir):
+  """acc@0.5 of always answering the median training box (the best constant guess)."""
+  from dynpt import metrics
+  from dynpt.data import boxes
+
+  train = schema.read_records(data_dir, "refcoco", "train")
+  bins = np.median([boxes.box_to_bins(r["refexp/bbox"], (64, 64)) for r in train], 0)
+  text = " ".join(str(int(b)) for b in bins)
+  val = schema.read_records(data_dir, "refcoco", "val")
+  return float(np.mean([metrics.refcoco_hit(text, r["refexp/bbox"], (64, 64)) for r in val]))
+
+
+def test_position_tables_are_resampled_for_another_image_size(pretrained_export):
+  from dynpt.data import pipeline
+  from dynpt.train import model_setup
+
+  params, _ = export.load_export(pretrained_export)  # pretrained at 32 px: 2 x 2 grid
+  model = model_setup.build_model(ModelConfig("tiny"), pipeline.get_vocabulary(), 64)
+  data_cfg = DataConfig(image_size=64, target_length=16)
+  resized = finetune.resize_visual_positions(model, data_cfg, params, "test")
+  for name in ("visual_row_embedding", "visual_col_embedding"):
+    old, new = np.asarray(params[name]), resized[name]
+    assert old.shape[0] == 2 and new.shape == (4, old.shape[1])
+    # Linear interpolation: the outer cells keep the old rows, the inner ones lie between.
+    np.testing.assert_allclose(new[0], old[0], atol=1e-6)
+    np.testing.assert_allclose(new[-1], old[-1], atol=1e-6)
+    np.testing.assert_allclose(new[1], 0.75 * old[0] + 0.25 * old[1], atol=1e-6)
+  finetune._check_params_match(model, data_cfg, resized, "test")  # everything else fits
+  with pytest.raises(ValueError, match="visual_(row|col)_embedding has shape \(2, 32\)"):
+    finetune._check_params_match(model, data_cfg, params, "test")
+
+
+def test_finetune_refcoco_beats_the_constant_box(pretrained_export, refcoco_data_dir,
+                                                 tmp_path):
+  """Boxes as text from a toy-pretrained checkpoint: clearly above the best constant box."""
+  run_dir = str(tmp_path)
+  steps = 3000
+  summary = finetune.finetune(
+      TrainConfig(run_dir=run_dir, num_steps=steps, global_batch_size=32,
+                  progress_bar=False, log_every=500, checkpoint_every=10000),
+      DataConfig(mixture="refcoco", data_dir=refcoco_data_dir, image_size=64,
+                 target_length=8),
+      optim.OptimizerConfig(learning_rate=5e-3, warmup_steps=50, total_steps=steps),
+      ModelConfig("tiny", dropout_rate=0.0), SamplerConfig("uniform", {"min_per_task": 1}),
+      finetune.EvalConfig(split="val", every=1000, batch_size=100),
+      init_from=pretrained_export)
+  results = summary["eval"]["tasks"]["refcoco"]
+  baseline = 100 * _constant_box_baseline(refcoco_data_dir)
+  print(f"toy RefCOCO acc@0.5 {results['acc@0.5']:.1f} vs constant box {baseline:.1f}")
+  assert results["unparseable"] < 5.0
+  assert results["acc@0.5"] > baseline + 8.0

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
@@ -193,6 +194,7 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
     init_params, info = export.load_export(init_from)
     logging.info("finetuning from %s (pretrained step %s)", init_from,
                  info.get("step"))
+    init_params = resize_visual_positions(model, data_cfg, init_params, init_from)
     _check_params_match(model, data_cfg, init_params, init_from)
   if frozen_patterns:
     abstract = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
@@ -209,6 +211,37 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
                        eval_every=eval_cfg.every)
   summary.update(eval=keeper.last, best=keeper.best)
   return summary
+
+
+# The visual position tables whose length follows the image size (one row per grid cell).
+_POSITION_TABLES = ("visual_row_embedding", "visual_col_embedding")
+
+
+def resize_visual_positions(model, data_cfg: DataConfig, params: Any, source: str) -> Any:
+  """Resamples the row/column position tables when finetuning at another image size.
+
+  The visual grid is image_size / 16 cells per side, so an export pretrained at one
+  size (224 px: 14 rows) does not fit a model at another (384 px: 24 rows). As
+  big_vision does for ViT position embeddings, each table is linearly interpolated
+  to the new grid; every other param must match exactly (`_check_params_match`).
+  """
+  abstract = nn.meta.unbox(jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
+                                          jax.random.PRNGKey(0)))
+  if not isinstance(params, dict):
+    return params
+  params = dict(params)
+  for name in _POSITION_TABLES:
+    if name not in params or name not in abstract:
+      continue
+    want = tuple(abstract[name].shape)
+    have = tuple(np.shape(params[name]))
+    if have == want or len(have) != 2 or have[1] != want[1]:
+      continue  # equal, or a width mismatch that _check_params_match reports
+    params[name] = np.asarray(jax.image.resize(
+        np.asarray(params[name], np.float32), want, method="linear"))
+    logging.info("export %s: resampled %s from %d to %d grid positions (image size %d)",
+                 source, name, have[0], want[0], data_cfg.image_size)
+  return params
 
 
 def _check_params_match(model, data_cfg, params, source: str) -> None:
