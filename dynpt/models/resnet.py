@@ -37,9 +37,9 @@ Array = jax.Array
 STAGE_UNITS = {18: (2, 2, 2), 26: (2, 2, 2), 50: (3, 4, 6), 101: (3, 4, 23)}
 _CONV_AXES = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
 _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXES)
-# Below this many channels the XLA:CPU convolution and reduce-window kernels beat their
-# dot / strided-maxima replacements (a thin minor dimension fills few SIMD lanes):
-# measured at 8-32 channels (the `tiny` trunk) and 64-1024 (`small`), docs/performance.md.
+# Below this many channels the XLA:CPU convolution beats the dot replacement of 1x1 convs
+# (a thin minor dimension fills few SIMD lanes): measured at 8-32 channels (the `tiny`
+# trunk) and 64-1024 (`small`), docs/performance.md.
 FAST_PATH_MIN_CHANNELS = 64
 
 
@@ -116,12 +116,15 @@ class GroupNorm(nn.Module):
     return ((xf - mean) * mul + bias).astype(self.dtype)
 
 
-def max_pool_3x3_s2(x: Array, min_channels: int = FAST_PATH_MIN_CHANNELS) -> Array:
+def max_pool_3x3_s2(x: Array, min_channels: int = 1) -> Array:
   """3x3 max pool, stride 2, padding 1 ([N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]).
 
-  With at least `min_channels` channels, written as the maximum of 9 strided views
-  rather than `nn.max_pool`: the gradient of `reduce_window` is a select-and-scatter that
-  XLA:CPU runs 3-6x slower than the elementwise maxima at 112x112x64 (batch 8). Both give
+  With at least `min_channels` channels (default: always), written as the maximum of 9
+  strided views rather than `nn.max_pool`: the gradient of `reduce_window` is a
+  select-and-scatter that XLA:CPU runs 3-6x slower than the elementwise maxima at
+  112x112x64 (batch 8); at 8 channels (the toy step) it also materialises four int32
+  index maps of the padded input (9 ms of a 185 ms step), and the whole toy step is
+  1.6% faster with the strided views (docs/performance.md). Both give
   the max's gradient to the maximal input; they differ only on exact ties, which after
   the preceding ReLU are zeros whose gradient the ReLU drops anyway.
   """

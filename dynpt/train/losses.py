@@ -8,8 +8,13 @@ identical on every host, which is what the mixer needs.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 LOSS_NORMALIZATIONS = ("tokens", "task_mean")
 
@@ -26,23 +31,69 @@ def cross_entropy(logits: jax.Array, targets: jax.Array,
     targets: [batch, length] int.
     label_smoothing: mass spread uniformly over the vocabulary.
 
+  Why a custom VJP (as t5x's `cross_entropy_with_logits`): the gradient of both
+  outputs is `softmax(logits) - soft_targets`, one fused elementwise pass over the
+  [tokens, vocab] logits. Autodiff of `log_softmax` + `take_along_axis` instead
+  scatters into a zero array and materialises the log-softmax gradient in a
+  transposed copy (10 ms of a 190 ms toy step; the logits are the largest
+  activation at vocabulary 32128). The target logit is read with a one-hot
+  reduction, not a gather, for the same reason.
+
   Returns:
     (smoothed, unsmoothed), each [batch, length] float32.
   """
-  logits = logits.astype(jnp.float32)
-  vocab = logits.shape[-1]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  smoothed, nll, _ = _cross_entropy(logits.astype(jnp.float32), targets,
+                                    float(label_smoothing))
+  return smoothed, nll
+
+
+def _smoothing_constants(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
+  """(confidence, low, normalizer): soft-target mass on the target and on every other
+  class, and the entropy of that distribution (subtracted, so a perfect fit scores 0)."""
   if not label_smoothing:
-    return nll, nll
+    return 1.0, 0.0, 0.0
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
-  normalizer = -(confidence * jnp.log(confidence) +
-                 (vocab - 1) * low * jnp.log(low + 1e-20))
-  smooth = -jnp.mean(log_probs, axis=-1) * vocab * low  # Spread part.
-  # Soft targets: confidence on the target, `low` on every other class.
-  smoothed = confidence * nll + smooth - low * nll - normalizer
-  return smoothed, nll
+  normalizer = -(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
+  return confidence, low, normalizer
+
+
+def _ce_forward(logits, targets, label_smoothing):
+  vocab = logits.shape[-1]
+  confidence, low, normalizer = _smoothing_constants(vocab, label_smoothing)
+  lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
+  is_target = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+  target_logit = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+  nll = lse - target_logit
+  if not label_smoothing:
+    return (nll, nll, lse), (logits, targets, lse)
+  mean_log_prob = jnp.mean(logits, axis=-1) - lse
+  # Soft targets: `confidence` on the target and `low` on every other class.
+  smoothed = (confidence - low) * nll - vocab * low * mean_log_prob - normalizer
+  return (smoothed, nll, lse), (logits, targets, lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _cross_entropy(logits, targets, label_smoothing):
+  return _ce_forward(logits, targets, label_smoothing)[0]
+
+
+def _ce_backward(label_smoothing, residuals, cotangents):
+  logits, targets, lse = residuals
+  g_smoothed, g_nll, _ = cotangents  # lse is an internal output: no cotangent used.
+  confidence, low, _ = _smoothing_constants(logits.shape[-1], label_smoothing)
+  is_target = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+  probs = jnp.exp(logits - lse[..., None])
+  # d smoothed / d logits = probs - q, q = confidence on the target, low elsewhere;
+  # d nll / d logits = probs - onehot.
+  gs, gn = g_smoothed[..., None], g_nll[..., None]
+  soft = jnp.where(is_target, confidence * gs + gn, low * gs)
+  grad = (gs + gn) * probs - soft
+  targets_grad = np.zeros(targets.shape, jax.dtypes.float0)
+  return grad, targets_grad
+
+
+_cross_entropy.defvjp(lambda logits, targets, ls: _ce_forward(logits, targets, ls), _ce_backward)
 
 
 def per_task_sums(token_values: jax.Array, weights: jax.Array,

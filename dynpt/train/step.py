@@ -36,7 +36,10 @@ def compute_metrics(logits, batch, num_tasks: int,
   smoothed, nll = losses.cross_entropy(logits, targets, label_smoothing)
   task_sum, task_tokens = losses.per_task_sums(nll, weights, batch["task_id"],
                                                num_tasks)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  # Token accuracy: the target's logit is the largest (ties count as correct). Cheaper
+  # than argmax, whose (value, index) reduction over the vocabulary cost 2% of a toy step.
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   task_correct, _ = losses.per_task_sums(correct, weights, batch["task_id"],
                                          num_tasks)
   return {"task_loss_sum": task_sum, "task_tokens": task_tokens,
