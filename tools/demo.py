@@ -51,11 +51,18 @@ def main(argv) -> None:
   plot.plot_history(records, png, title="dynpt demo (toy_cpu.gin)")
   first, last = records[0]["shares"], records[-1]["shares"]
   print("\n=== dynpt demo summary ===")
-  print(f"steps {summary['start_step']} -> {summary['end_step']} in "
-        f"{summary['seconds']:.0f} s, {summary['examples_per_s']:.1f} examples/s")
+  if summary["start_step"] == summary["end_step"]:
+    print(f"the run in {_RUN_DIR.value} was already complete at step "
+          f"{summary['end_step']}; delete it to train again")
+  else:
+    print(f"steps {summary['start_step']} -> {summary['end_step']} in "
+          f"{summary['seconds']:.0f} s, {summary['examples_per_s']:.1f} examples/s")
   print(f"{'task':<24}{'final loss':>11}{'share start':>13}{'share end':>11}")
+  # A re-run of a finished demo trains no step: take the losses from the history.
+  final_loss = summary["final_task_loss"] or records[-1].get("task_loss") or {}
   for task in sorted(last, key=lambda t: -(last[t] or 0)):
-    loss = summary["final_task_loss"].get(task, float("nan"))
+    loss = final_loss.get(task)
+    loss = float("nan") if loss is None else loss
     print(f"{task:<24}{loss:>11.3f}{first[task]:>13.3f}{last[task]:>11.3f}")
   print(f"run dir:     {os.path.abspath(_RUN_DIR.value)}")
   print(f"checkpoints: {summary['checkpoints']}")
