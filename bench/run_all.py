@@ -1,8 +1,9 @@
 """Runs the CPU-sized benchmark set (`make bench`), each script in its own process.
 
 Order matters: train_step.json is written first so that input_pipeline.py can compare
-what the pipeline delivers with what the step consumes. The whole set took
-13 minutes on the shared 2-core development machine.
+what the pipeline delivers with what the step consumes. The default set took 699 s
+on the idle 2-core development machine (toy world already built; its first build adds
+about 5 minutes).
 
   python bench/run_all.py [--data_dir=/tmp/bench_data] [--all]
 
