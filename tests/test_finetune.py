@@ -145,7 +145,8 @@ def test_position_tables_are_resampled_for_another_image_size(pretrained_export)
   params, _ = export.load_export(pretrained_export)  # pretrained at 32 px: 2 x 2 grid
   model = model_setup.build_model(ModelConfig("tiny"), pipeline.get_vocabulary(), 64)
   data_cfg = DataConfig(image_size=64, target_length=16)
-  resized = finetune.resize_visual_positions(model, data_cfg, params, "test")
+  abstract = finetune.abstract_params(model, data_cfg)
+  resized = finetune.resize_visual_positions(abstract, params, "test")
   for name in ("visual_row_embedding", "visual_col_embedding"):
     old, new = np.asarray(params[name]), resized[name]
     assert old.shape[0] == 2 and new.shape == (4, old.shape[1])
@@ -153,9 +154,9 @@ def test_position_tables_are_resampled_for_another_image_size(pretrained_export)
     np.testing.assert_allclose(new[0], old[0], atol=1e-6)
     np.testing.assert_allclose(new[-1], old[-1], atol=1e-6)
     np.testing.assert_allclose(new[1], 0.75 * old[0] + 0.25 * old[1], atol=1e-6)
-  finetune._check_params_match(model, data_cfg, resized, "test")  # everything else fits
+  finetune._check_params_match(abstract, resized, "test")  # everything else fits
   with pytest.raises(ValueError, match="visual_(row|col)_embedding has shape \(2, 32\)"):
-    finetune._check_params_match(model, data_cfg, params, "test")
+    finetune._check_params_match(abstract, params, "test")
 
 
 def test_finetune_refcoco_beats_the_constant_box(pretrained_export, refcoco_data_dir,

@@ -190,15 +190,15 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   init_params = None
+  if init_from or frozen_patterns:
+    abstract = abstract_params(model, data_cfg)
   if init_from:
     init_params, info = export.load_export(init_from)
     logging.info("finetuning from %s (pretrained step %s)", init_from,
                  info.get("step"))
-    init_params = resize_visual_positions(model, data_cfg, init_params, init_from)
-    _check_params_match(model, data_cfg, init_params, init_from)
+    init_params = resize_visual_positions(abstract, init_params, init_from)
+    _check_params_match(abstract, init_params, init_from)
   if frozen_patterns:
-    abstract = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
-                              jax.random.PRNGKey(0))
     labels = jax.tree.leaves(optim.frozen_labels(abstract, frozen_patterns))
     if "frozen" not in labels:
       raise ValueError(f"frozen_patterns {frozen_patterns} match no parameter "
@@ -217,16 +217,21 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
 _POSITION_TABLES = ("visual_row_embedding", "visual_col_embedding")
 
 
-def resize_visual_positions(model, data_cfg: DataConfig, params: Any, source: str) -> Any:
+def abstract_params(model, data_cfg: DataConfig) -> Any:
+  """The model's param tree as unboxed shapes (`jax.eval_shape`; nothing allocated)."""
+  return nn.meta.unbox(jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
+                                      jax.random.PRNGKey(0)))
+
+
+def resize_visual_positions(abstract: Any, params: Any, source: str) -> Any:
   """Resamples the row/column position tables when finetuning at another image size.
 
   The visual grid is image_size / 16 cells per side, so an export pretrained at one
   size (224 px: 14 rows) does not fit a model at another (384 px: 24 rows). As
   big_vision does for ViT position embeddings, each table is linearly interpolated
   to the new grid; every other param must match exactly (`_check_params_match`).
+  `abstract` is the target model's `abstract_params`.
   """
-  abstract = nn.meta.unbox(jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
-                                          jax.random.PRNGKey(0)))
   if not isinstance(params, dict):
     return params
   params = dict(params)
@@ -239,15 +244,13 @@ def resize_visual_positions(model, data_cfg: DataConfig, params: Any, source: st
       continue  # equal, or a width mismatch that _check_params_match reports
     params[name] = np.asarray(jax.image.resize(
         np.asarray(params[name], np.float32), want, method="linear"))
-    logging.info("export %s: resampled %s from %d to %d grid positions (image size %d)",
-                 source, name, have[0], want[0], data_cfg.image_size)
+    logging.info("export %s: resampled %s from %d to %d grid positions", source, name,
+                 have[0], want[0])
   return params
 
 
-def _check_params_match(model, data_cfg, params, source: str) -> None:
-  """Fails early, naming the first mismatching path, if shapes differ."""
-  abstract = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
-                            jax.random.PRNGKey(0))
+def _check_params_match(abstract: Any, params: Any, source: str) -> None:
+  """Fails early, naming the first mismatching path, if shapes differ from `abstract`."""
   want = {optim.param_path(p): tuple(x.shape) for p, x in
           jax.tree_util.tree_flatten_with_path(abstract)[0]}
   have = {optim.param_path(p): tuple(np.shape(x)) for p, x in
