@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from bench import common, patches  # noqa: E402
+from dynpt import hostalloc  # noqa: E402
 
 # name -> (bench/patches.py version of the ResNet layers, compute dtype)
 VARIANTS = {**{name: (name, "float32") for name in patches.VERSIONS},
@@ -102,4 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

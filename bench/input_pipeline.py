@@ -23,6 +23,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from dynpt import hostalloc  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/bench_data", "Toy world root.")
 _SIZES = flags.DEFINE_list("sizes", ["toy", "small"], "Sizes (batch, image size).")
@@ -98,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bench import common  # noqa: E402
+from dynpt import hostalloc  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/bench_data", "Toy world root.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per sampler per round.")
@@ -187,4 +188,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

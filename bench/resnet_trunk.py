@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench import common, patches  # noqa: E402
+from dynpt import hostalloc  # noqa: E402
 from dynpt.models import configs as model_configs  # noqa: E402
 from dynpt.models import resnet  # noqa: E402
 
@@ -131,4 +132,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

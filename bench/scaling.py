@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from dynpt import hostalloc  # noqa: E402
+
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Simulated device counts.")
 _SIZE = flags.DEFINE_string("size", "toy", "Size (bench/common.SIZES).")
 _STEPS = flags.DEFINE_integer("steps", 6, "Timed steps per device count.")
@@ -76,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from bench import common  # noqa: E402
+from dynpt import hostalloc  # noqa: E402
 from dynpt.train import state as state_lib  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["toy", "small", "base"], "Sizes to measure.")
@@ -116,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import gin  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from dynpt import hostalloc  # noqa: E402
+
 MODES = ("pretrain", "finetune", "eval", "export")
 ENV_CPU_COLLECTIVES = "DYNPT_CPU_COLLECTIVES"
 
@@ -158,6 +160,7 @@ def _has_macro(name: str) -> bool:
 
 def run():
   """Console-script entry point (`dynpt --gin_file=...`)."""
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main, argv=rewrite_gin_args(sys.argv))
 
 

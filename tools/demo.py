@@ -20,6 +20,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dynpt import hostalloc  # noqa: E402
+
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/demo", "Run directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/toy", "Toy data directory.")
 _CONFIG = flags.DEFINE_string("config", "pretrain/toy_cpu.gin", "Gin config.")
@@ -73,4 +75,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)

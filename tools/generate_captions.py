@@ -25,6 +25,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dynpt import hostalloc  # noqa: E402
 from dynpt.data import generated_captions as gc  # noqa: E402
 from dynpt.data import preprocessors as pp  # noqa: E402
 
@@ -66,4 +67,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  hostalloc.reexec_with_tuned_allocator()
   app.run(main)
