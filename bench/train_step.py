@@ -27,6 +27,15 @@ _SIZES = flags.DEFINE_list("sizes", ["toy", "small", "base"], "Sizes to measure.
 _PEER_SIZES = flags.DEFINE_list("peer_sizes", ["toy", "small"], "Sizes with the peer.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating dynpt/peer rounds.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per side per round.")
+_WARMUP = flags.DEFINE_integer(
+    "warmup_steps", 3, "Untimed steps per side before the rounds: the first steps after "
+    "compilation still map fresh memory (huge pages, docs/performance.md) and warm "
+    "caches; a run's steady state is what the table reports.")
+_SETTLE = flags.DEFINE_integer(
+    "settle_steps", 2, "Untimed steps per side at the start of every round. The two "
+    "sides share this process's heap, and after the other side's step the first steps "
+    "map memory again (toy: 0.2-0.4 s against 0.15 s settled); no training run alternates "
+    "with another framework, so each side is timed settled.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False,
                                    "Also time the peer under torch.compile.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype override (bfloat16).")
@@ -52,11 +61,16 @@ def measure(size_name: str, with_peer: bool) -> dict:
     peer = peer_torch.PeerStep(sb.model_config, common.synthetic_batch(size),
                                num_threads=len(os.sched_getaffinity(0)))
     peer_first = peer_torch.time_first_call(peer)
+  common.time_calls(sb.run, _WARMUP.value)
+  if peer is not None:
+    common.time_calls(peer.run, _WARMUP.value)
   ours, theirs = [], []
   steps = _steps_for(size_name)
   for _ in range(_ROUNDS.value):
+    common.time_calls(sb.run, _SETTLE.value)
     ours += common.time_calls(sb.run, steps)
     if peer is not None:
+      common.time_calls(peer.run, _SETTLE.value)
       theirs += common.time_calls(peer.run, steps)
   rec = {
       "size": size_name, "model": size.model, "image_size": size.image_size,

@@ -14,7 +14,7 @@ example on its own, so the model is a pure function of its params and the train 
 has no `batch_stats`.
 
 The layers are written for speed on XLA:CPU without changing the function or the params
-(`StdConv` runs wide 1x1 kernels as dots, `GroupNorm` reduces per channel before
+(`StdConv` runs 1x1 kernels as dots, `GroupNorm` reduces per channel before
 grouping, `max_pool_3x3_s2` takes maxima of strided views): together 1.5x faster trunk
 fwd+bwd at the `small` size; see each layer and docs/performance.md.
 
@@ -37,10 +37,12 @@ Array = jax.Array
 STAGE_UNITS = {18: (2, 2, 2), 26: (2, 2, 2), 50: (3, 4, 6), 101: (3, 4, 23)}
 _CONV_AXES = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
 _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXES)
-# Below this many channels the XLA:CPU convolution beats the dot replacement of 1x1 convs
-# (a thin minor dimension fills few SIMD lanes): measured at 8-32 channels (the `tiny`
-# trunk) and 64-1024 (`small`), docs/performance.md.
-FAST_PATH_MIN_CHANNELS = 64
+# 1x1 convs with at least this many input and output channels run as dots. Since the
+# malloc settings of `dynpt.hostalloc` the dot wins at every width: the toy step is
+# 1.03x faster with the `tiny` trunk's 8-32 channel 1x1 convs as dots too (its conv
+# kernel gradients wrote the activations transposed batch-minor, 32 KB strides), where
+# it was even before them (the threshold was 64); docs/performance.md.
+FAST_PATH_MIN_CHANNELS = 1
 
 
 def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
@@ -53,11 +55,12 @@ class StdConv(nn.Module):
   """A bias-free, 'same'-padded conv whose kernel is weight-standardized on every use.
 
   The kernel param is [kernel, kernel, in, out] as in `nn.Conv`. A 1x1 kernel with at
-  least `dot_min_channels` input and output channels runs as a dot over channels on the
-  strided input instead of a convolution: it is the same function, but XLA:CPU sends the
-  backward pass of 1x1 convolutions through its generic convolution code (22-120 GFLOP/s,
-  slowest on large maps), while the dot's gradients are dots too (1.2-5x faster per layer at 64-1024
-  channels, docs/performance.md). On TPU/GPU both forms lower to the same matmul.
+  least `dot_min_channels` input and output channels (default: always) runs as a dot over
+  channels on the strided input instead of a convolution: it is the same function, but
+  XLA:CPU sends the backward pass of 1x1 convolutions through its generic convolution
+  code (22-120 GFLOP/s, slowest on large maps), while the dot's gradients are dots too
+  (1.2-5x faster per layer at 64-1024 channels, 1.03x on the whole toy step at 8-32,
+  docs/performance.md). On TPU/GPU both forms lower to the same matmul.
   """
   features: int
   kernel_size: int
