@@ -1,9 +1,9 @@
 """Runs the CPU-sized benchmark set (`make bench`), each script in its own process.
 
 Order matters: train_step.json is written first so that input_pipeline.py can compare
-what the pipeline delivers with what the step consumes. The default set took 699 s
-on the idle 2-core development machine (toy world already built; its first build adds
-about 5 minutes).
+what the pipeline delivers with what the step consumes. The default set took 791 s
+on the idle 2-core development machine with 3 mixer rounds, about 920 s with the 12 it now
+runs (toy world already built; its first build adds about 5 minutes).
 
   python bench/run_all.py [--data_dir=/tmp/bench_data] [--all]
 
@@ -29,7 +29,8 @@ def main() -> int:
       ("resnet_trunk.py", ["--size=small", "--versions=reference,conv1x1,norm,current"]),
       ("ab_step.py", ["--sizes=toy,small", "--variants=reference,current"]),
       ("input_pipeline.py", [f"--data_dir={data_dir}"]),
-      ("mixer_overhead.py", [f"--data_dir={data_dir}"]),
+      # 12 rounds: with 3 the paired median moved by +-2% from run to run.
+      ("mixer_overhead.py", [f"--data_dir={data_dir}", "--rounds=12"]),
       ("scaling.py", []),
   ]
   if "--all" in sys.argv[1:]:

@@ -27,14 +27,18 @@ the toy train step 0.166-0.171 -> 0.134-0.148 s, the small step 2.03-2.11 -> 1.7
 in most runs. The cost: the process keeps its peak heap instead of returning it to the
 system, which is what a training process does anyway.
 
-Opt out with `DYNPT_HOST_ALLOCATOR=system`. Any of the variables that is already set
-in the environment is left as the user set it. Only entry points call this (`python -m
+Only CPU runs get them: a host with a GPU or TPU (`/dev/nvidia*`, `/dev/accel*`,
+`/dev/vfio/<n>`) or `JAX_PLATFORMS` naming another platform keeps glibc's defaults, since
+there the step's buffers live on the device and the host runs many input threads, which
+4 arenas would serialize. Opt out with `DYNPT_HOST_ALLOCATOR=system`. Any of the
+variables that is already set in the environment is left as the user set it. Only entry points call this (`python -m
 dynpt.main`, `tools/demo.py`, the benchmarks), as their first statement: a library import
 must not re-execute its host process.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import sys
@@ -69,12 +73,19 @@ def glibc_version() -> tuple[int, int] | None:
   return major, minor
 
 
-def tuned_environment(environ: Mapping[str, str],
-                      glibc: tuple[int, int] | None) -> dict[str, str] | None:
+def accelerator_present() -> bool:
+  """Whether this host has a GPU or TPU device node (so XLA will not run on its CPU)."""
+  return any(glob.glob(p) for p in ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*",
+                                     "/dev/vfio/[0-9]*"))
+
+
+def tuned_environment(environ: Mapping[str, str], glibc: tuple[int, int] | None,
+                      accelerator: bool = False) -> dict[str, str] | None:
   """The environment to re-execute with, or None when there is nothing to change.
 
-  Pure: decides from `environ` and the glibc version only. Variables the user has set
-  are kept; `GLIBC_TUNABLES` gains the hugetlb tunable unless it already names it.
+  Pure: decides from `environ`, the glibc version and whether the host has an
+  accelerator. Variables the user has set are kept; `GLIBC_TUNABLES` gains the hugetlb
+  tunable unless it already names it.
 
   Raises:
     ValueError: `DYNPT_HOST_ALLOCATOR` is set to something other than tuned/system.
@@ -83,6 +94,9 @@ def tuned_environment(environ: Mapping[str, str],
   if mode not in MODES:
     raise ValueError(f"{ENV_MODE}={mode!r}: expected one of {', '.join(MODES)}")
   if mode == "system" or glibc is None or environ.get(ENV_APPLIED):
+    return None
+  platforms = environ.get("JAX_PLATFORMS", "")
+  if accelerator or (platforms and not platforms.startswith("cpu")):
     return None
   env = dict(environ)
   for key, value in MALLOC_ENVIRONMENT.items():
@@ -102,10 +116,10 @@ def reexec_with_tuned_allocator() -> None:
   Call as the first statement under `if __name__ == "__main__":`, before JAX, threads
   or open files exist: `os.execve` replaces the process, keeping its pid, arguments
   (`sys.orig_argv`, so `python -m pkg.mod` stays a module run) and the rest of the
-  environment. Does nothing on non-glibc systems, with `DYNPT_HOST_ALLOCATOR=system`, or
-  when the settings are already in place.
+  environment. Does nothing on non-glibc systems, on hosts with a GPU or TPU, with
+  `DYNPT_HOST_ALLOCATOR=system`, or when the settings are already in place.
   """
-  env = tuned_environment(os.environ, glibc_version())
+  env = tuned_environment(os.environ, glibc_version(), accelerator_present())
   if env is None:
     return
   added = {k: env[k] for k in sorted(env) if os.environ.get(k) != env[k] and k != ENV_APPLIED}

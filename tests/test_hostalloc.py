@@ -38,6 +38,12 @@ def test_nothing_to_do():
   assert hostalloc.tuned_environment({}, None) is None  # Not glibc: nothing applies.
 
 
+def test_accelerator_hosts_keep_glibc_defaults():
+  assert hostalloc.tuned_environment({}, GLIBC, accelerator=True) is None
+  assert hostalloc.tuned_environment({"JAX_PLATFORMS": "tpu"}, GLIBC) is None
+  assert hostalloc.tuned_environment({"JAX_PLATFORMS": "cpu"}, GLIBC) is not None
+
+
 def test_old_glibc_gets_no_hugetlb_tunable():
   env = hostalloc.tuned_environment({}, (2, 31))
   assert "GLIBC_TUNABLES" not in env
@@ -49,7 +55,8 @@ def test_bad_mode_names_the_variable():
     hostalloc.tuned_environment({hostalloc.ENV_MODE: "jemalloc"}, GLIBC)
 
 
-@pytest.mark.skipif(hostalloc.glibc_version() is None, reason="needs glibc")
+@pytest.mark.skipif(hostalloc.glibc_version() is None or hostalloc.accelerator_present(),
+                    reason="needs glibc on a CPU-only host")
 @pytest.mark.parametrize("mode", ["tuned", "system"])
 def test_reexec_runs_the_entry_point_once_with_its_arguments(tmp_path, mode):
   script = tmp_path / "entry.py"
@@ -63,7 +70,8 @@ def test_reexec_runs_the_entry_point_once_with_its_arguments(tmp_path, mode):
       print("applied", os.environ.get("DYNPT_HOST_ALLOCATOR_APPLIED"))
   """))
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", hostalloc.ENV_APPLIED)}
+         if not k.startswith("MALLOC_")
+         and k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS", hostalloc.ENV_APPLIED)}
   env[hostalloc.ENV_MODE] = mode
   out = subprocess.run([sys.executable, str(script), "--flag=1", "x y"], env=env,
                        capture_output=True, text=True, check=True).stdout.splitlines()
