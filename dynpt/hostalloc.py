@@ -18,22 +18,25 @@ set rather than changing anything in a running process:
   more of the working set).
 * `MALLOC_MMAP_MAX_=0` and `MALLOC_TRIM_THRESHOLD_=2**40`: large blocks come from the heap
   and stay there after `free`, so the next step reuses pages that are already mapped.
-* `MALLOC_ARENA_MAX=4`: a few heaps shared by XLA's threads. With a single heap (1) the
-  toy step was 20% slower (allocator contention); without a limit, threads that own an
-  arena of their own serve large blocks by `mmap` again.
+* `MALLOC_ARENA_MAX=4`: a few heaps shared by XLA's threads. With a single heap the toy
+  step was 10-20% slower (threads queue in `_int_malloc`); without a limit, most
+  threads own an arena whose heaps hold at most 64 MB, and those serve larger blocks by
+  `mmap` whatever `MALLOC_MMAP_MAX_` says.
 
-Effect, measured step alone and alternating with the PyTorch peer (docs/performance.md):
-the toy train step 0.166-0.171 -> 0.134-0.148 s, the small step 2.03-2.11 -> 1.79-1.84 s
-in most runs. The cost: the process keeps its peak heap instead of returning it to the
-system, which is what a training process does anyway.
+Effect on the train step measured alone (docs/performance.md): toy 0.166-0.171 ->
+0.133-0.148 s; small 2.03-2.11 -> 1.79-1.84 s in about half the processes. In the other
+half the thread that allocates XLA's buffer owns a secondary arena, so every second
+small step maps it afresh (median 2.14-2.20 s, no worse than glibc's defaults). The
+cost: the process keeps its peak heap instead of returning it to the system, which is
+what a training process does anyway.
 
 Only CPU runs get them: a host with a GPU or TPU (`/dev/nvidia*`, `/dev/accel*`,
 `/dev/vfio/<n>`) or `JAX_PLATFORMS` naming another platform keeps glibc's defaults, since
 there the step's buffers live on the device and the host runs many input threads, which
 4 arenas would serialize. Opt out with `DYNPT_HOST_ALLOCATOR=system`. Any of the
-variables that is already set in the environment is left as the user set it. Only entry points call this (`python -m
-dynpt.main`, `tools/demo.py`, the benchmarks), as their first statement: a library import
-must not re-execute its host process.
+variables that is already set in the environment is left as the user set it. Only entry
+points call this (`python -m dynpt.main`, `tools/demo.py`, the benchmarks), as their
+first statement: a library import must not re-execute its host process.
 """
 
 from __future__ import annotations
