@@ -37,11 +37,12 @@ Array = jax.Array
 STAGE_UNITS = {18: (2, 2, 2), 26: (2, 2, 2), 50: (3, 4, 6), 101: (3, 4, 23)}
 _CONV_AXES = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
 _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXES)
-# 1x1 convs with at least this many input and output channels run as dots. Since the
-# malloc settings of `dynpt.hostalloc` the dot wins at every width: the toy step is
-# 1.03x faster with the `tiny` trunk's 8-32 channel 1x1 convs as dots too (its conv
-# kernel gradients wrote the activations transposed batch-minor, 32 KB strides), where
-# it was even before them (the threshold was 64); docs/performance.md.
+# 1x1 convs with at least this many input and output channels run as dots: all of them.
+# With the malloc settings of `dynpt.hostalloc` the dot also wins at the `tiny` trunk's
+# 8-32 channels (toy step 1.03x: the conv kernel gradients wrote the activations
+# transposed batch-minor, at 32 KB strides); before those settings the two were even
+# there and the threshold was 64 (docs/performance.md). `StdConv.dot_min_channels` keeps
+# the convolution path reachable for A/B runs and for its tests.
 FAST_PATH_MIN_CHANNELS = 1
 
 
