@@ -49,15 +49,22 @@ def _flax_max_pool(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+def _autodiff_pointwise_dot(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`resnet.pointwise_dot` as the second and third rounds had it: gradients by autodiff."""
+  return jnp.einsum("nhwc,cd->nhwd", x, w)
+
+
 # Layer kinds that `reference_layers` can switch back: resnet attribute -> original.
 REFERENCE = {"conv": ("_conv", _flax_conv), "norm": ("_norm", _flax_norm),
-             "pool": ("max_pool_3x3_s2", _flax_max_pool)}
+             "pool": ("max_pool_3x3_s2", _flax_max_pool),
+             "dotgrad": ("pointwise_dot", _autodiff_pointwise_dot)}
 # Named versions of the trunk for A/B runs: name -> kinds switched back to the reference.
 VERSIONS = {
-    "reference": ("conv", "norm", "pool"),  # before the speed-ups
+    "reference": ("conv", "norm", "pool", "dotgrad"),  # before the speed-ups
     "conv1x1": ("norm", "pool"),  # only 1x1 convs as dots
     "norm": ("conv", "pool"),  # only the per-channel GroupNorm
     "pool": ("conv", "norm"),  # only the max pool as strided maxima
+    "autodiff_dot": ("dotgrad",),  # third round: 1x1 dots with autodiff gradients
     "current": (),  # dynpt/models/resnet.py as it is
 }
 

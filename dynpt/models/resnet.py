@@ -46,6 +46,38 @@ _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXE
 FAST_PATH_MIN_CHANNELS = 1
 
 
+@jax.custom_vjp
+def pointwise_dot(x: Array, w: Array) -> Array:
+  """A 1x1 convolution as a dot over channels: [N, H, W, C] x [C, D] -> [N, H, W, D].
+
+  Same function as `einsum('nhwc,cd->nhwd', x, w)`, with the gradients written as two
+  plain matrix products over the flattened pixels P = N*H*W: dx = g @ w.T and
+  dw = x.T @ g (contracting P, the major axis of both operands, which XLA:CPU's dot
+  takes as it is). Autodiff of the einsum instead yields dw as a dot with its output
+  axes swapped, which XLA rewrites into a transposed operand: every weight gradient then
+  first wrote g (or x) transposed, fused into the GroupNorm backward at strides of
+  N*H*W floats (62 -> 16 ms for a 56x56x64->256 layer's backward at batch 8;
+  docs/performance.md, fourth round).
+  """
+  return _pointwise_dot_fwd(x, w)[0]
+
+
+def _pointwise_dot_fwd(x: Array, w: Array):
+  y = lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())))
+  return y.reshape(*x.shape[:-1], w.shape[-1]), (x, w)
+
+
+def _pointwise_dot_bwd(res, g: Array):
+  x, w = res
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  dx = lax.dot_general(g2, w, (((1,), (1,)), ((), ())))  # [P, C]
+  dw = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))  # [C, D]
+  return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
+
+
+pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
+
+
 def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
   """Standardizes a conv kernel [h, w, in, out] to zero mean, unit std per output."""
   kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
@@ -78,7 +110,7 @@ class StdConv(nn.Module):
     x = x.astype(self.dtype)  # [N, H, W, in]
     if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
-      return jnp.einsum('nhwc,cd->nhwd', x[:, ::s, ::s], kernel[0, 0])
+      return pointwise_dot(x[:, ::s, ::s], kernel[0, 0])
     pad = (k - 1) // 2
     return lax.conv_general_dilated(x, kernel, (s, s), [(pad, pad)] * 2,
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
