@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dynpt.models import matmul
 from dynpt.models.configs import ResNetConfig
 
 Array = jax.Array
@@ -46,36 +47,13 @@ _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXE
 FAST_PATH_MIN_CHANNELS = 1
 
 
-@jax.custom_vjp
 def pointwise_dot(x: Array, w: Array) -> Array:
   """A 1x1 convolution as a dot over channels: [N, H, W, C] x [C, D] -> [N, H, W, D].
 
-  Same function as `einsum('nhwc,cd->nhwd', x, w)`, with the gradients written as two
-  plain matrix products over the flattened pixels P = N*H*W: dx = g @ w.T and
-  dw = x.T @ g (contracting P, the major axis of both operands, which XLA:CPU's dot
-  takes as it is). Autodiff of the einsum instead yields dw as a dot with its output
-  axes swapped, which XLA rewrites into a transposed operand: every weight gradient then
-  first wrote g (or x) transposed, fused into the GroupNorm backward at strides of
-  N*H*W floats (62 -> 16 ms for a 56x56x64->256 layer's backward at batch 8;
-  docs/performance.md, fourth round).
+  `matmul.matmul`, whose gradients are two plain matrix products over the N*H*W pixels
+  (autodiff's made XLA:CPU write each GroupNorm-backward output transposed first).
   """
-  return _pointwise_dot_fwd(x, w)[0]
-
-
-def _pointwise_dot_fwd(x: Array, w: Array):
-  y = lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())))
-  return y.reshape(*x.shape[:-1], w.shape[-1]), (x, w)
-
-
-def _pointwise_dot_bwd(res, g: Array):
-  x, w = res
-  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  dx = lax.dot_general(g2, w, (((1,), (1,)), ((), ())))  # [P, C]
-  dw = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))  # [C, D]
-  return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
-
-
-pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
+  return matmul.matmul(x, w)
 
 
 def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynpt.models import matmul
 from dynpt.models.configs import T5Config
 
 Array = jax.Array
@@ -35,9 +36,14 @@ _MASK_VALUE = -1e10
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Any,
            init=_DENSE_INIT) -> nn.Dense:
-  """A bias-free dense layer with float32 params and logical axis names."""
+  """A bias-free dense layer with float32 params and logical axis names.
+
+  Its contraction is `matmul.dense_dot_general`: the same product, with gradients that
+  XLA:CPU computes without transposing an operand first.
+  """
   return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.with_logical_partitioning(init, axes), name=name)
+                  kernel_init=nn.with_logical_partitioning(init, axes), name=name,
+                  dot_general=matmul.dense_dot_general)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool = True,
