@@ -24,11 +24,18 @@ set rather than changing anything in a running process:
   `mmap` whatever `MALLOC_MMAP_MAX_` says.
 
 Effect on the train step measured alone (docs/performance.md): toy 0.166-0.171 ->
-0.133-0.148 s; small 2.03-2.11 -> 1.79-1.84 s in about half the processes. In the other
-half the thread that allocates XLA's buffer owns a secondary arena, so every second
-small step maps it afresh (median 2.14-2.20 s, no worse than glibc's defaults). The
-cost: the process keeps its peak heap instead of returning it to the system, which is
-what a training process does anyway.
+0.133-0.148 s; small 2.03-2.11 -> 1.79-1.84 s. The cost: the process keeps its peak heap
+instead of returning it to the system, which is what a training process does anyway.
+
+Synchronous dispatch. With JAX's default asynchronous CPU dispatch, a program runs on a
+worker thread; in about half the processes that thread owns a secondary arena, so every
+second `small` step mapped its 1.1 GB buffer afresh (+0.9 s per such step). The re-executed
+process therefore also turns `jax_cpu_enable_async_dispatch` off: the step runs on the
+calling thread, whose arena is the main heap, which keeps any block in place (no
+faults, no bimodal steps; the toy step is also 3-5% faster). The call then returns only
+when the step is done; it releases the GIL meanwhile, and the training loop starts
+assembling the next batch before the call (`dynpt.train.loop`), so input work still
+runs beside the step.
 
 Only CPU runs get them: a host with a GPU or TPU (`/dev/nvidia*`, `/dev/accel*`,
 `/dev/vfio/<n>`) or `JAX_PLATFORMS` naming another platform keeps glibc's defaults, since
@@ -82,6 +89,21 @@ def accelerator_present() -> bool:
                                      "/dev/vfio/[0-9]*"))
 
 
+def tuning_applies(environ: Mapping[str, str], glibc: tuple[int, int] | None,
+                   accelerator: bool = False) -> bool:
+  """Whether this is a glibc CPU host that has not opted out (pure).
+
+  Raises:
+    ValueError: `DYNPT_HOST_ALLOCATOR` is set to something other than tuned/system.
+  """
+  mode = environ.get(ENV_MODE, "tuned")
+  if mode not in MODES:
+    raise ValueError(f"{ENV_MODE}={mode!r}: expected one of {', '.join(MODES)}")
+  platforms = environ.get("JAX_PLATFORMS", "")
+  return not (mode == "system" or glibc is None or accelerator
+              or (platforms and not platforms.startswith("cpu")))
+
+
 def tuned_environment(environ: Mapping[str, str], glibc: tuple[int, int] | None,
                       accelerator: bool = False) -> dict[str, str] | None:
   """The environment to re-execute with, or None when there is nothing to change.
@@ -93,13 +115,7 @@ def tuned_environment(environ: Mapping[str, str], glibc: tuple[int, int] | None,
   Raises:
     ValueError: `DYNPT_HOST_ALLOCATOR` is set to something other than tuned/system.
   """
-  mode = environ.get(ENV_MODE, "tuned")
-  if mode not in MODES:
-    raise ValueError(f"{ENV_MODE}={mode!r}: expected one of {', '.join(MODES)}")
-  if mode == "system" or glibc is None or environ.get(ENV_APPLIED):
-    return None
-  platforms = environ.get("JAX_PLATFORMS", "")
-  if accelerator or (platforms and not platforms.startswith("cpu")):
+  if not tuning_applies(environ, glibc, accelerator) or environ.get(ENV_APPLIED):
     return None
   env = dict(environ)
   for key, value in MALLOC_ENVIRONMENT.items():
@@ -119,11 +135,18 @@ def reexec_with_tuned_allocator() -> None:
   Call as the first statement under `if __name__ == "__main__":`, before JAX, threads
   or open files exist: `os.execve` replaces the process, keeping its pid, arguments
   (`sys.orig_argv`, so `python -m pkg.mod` stays a module run) and the rest of the
-  environment. Does nothing on non-glibc systems, on hosts with a GPU or TPU, with
-  `DYNPT_HOST_ALLOCATOR=system`, or when the settings are already in place.
+  environment. Does nothing on non-glibc systems, on hosts with a GPU or TPU, or with
+  `DYNPT_HOST_ALLOCATOR=system`. Once the settings are in place, turns JAX's
+  asynchronous CPU dispatch off (see the module docstring); so this must run before
+  JAX creates its CPU backend.
   """
-  env = tuned_environment(os.environ, glibc_version(), accelerator_present())
+  glibc, accelerator = glibc_version(), accelerator_present()
+  env = tuned_environment(os.environ, glibc, accelerator)
   if env is None:
+    if tuning_applies(os.environ, glibc, accelerator):
+      import jax  # Only now: the re-exec above must happen before anything heavy.
+
+      jax.config.update("jax_cpu_enable_async_dispatch", False)
     return
   added = {k: env[k] for k in sorted(env) if os.environ.get(k) != env[k] and k != ENV_APPLIED}
   logging.info("Re-executing with malloc settings for XLA:CPU %s (%s=system to opt out)",

@@ -68,6 +68,8 @@ def test_reexec_runs_the_entry_point_once_with_its_arguments(tmp_path, mode):
       print("args", sys.argv[1:])
       print("arena", os.environ.get("MALLOC_ARENA_MAX"))
       print("applied", os.environ.get("DYNPT_HOST_ALLOCATOR_APPLIED"))
+      import jax
+      print("async", jax.config.values["jax_cpu_enable_async_dispatch"])
   """))
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("MALLOC_")
@@ -80,3 +82,14 @@ def test_reexec_runs_the_entry_point_once_with_its_arguments(tmp_path, mode):
   assert "args ['--flag=1', 'x y']" in out
   assert f"arena {'4' if tuned else None}" in out
   assert f"applied {'1' if tuned else None}" in out
+  # The tuned process runs XLA:CPU programs on the calling thread (the main heap).
+  assert f"async {not tuned}" in out
+
+
+def test_tuning_applies_only_to_cpu_hosts_that_did_not_opt_out():
+  assert hostalloc.tuning_applies({}, GLIBC)
+  assert hostalloc.tuning_applies({hostalloc.ENV_APPLIED: "1"}, GLIBC)
+  assert not hostalloc.tuning_applies({hostalloc.ENV_MODE: "system"}, GLIBC)
+  assert not hostalloc.tuning_applies({}, GLIBC, accelerator=True)
+  assert not hostalloc.tuning_applies({"JAX_PLATFORMS": "cuda"}, GLIBC)
+  assert not hostalloc.tuning_applies({}, None)

@@ -75,6 +75,26 @@ def test_resume_replays_the_same_run(uninterrupted, toy_data_dir, tmp_path):
                                    rtol=1e-5)
 
 
+def test_synchronous_dispatch_order_replays_the_same_run(uninterrupted, toy_data_dir,
+                                                         tmp_path, monkeypatch):
+  # Where the step call is synchronous (XLA:CPU via dynpt.hostalloc) the loop updates
+  # the sampler and starts the next batch before the step: same mixture, same losses,
+  # and a checkpoint written while the next batch is assembled still resumes exactly.
+  monkeypatch.setattr(loop, "_dispatch_is_synchronous", lambda: True)
+  full_dir, _ = uninterrupted
+  loop.train(**_cfgs(tmp_path, toy_data_dir, 3))
+  resumed = loop.train(**_cfgs(tmp_path, toy_data_dir, 6))
+  assert resumed["start_step"] == 3 and resumed["end_step"] == 6
+  a, b = _history(full_dir), _history(str(tmp_path))
+  assert [h["counts"] for h in a] == [h["counts"] for h in b]
+  for ha, hb in zip(a, b):
+    for t, loss in ha["task_loss"].items():
+      if loss is None:
+        assert hb["task_loss"][t] is None
+      else:
+        np.testing.assert_allclose(loss, hb["task_loss"][t], rtol=1e-5)
+
+
 def test_unknown_task_fails_before_training(toy_data_dir, tmp_path):
   cfgs = _cfgs(tmp_path, toy_data_dir, 2)
   cfgs["data_cfg"] = DataConfig(mixture="cc3m_cap,no_such_task",

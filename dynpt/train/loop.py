@@ -9,6 +9,13 @@ So the sampler sees losses one step late (immaterial with windows of K=100
 steps), and the host never waits for the device except to read metrics
 that are already done. At checkpoint steps the pending update is flushed
 before the next batch is drawn, so a resumed run replays exactly.
+
+Where the jitted call is synchronous (XLA:CPU, `dynpt.hostalloc`), step 3's
+update and the start of batch s+1 come before step 2 instead (not before a
+checkpoint or the last step), with the same sampler inputs, so that batch
+assembly still runs beside the step. A checkpoint records the data positions
+as they were after batch s, whichever batch is being assembled when it is
+written.
 """
 
 from __future__ import annotations
@@ -86,10 +93,22 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
           for k, v in local.items()}
 
 
-def _global_positions(mixture_input: batching.MixtureInput) -> dict:
-  """{task: [position per logical data shard]}, identical on every host."""
-  state = mixture_input.state()
-  local = np.asarray([state[t] for t in mixture_input.task_names],
+def _dispatch_is_synchronous() -> bool:
+  """Whether a jitted call returns only once the step is done (XLA:CPU, see
+  `dynpt.hostalloc.use_synchronous_cpu_dispatch`); then the loop starts the next
+  batch before the step instead of after dispatching it."""
+  return (jax.default_backend() == "cpu"
+          and not jax.config.values.get("jax_cpu_enable_async_dispatch", True))
+
+
+def _global_positions(task_names, state: dict) -> dict:
+  """{task: [position per logical data shard]}, identical on every host.
+
+  Args:
+    task_names: the mixture's tasks, in order.
+    state: this process's `MixtureInput.state()`.
+  """
+  local = np.asarray([state[t] for t in task_names],
                      np.int64)  # [tasks, shards of this process]
   if jax.process_count() > 1:
     # [processes, tasks, shards per process]; process p holds the shards
@@ -98,7 +117,7 @@ def _global_positions(mixture_input: batching.MixtureInput) -> dict:
   else:
     allpos = local[None]
   return {t: [int(p) for p in allpos[:, i].reshape(-1)]
-          for i, t in enumerate(mixture_input.task_names)}
+          for i, t in enumerate(task_names)}
 
 
 def _compile_on_every_process(p_step, state, local_batch: dict[str, np.ndarray],
@@ -245,6 +264,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       pending = None
 
   future = mixture_input.prefetch(sampler.counts(start)) if start < last else None
+  sync_dispatch = _dispatch_is_synchronous()
   t_start = time.time()
   step = start
   with _Preemption() as preemption, mesh:
@@ -256,23 +276,35 @@ def train(train_cfg: TrainConfig = TrainConfig(),
             jnp.asarray(sampler.loss_weights(start), jnp.float32))
       for step in reporter.progress(start, last):
         batch = _global_batch(future.result(), batch_sharding)
+        # The data positions after this step's batch; the assembly of the next batch
+        # may start before this step's checkpoint is written (below).
+        positions = mixture_input.state()
         weights = jnp.asarray(sampler.loss_weights(step), jnp.float32)
+        done = step + 1
+        drawn_early = sync_dispatch and not (done == last
+                                             or ckpt.should_save(done, last))
+        if drawn_early:
+          # The step call returns only when the step is done: take in the previous
+          # step's losses now and start assembling the next batch, so that assembly
+          # runs beside the step. Same sampler inputs as the order below.
+          flush()
+          future = mixture_input.prefetch(sampler.counts(done))
         state, metrics = p_step(state, batch, weights)
         flush()
         pending = (step, metrics)
-        done = step + 1
         stop = preemption.requested or done == last
         if stop or ckpt.should_save(done, last):
           flush()
           ckpt.save(done, state, sampler.state_dict(),
-                    _global_positions(mixture_input))
+                    _global_positions(mixture_input.task_names, positions))
         if eval_fn is not None and (
             stop or (eval_every > 0 and done % eval_every == 0)):
           flush()
           writer.write_scalars(done, eval_fn(done, state.params))
         if stop:
           break
-        future = mixture_input.prefetch(sampler.counts(done))
+        if not drawn_early:
+          future = mixture_input.prefetch(sampler.counts(done))
       flush()
     finally:
       ckpt.close()
