@@ -57,8 +57,10 @@ def main(argv) -> None:
     print(f"the run in {_RUN_DIR.value} was already complete at step "
           f"{summary['end_step']}; delete it to train again")
   else:
+    steady = summary.get("steady_examples_per_s")
     print(f"steps {summary['start_step']} -> {summary['end_step']} in "
-          f"{summary['seconds']:.0f} s, {summary['examples_per_s']:.1f} examples/s")
+          f"{summary['seconds']:.0f} s, {summary['examples_per_s']:.1f} examples/s"
+          + (f" ({steady:.1f} after the first step, which compiles)" if steady else ""))
   print(f"{'task':<24}{'final loss':>11}{'share start':>13}{'share end':>11}")
   # A re-run of a finished demo trains no step: take the losses from the history.
   final_loss = summary["final_task_loss"] or records[-1].get("task_loss") or {}

@@ -340,6 +340,9 @@ class _Reporter:
     self._last_time = time.time()
     self.final_task_loss: dict[str, float] = {}
     self.examples = 0
+    # When the first step's metrics arrived, and the examples up to then: the first
+    # step includes compilation, so throughput after it is the steady rate.
+    self._first_done: tuple[float, int] | None = None
 
   def progress(self, start: int, last: int):
     rng = range(start, last)
@@ -363,6 +366,8 @@ class _Reporter:
     shares = np.asarray(self.sampler.shares(step), np.float64)
     self.sampler.update(step, task_loss)
     self.examples += int(counts.sum())
+    if self._first_done is None:
+      self._first_done = (time.time(), self.examples)
     self._acc_loss += loss
     self._acc_n += 1
     self._acc_task_sum += sums
@@ -397,7 +402,14 @@ class _Reporter:
     self._acc_task_tokens[:] = 0
 
   def summary(self, start: int, end: int, elapsed: float) -> dict:
+    """Totals of the run; `steady_examples_per_s` leaves out the first step (compile,
+    pipeline start-up) and is None when the run trained fewer than 2 steps."""
+    steady = None
+    if self._first_done is not None and self.examples > self._first_done[1]:
+      seconds = max(time.time() - self._first_done[0], 1e-9)
+      steady = round((self.examples - self._first_done[1]) / seconds, 2)
     return {"start_step": start, "end_step": end,
             "seconds": round(elapsed, 2),
             "examples_per_s": round(self.examples / max(elapsed, 1e-9), 2),
+            "steady_examples_per_s": steady,
             "final_task_loss": self.final_task_loss}
