@@ -94,9 +94,9 @@ def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
 
 
 def _dispatch_is_synchronous() -> bool:
-  """Whether a jitted call returns only once the step is done (XLA:CPU, see
-  `dynpt.hostalloc.use_synchronous_cpu_dispatch`); then the loop starts the next
-  batch before the step instead of after dispatching it."""
+  """Whether a jitted call returns only once the step is done (XLA:CPU with async
+  dispatch off, as `dynpt.hostalloc.reexec_with_tuned_allocator` sets it); then the
+  loop starts the next batch before the step instead of after dispatching it."""
   return (jax.default_backend() == "cpu"
           and not jax.config.values.get("jax_cpu_enable_async_dispatch", True))
 
