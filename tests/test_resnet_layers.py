@@ -43,25 +43,6 @@ def test_std_conv_matches_lax_conv(kernel, strides, size, dot_min_channels):
                grads, expected)
 
 
-@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_pointwise_dot_values_and_gradients_match_einsum(dtype, tol):
-  # Its gradients are hand-written (plain matrix products over the pixels): they must be
-  # autodiff's, in value and dtype, for the input and the kernel.
-  x = _images((3, 5, 4, 7)).astype(dtype)
-  w = _images((7, 6), seed=1).astype(dtype)
-  g = _images((3, 5, 4, 6), seed=2).astype(dtype)
-
-  def einsum(x, w):
-    return jnp.einsum('nhwc,cd->nhwd', x, w)
-  out, vjp = jax.vjp(jax.jit(resnet.pointwise_dot), x, w)
-  expected, expected_vjp = jax.vjp(einsum, x, w)
-  assert out.shape == (3, 5, 4, 6) and out.dtype == dtype
-  np.testing.assert_allclose(np.float32(out), np.float32(expected), rtol=tol, atol=tol)
-  for got, want in zip(vjp(g), expected_vjp(g)):
-    assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol, atol=tol * 10)
-
-
 @pytest.mark.parametrize('channels,groups', [(8, 4), (6, 2), (4, 4)])
 def test_group_norm_matches_flax(channels, groups):
   x = _images((3, 5, 4, channels), seed=1) * 3 + 2
