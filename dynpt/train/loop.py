@@ -281,8 +281,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
         positions = mixture_input.state()
         weights = jnp.asarray(sampler.loss_weights(step), jnp.float32)
         done = step + 1
-        drawn_early = sync_dispatch and not (done == last
-                                             or ckpt.should_save(done, last))
+        save_due = done == last or ckpt.should_save(done, last)
+        drawn_early = sync_dispatch and not save_due
         if drawn_early:
           # The step call returns only when the step is done: take in the previous
           # step's losses now and start assembling the next batch, so that assembly
@@ -293,7 +293,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
         flush()
         pending = (step, metrics)
         stop = preemption.requested or done == last
-        if stop or ckpt.should_save(done, last):
+        if stop or save_due:
           flush()
           ckpt.save(done, state, sampler.state_dict(),
                     _global_positions(mixture_input.task_names, positions))
