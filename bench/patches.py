@@ -54,17 +54,26 @@ def _autodiff_pointwise_dot(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.einsum("nhwc,cd->nhwd", x, w)
 
 
+def _autodiff_spatial_conv(x: jax.Array, w: jax.Array, strides: int) -> jax.Array:
+  """`resnet.spatial_conv` as the fourth round had it: XLA's own kernel gradient."""
+  pad = (w.shape[0] - 1) // 2
+  return jax.lax.conv_general_dilated(x, w, (strides, strides), [(pad, pad)] * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 # Layer kinds that `reference_layers` can switch back: resnet attribute -> original.
 REFERENCE = {"conv": ("_conv", _flax_conv), "norm": ("_norm", _flax_norm),
              "pool": ("max_pool_3x3_s2", _flax_max_pool),
-             "dotgrad": ("pointwise_dot", _autodiff_pointwise_dot)}
+             "dotgrad": ("pointwise_dot", _autodiff_pointwise_dot),
+             "kgrad": ("spatial_conv", _autodiff_spatial_conv)}
 # Named versions of the trunk for A/B runs: name -> kinds switched back to the reference.
 VERSIONS = {
-    "reference": ("conv", "norm", "pool", "dotgrad"),  # before the speed-ups
+    "reference": ("conv", "norm", "pool", "dotgrad", "kgrad"),  # before the speed-ups
     "conv1x1": ("norm", "pool"),  # only 1x1 convs as dots
     "norm": ("conv", "pool"),  # only the per-channel GroupNorm
     "pool": ("conv", "norm"),  # only the max pool as strided maxima
-    "autodiff_dot": ("dotgrad",),  # third round: 1x1 dots with autodiff gradients
+    "autodiff_dot": ("dotgrad", "kgrad"),  # third round: 1x1 dots, autodiff gradients
+    "autodiff_kgrad": ("kgrad",),  # fourth round: XLA's own 3x3/7x7 kernel gradients
     "current": (),  # dynpt/models/resnet.py as it is
 }
 

@@ -26,7 +26,10 @@ def main() -> int:
   runs = [
       ("train_step.py", []),
       # The ResNet speed-ups against the original flax layers (bench/patches.py).
-      ("resnet_trunk.py", ["--size=small", "--versions=reference,conv1x1,norm,current"]),
+      ("resnet_trunk.py", ["--size=small",
+                           "--versions=reference,conv1x1,norm,autodiff_kgrad,current"]),
+      # The 3x3/7x7 kernel gradients, XLA's own against im2col, per layer shape.
+      ("conv_kernel_grad.py", []),
       ("ab_step.py", ["--sizes=toy,small", "--variants=reference,current"]),
       ("input_pipeline.py", [f"--data_dir={data_dir}"]),
       # 12 rounds: with 3 the paired median moved by +-2% from run to run.

@@ -14,9 +14,9 @@ example on its own, so the model is a pure function of its params and the train 
 has no `batch_stats`.
 
 The layers are written for speed on XLA:CPU without changing the function or the params
-(`StdConv` runs 1x1 kernels as dots, `GroupNorm` reduces per channel before
-grouping, `max_pool_3x3_s2` takes maxima of strided views): together 1.5x faster trunk
-fwd+bwd at the `small` size; see each layer and docs/performance.md.
+(`StdConv` runs 1x1 kernels as dots and takes the kernel gradient of larger ones as an
+im2col product, `GroupNorm` reduces per channel before grouping, `max_pool_3x3_s2`
+takes maxima of strided views); see each layer and docs/performance.md.
 
 Depths: 18 uses basic blocks (two 3x3 convs, as in the original ResNet-18); 26, 50 and
 101 use bottleneck blocks. Only stages 1-3 are built: the model consumes the stage-3
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dynpt.models import conv as conv_lib
 from dynpt.models import matmul
 from dynpt.models.configs import ResNetConfig
 
@@ -56,6 +57,12 @@ def pointwise_dot(x: Array, w: Array) -> Array:
   return matmul.matmul(x, w)
 
 
+def spatial_conv(x: Array, w: Array, strides: int) -> Array:
+  """A 'same'-padded kxk convolution (k > 1): `conv.conv2d`, whose kernel gradient is an
+  im2col matrix product on CPU (XLA:CPU's own ran 3-4x slower than the forward pass)."""
+  return conv_lib.conv2d(x, w, strides)
+
+
 def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
   """Standardizes a conv kernel [h, w, in, out] to zero mean, unit std per output."""
   kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
@@ -71,7 +78,9 @@ class StdConv(nn.Module):
   XLA:CPU sends the backward pass of 1x1 convolutions through its generic convolution
   code (22-120 GFLOP/s, slowest on large maps), while the dot's gradients are dots too
   (1.2-5x faster per layer at 64-1024 channels, 1.03x on the whole toy step at 8-32,
-  docs/performance.md). On TPU/GPU both forms lower to the same matmul.
+  docs/performance.md). On TPU/GPU both forms lower to the same matmul. Larger kernels
+  run as XLA's convolution through `spatial_conv`, whose kernel gradient is an im2col
+  matrix product on CPU where that is faster (`dynpt.models.conv`).
   """
   features: int
   kernel_size: int
@@ -89,9 +98,10 @@ class StdConv(nn.Module):
     if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
       return pointwise_dot(x[:, ::s, ::s], kernel[0, 0])
-    pad = (k - 1) // 2
-    return lax.conv_general_dilated(x, kernel, (s, s), [(pad, pad)] * 2,
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if k == 1:  # A 1x1 conv below dot_min_channels: XLA's convolution.
+      return lax.conv_general_dilated(x, kernel, (s, s), [(0, 0)] * 2,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return spatial_conv(x, kernel, s)
 
 
 class GroupNorm(nn.Module):
