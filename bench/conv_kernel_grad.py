@@ -66,7 +66,7 @@ def main(argv):
     g = jax.numpy.asarray(rng.standard_normal(
         (n, -(-h // s), -(-h // s), c_out), np.float32))
     autodiff = jax.jit(lambda x, w, g: jax.vjp(
-        lambda w: conv._same_conv(x, w, s), w)[1](g)[0])  # noqa: B023
+        lambda w: conv.same_conv(x, w, s), w)[1](g)[0])  # noqa: B023
     im2col = jax.jit(lambda x, w, g: conv.kernel_gradient(x, g, w.shape, s))  # noqa: B023
     fns = {"autodiff": autodiff, "im2col": im2col}
     outs = {name: fn(x, w, g) for name, fn in fns.items()}

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dynpt.models import resnet
+from dynpt.models import conv, resnet
 
 
 class _FlaxStdConv(nn.Conv):
@@ -54,18 +54,12 @@ def _autodiff_pointwise_dot(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.einsum("nhwc,cd->nhwd", x, w)
 
 
-def _autodiff_spatial_conv(x: jax.Array, w: jax.Array, strides: int) -> jax.Array:
-  """`resnet.spatial_conv` as the fourth round had it: XLA's own kernel gradient."""
-  pad = (w.shape[0] - 1) // 2
-  return jax.lax.conv_general_dilated(x, w, (strides, strides), [(pad, pad)] * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 # Layer kinds that `reference_layers` can switch back: resnet attribute -> original.
 REFERENCE = {"conv": ("_conv", _flax_conv), "norm": ("_norm", _flax_norm),
              "pool": ("max_pool_3x3_s2", _flax_max_pool),
              "dotgrad": ("pointwise_dot", _autodiff_pointwise_dot),
-             "kgrad": ("spatial_conv", _autodiff_spatial_conv)}
+             # The fourth round's kxk convs: XLA's own kernel gradient.
+             "kgrad": ("spatial_conv", conv.same_conv)}
 # Named versions of the trunk for A/B runs: name -> kinds switched back to the reference.
 VERSIONS = {
     "reference": ("conv", "norm", "pool", "dotgrad", "kgrad"),  # before the speed-ups

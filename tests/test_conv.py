@@ -27,7 +27,7 @@ def test_im2col_conv_values_and_gradients_match_autodiff(n, h, c_in, c_out, k, s
                                                          tol):
   x, w = _normal((n, h, h, c_in), 0, dtype), _normal((k, k, c_in, c_out), 1, dtype)
   out, vjp = jax.vjp(jax.jit(conv._conv2d_im2col, static_argnums=2), x, w, s)
-  expected, expected_vjp = jax.vjp(lambda x, w: conv._same_conv(x, w, s), x, w)
+  expected, expected_vjp = jax.vjp(lambda x, w: conv.same_conv(x, w, s), x, w)
   assert out.shape == (n, -(-h // s), -(-h // s), c_out) and out.dtype == dtype
   np.testing.assert_allclose(np.float32(out), np.float32(expected), rtol=tol, atol=tol)
   g = _normal(out.shape, 2, dtype)
@@ -52,7 +52,7 @@ def test_kernel_gradient_of_a_scalar_loss_under_jit():
   # As the train step uses it: jit(grad(loss of the kernel)) through the custom rule.
   x = _normal((2, 10, 10, 4), 0)
   loss = lambda w: jnp.sum(jnp.sin(conv._conv2d_im2col(x, w, 2)))  # noqa: E731
-  ref = lambda w: jnp.sum(jnp.sin(conv._same_conv(x, w, 2)))  # noqa: E731
+  ref = lambda w: jnp.sum(jnp.sin(conv.same_conv(x, w, 2)))  # noqa: E731
   w = _normal((3, 3, 4, 6), 1)
   np.testing.assert_allclose(jax.jit(jax.grad(loss))(w), jax.grad(ref)(w),
                              rtol=1e-5, atol=1e-5)

@@ -13,8 +13,8 @@ operands it first transposes to batch-minor layouts, and runs it at 35-70 GFLOP/
 the ResNet's 56x56x64 and 28x28x128 maps (batch 8), 3-4x slower than the forward
 convolution of the same FLOPs. Building the k*k-times larger patch matrix costs about
 two elementwise passes over it, and the product then runs at matrix speed: the kernel
-gradient of a 56x56x64 3x3 layer goes from 47 to 28 ms, of the 7x7 stem from 49 to 32
-ms (docs/performance.md, fifth round).
+gradient of a 56x56x64 3x3 layer goes from 48 to 30 ms, of the 7x7 stem from 48 to 33
+ms (batch 8, docs/performance.md, fifth round).
 
 Where it applies (`im2col_applies`): on the CPU backend, for layers with at least 64
 output channels and either a wide kernel (k >= 5: the 7x7 stem, 1.5-1.8x faster at
@@ -46,7 +46,8 @@ IM2COL_MIN_PATCH_ENTRIES = 6272 * 1152  # N * Ho * Wo * k * k * C_in.
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _same_conv(x: Array, w: Array, strides: int) -> Array:
+def same_conv(x: Array, w: Array, strides: int) -> Array:
+  """XLA's 'same' convolution, NHWC x HWIO, padding (k - 1) // 2: gradients by autodiff."""
   pad = (w.shape[0] - 1) // 2
   return lax.conv_general_dilated(x, w, (strides, strides), [(pad, pad)] * 2,
                                   dimension_numbers=_DIMENSION_NUMBERS)
@@ -94,18 +95,18 @@ def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d_im2col(x: Array, w: Array, strides: int) -> Array:
-  return _same_conv(x, w, strides)
+  return same_conv(x, w, strides)
 
 
 def _conv2d_im2col_fwd(x: Array, w: Array, strides: int):
-  return _same_conv(x, w, strides), (x, w)
+  return same_conv(x, w, strides), (x, w)
 
 
 def _conv2d_im2col_bwd(strides: int, residuals, g: Array):
   x, w = residuals
   # The input gradient is autodiff's (a transposed convolution); XLA drops it when x
   # needs none, as for the stem's images.
-  dx = jax.vjp(lambda x: _same_conv(x, w, strides), x)[1](g)[0]
+  dx = jax.vjp(lambda x: same_conv(x, w, strides), x)[1](g)[0]
   dw = kernel_gradient(x, g, w.shape, strides)
   return dx, dw.astype(w.dtype)
 
@@ -123,4 +124,4 @@ def conv2d(x: Array, w: Array, strides: int = 1) -> Array:
     raise ValueError(f'conv2d: kernel must be square with an odd size, got {w.shape}')
   if im2col_applies(x.shape, w.shape, strides):
     return _conv2d_im2col(x, w, strides)
-  return _same_conv(x, w, strides)
+  return same_conv(x, w, strides)

@@ -99,8 +99,7 @@ class StdConv(nn.Module):
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
       return pointwise_dot(x[:, ::s, ::s], kernel[0, 0])
     if k == 1:  # A 1x1 conv below dot_min_channels: XLA's convolution.
-      return lax.conv_general_dilated(x, kernel, (s, s), [(0, 0)] * 2,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return conv_lib.same_conv(x, kernel, s)
     return spatial_conv(x, kernel, s)
 
 
