@@ -1,9 +1,9 @@
 """Runs the CPU-sized benchmark set (`make bench`), each script in its own process.
 
 Order matters: train_step.json is written first so that input_pipeline.py can compare
-what the pipeline delivers with what the step consumes. The default set took 791 s
-on the idle 2-core development machine with 3 mixer rounds, about 920 s with the 12 it now
-runs (toy world already built; its first build adds about 5 minutes).
+what the pipeline delivers with what the step consumes. The default set, as listed below
+(12 mixer rounds), took 758 s on the idle 2-core development machine on 2026-11-25 (toy
+world already built; its first build adds about 5 minutes).
 
   python bench/run_all.py [--data_dir=/tmp/bench_data] [--all]
 
