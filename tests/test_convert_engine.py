@@ -1,31 +1,45 @@
-"""The conversion engine: deterministic shards, resume, stale plans, runners, the CLI."""
+"""The Beam conversion pipeline: sharding, resume, plan changes, loud failures, the CLI."""
 
 import json
 import os
 import subprocess
 import sys
 
+from hypothesis import given
+from hypothesis import strategies as st
 import pytest
 
 from dynpt.data import converters
 from dynpt.data import schema
+from dynpt.data.converters import base
 from dynpt.data.converters import engine
-from tests.test_convert_helpers import by_id, run, write, write_jpeg
+from tests.test_convert_helpers import (IN_MEMORY, by_id, run, skipped_lines, write,
+                                        write_jpeg)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _snli_raw(raw, n=7):
-  rows = [{"Flickr30k_ID": str(i), "sentence2": f"hypothesis {i}", "gold_label": "neutral"}
+def _snli_raw(raw, n=7, images=None, split_file="snli_ve_train.jsonl"):
+  rows = [{"Flickr30K_ID": str(i), "sentence2": f"hypothesis {i}", "gold_label": "neutral"}
           for i in range(n)]
-  write(str(raw / "snli_ve_train.jsonl"), "\n".join(json.dumps(r) for r in rows) + "\n")
-  for i in range(n):
-    write_jpeg(str(raw / f"flickr30k_images/{i}.jpg"), seed=i)
+  write(str(raw / split_file), "\n".join(json.dumps(r) for r in rows) + "\n")
+  for i in range(n if images is None else images):
+    write_jpeg(str(raw / f"flickr30k-images/{i}.jpg"), seed=i)
 
 
-def test_plan_shards_covers_items_in_order():
-  assert engine.plan_shards(7, 3) == [(0, 2), (2, 4), (4, 7)]
-  assert engine.plan_shards(2, 4) == [(0, 0), (0, 1), (1, 1), (1, 2)]
+def _shard_files(out, split="train"):
+  return sorted(f for f in os.listdir(out / "snli_ve" / split) if ".tfrecord-" in f)
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=4),
+       st.integers(1, 50))
+def test_item_keys_are_canonical_and_shards_in_range(item, num_shards):
+  reordered = dict(reversed(list(item.items())))
+  assert engine.item_key(item) == engine.item_key(reordered)
+  assert 0 <= engine.shard_of(engine.item_key(item), num_shards) < num_shards
+
+
+def test_default_num_shards():
   assert engine.default_num_shards(0, 10) == 1
   assert engine.default_num_shards(21, 10) == 3
 
@@ -35,47 +49,65 @@ def test_resume_rewrites_only_missing_shards(tmp_path):
   _snli_raw(raw)
   first, recs = run("snli_ve", raw, out, "train", num_shards=3)
   assert (first["written"], first["shards_written"], first["shards_resumed"]) == (7, 3, 0)
+  assert first["status"] == "ok" and first["skipped"] == {}
   shard1 = schema.shard_path(str(out), "snli_ve", "train", 1, 3)
   os.remove(shard1)
-  mtime0 = os.path.getmtime(schema.shard_path(str(out), "snli_ve", "train", 0, 3))
+  shard0 = schema.shard_path(str(out), "snli_ve", "train", 0, 3)
+  mtime0 = os.path.getmtime(shard0)
   second, recs2 = run("snli_ve", raw, out, "train", num_shards=3)
   assert (second["written"], second["shards_written"], second["shards_resumed"]) == (7, 1, 2)
-  assert os.path.exists(shard1)
-  assert os.path.getmtime(schema.shard_path(str(out), "snli_ve", "train", 0, 3)) == mtime0
+  assert os.path.exists(shard1) and os.path.getmtime(shard0) == mtime0
   assert sorted(by_id(recs2)) == sorted(by_id(recs))
-  # Shards hold contiguous items (deterministic by index): shard 0 has items 0 and 1.
-  import tensorflow as tf
-  first_shard = [tf.train.Example.FromString(r.numpy()) for r in
-                 tf.data.TFRecordDataset(schema.shard_path(str(out), "snli_ve", "train", 0, 3))]
-  assert [e.features.feature["image/id"].bytes_list.value[0] for e in first_shard] == [
-      b"flickr:0", b"flickr:1"]
   saved = json.loads((out / "snli_ve/train/conversion_summary.json").read_text())
   assert saved["written"] == 7 and saved["shards_resumed"] == 2
+  assert skipped_lines(out, "snli_ve", "train") == []
+
+
+def test_added_images_redo_their_shards_and_a_new_plan_replaces_the_old(tmp_path):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=7, images=5)
+  first, _ = run("snli_ve", raw, out, "train", records_per_shard=100,
+                 max_skip_fraction=0.5)
+  assert (first["written"], first["skipped"]) == (5, {"missing_image": 2})
+  for i in (5, 6):  # The missing images arrive; the plan (1 shard) is unchanged.
+    write_jpeg(str(raw / f"flickr30k-images/{i}.jpg"), seed=i)
+  second, recs = run("snli_ve", raw, out, "train", records_per_shard=100)
+  assert (second["written"], second["shards_written"], second["skipped"]) == (7, 1, {})
+  assert len(recs) == 7 and skipped_lines(out, "snli_ve", "train") == []
+  _snli_raw(raw, n=9)  # Two more rows: 9 items at 4 per shard is a 3-shard plan.
+  third, recs = run("snli_ve", raw, out, "train", records_per_shard=4)
+  assert (third["written"], third["num_shards"], third["shards_removed"]) == (9, 3, 1)
+  assert _shard_files(out) == [f"snli_ve-train.tfrecord-0000{i}-of-00003" for i in range(3)]
+  assert len(recs) == 9
+  # A fixed shard count over the same items keeps the unchanged shards.
+  _snli_raw(raw, n=10)
+  fourth, _ = run("snli_ve", raw, out, "train", num_shards=3)
+  assert fourth["written"] == 10 and fourth["shards_written"] == 1
+  assert fourth["shards_resumed"] == 2
 
 
 def test_interrupted_shard_leaves_no_visible_file(tmp_path, monkeypatch):
   raw, out = tmp_path / "raw", tmp_path / "out"
-  _snli_raw(raw, n=4)
-  conv = converters.get_converter("snli_ve", converters.ConvertOptions(raw_dir=str(raw)))
-  calls = []
+  _snli_raw(raw, n=6)
+  real = base.check_image
 
-  def flaky(item):
-    calls.append(item)
-    if len(calls) == 3:
+  def crash_on_image_3(data, where):
+    if where.endswith("/3.jpg"):
       raise RuntimeError("killed")
-    return type(conv).make_record(conv, item)
+    return real(data, where)
 
-  monkeypatch.setattr(conv, "make_record", flaky)
+  monkeypatch.setattr(base, "check_image", crash_on_image_3)
   with pytest.raises(RuntimeError, match="killed"):
-    converters.convert(conv, "train", str(out), num_shards=2, workers=1, progress=False)
-  done = os.listdir(out / "snli_ve/train")
-  assert "snli_ve-train.tfrecord-00000-of-00002" in done
-  assert "snli_ve-train.tfrecord-00001-of-00002" not in done
-  summary, recs = run("snli_ve", raw, out, "train", num_shards=2)
-  assert (summary["shards_resumed"], len(recs)) == (1, 4)
+    run("snli_ve", raw, out, "train", num_shards=3)
+  done = _shard_files(out)
+  assert len(done) < 3 and not any(f.startswith(".") for f in done)
+  monkeypatch.setattr(base, "check_image", real)
+  summary, recs = run("snli_ve", raw, out, "train", num_shards=3)
+  assert (summary["shards_resumed"], summary["shards_written"]) == (len(done), 3 - len(done))
+  assert len(recs) == 6
 
 
-def test_a_different_plan_needs_overwrite(tmp_path):
+def test_a_different_explicit_plan_needs_overwrite(tmp_path):
   raw, out = tmp_path / "raw", tmp_path / "out"
   _snli_raw(raw, n=3)
   run("snli_ve", raw, out, "train", num_shards=2)
@@ -83,40 +115,76 @@ def test_a_different_plan_needs_overwrite(tmp_path):
     run("snli_ve", raw, out, "train", num_shards=3)
   summary, recs = run("snli_ve", raw, out, "train", num_shards=3, overwrite=True)
   assert summary["shards_written"] == 3 and len(recs) == 3
-  assert len([f for f in os.listdir(out / "snli_ve/train") if ".tfrecord-" in f]) == 3
+  assert len(_shard_files(out)) == 3
 
 
-def test_process_runner_matches_threads(tmp_path):
+def test_threads_match_in_memory(tmp_path):
   raw = tmp_path / "raw"
-  _snli_raw(raw, n=4)
-  threads, recs_t = run("snli_ve", raw, tmp_path / "t", "train", num_shards=2)
-  procs, recs_p = run("snli_ve", raw, tmp_path / "p", "train", num_shards=2,
-                      runner="processes", workers=1)
-  assert procs["written"] == threads["written"] == 4
-  assert [r["hypothesis"] for r in recs_p] == [r["hypothesis"] for r in recs_t]
+  _snli_raw(raw, n=6)
+  _, recs_m = run("snli_ve", raw, tmp_path / "m", "train", num_shards=2)
+  threads = ("--direct_running_mode=multi_threading", "--direct_num_workers=2")
+  summary, recs_t = run("snli_ve", raw, tmp_path / "t", "train", num_shards=2,
+                        pipeline_args=threads)
+  assert summary["written"] == 6
+  assert [r["hypothesis"] for r in recs_t] == [r["hypothesis"] for r in recs_m]
+
+
+def test_skips_fail_the_split_and_are_all_recorded(tmp_path):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=40, images=37)
+  with open(raw / "snli_ve_train.jsonl", "a") as f:
+    f.write("{not json\n")
+  summary, _ = run("snli_ve", raw, out, "train")
+  assert summary["status"] == "failed" and summary["written"] == 37
+  assert summary["skipped"] == {"missing_image": 3, "malformed_row": 1}
+  assert summary["problems"] == [
+      "skipped 9.8% of its items (more than --max_skip_fraction=0.01)"]
+  top = summary["top_skips"][0]
+  assert (top["reason"], top["count"]) == ("missing_image", 3)
+  assert top["examples"][0].startswith(str(raw / "flickr30k-images/37.jpg"))
+  lines = skipped_lines(out, "snli_ve", "train")
+  assert len(lines) == 4
+  assert {"reason": "malformed_row",
+          "where": f"{raw / 'snli_ve_train.jsonl'}:41: not json"} in lines
+  text = converters.format_summary(summary)
+  assert "missing_image: 3, e.g. " in text and "skipped.jsonl" in text
+  tolerant, _ = run("snli_ve", raw, out, "train", max_skip_fraction=0.2)
+  assert tolerant["status"] == "ok" and tolerant["shards_resumed"] == 1
 
 
 def test_bad_arguments_name_the_problem(tmp_path):
   conv = converters.get_converter("snli_ve", converters.ConvertOptions(raw_dir=str(tmp_path)))
   with pytest.raises(ValueError, match="no split 'testA'"):
     converters.convert(conv, "testA", str(tmp_path))
-  with pytest.raises(ValueError, match="unknown runner"):
-    converters.convert(conv, "train", str(tmp_path), runner="beam")
   with pytest.raises(FileNotFoundError, match="snli_ve_train.jsonl"):
-    converters.convert(conv, "train", str(tmp_path), progress=False)
+    converters.convert(conv, "train", str(tmp_path), pipeline_args=IN_MEMORY)
   with pytest.raises(ValueError, match="unknown dataset 'coco'"):
     converters.get_converter("coco", converters.ConvertOptions(raw_dir="x"))
 
 
-def test_cli_prints_summary(tmp_path):
+def _cli(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "tools/convert.py"), *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exits_non_zero_on_an_empty_split_and_on_bad_input(tmp_path):
   raw, out = tmp_path / "raw", tmp_path / "out"
   _snli_raw(raw, n=2)
   write(str(raw / "snli_ve_dev.jsonl"),
-        json.dumps({"Flickr30k_ID": "9", "sentence2": "h", "gold_label": "neutral"}) + "\n")
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "tools/convert.py"), "snli_ve",
-       f"--raw_dir={raw}", f"--out_dir={out}", "--split=train,val"],
-      capture_output=True, text=True, timeout=120, check=True)
+        json.dumps({"Flickr30K_ID": "9", "sentence2": "h", "gold_label": "neutral"}) + "\n")
+  # Beam's own options pass through (--job_name is a Google Cloud option).
+  result = _cli("snli_ve", f"--raw_dir={raw}", f"--out_dir={out}", "--split=train,val",
+                "--direct_running_mode=in_memory", "--job_name=convert-test")
+  assert result.returncode == 1, result.stderr[-2000:]
   assert "snli_ve/train: wrote 2 records" in result.stdout
   assert "snli_ve/val: wrote 0 records" in result.stdout
-  assert "missing_image: 1" in result.stdout
+  assert "missing_image: 1, e.g. " in result.stdout
+  errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+  assert len(errors) == 1 and "snli_ve/val wrote 0 records" in errors[0]
+  assert "flickr30k-images/9.jpg" in errors[0]
+  assert json.loads((out / "snli_ve/val/conversion_summary.json").read_text())[
+      "status"] == "failed"
+  missing = _cli("snli_ve", f"--raw_dir={tmp_path / 'nowhere'}", f"--out_dir={out}")
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1].startswith(
+      "error: snli_ve train: none of ['snli_ve_train.jsonl'] found")

@@ -1,14 +1,15 @@
 """Real-data converters: each published raw format -> the `dynpt.data.schema` records.
 
-Use `tools/convert.py`, or from Python::
+Each split is converted by an Apache Beam pipeline (`engine.py`). Use
+`tools/convert.py`, or from Python::
 
   conv = converters.get_converter("vqav2", converters.ConvertOptions(raw_dir="raw/vqa"))
   summary = converters.convert(conv, "val", out_dir="data/real")
 """
 
-from dynpt.data.converters.base import ConvertOptions, Converter, Skip, image_id
+from dynpt.data.converters.base import ConvertOptions, Converter, Skip, Skipped, image_id
 from dynpt.data.converters.captions import CC3M, CC12M, LocalizedNarratives
-from dynpt.data.converters.engine import RUNNERS, convert, format_summary
+from dynpt.data.converters.engine import DEFAULT_MAX_SKIP_FRACTION, convert, format_summary
 from dynpt.data.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome
 from dynpt.data.converters.refcoco import RefCOCO, RefCOCOg, RefCOCOPlus
 from dynpt.data.converters.video import IVQA, MSRVTTQA, MSVDQA

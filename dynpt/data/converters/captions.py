@@ -2,34 +2,31 @@
 
 Conceptual Captions ship as TSVs of captions and URLs without a header (a
 `caption<TAB>url` or `url<TAB>caption` header added for img2dataset is recognised and
-is not counted as a row). Users download the images themselves, either into a folder
-of files named by TSV row (`<row>.jpg`, any sub-folders, zero-padding allowed, as
-img2dataset's `files` format writes them) or with img2dataset's webdataset output
-(`*.tar` + `*.parquet`, see `img2dataset.py`). Both give `image/id = cc3m:<row>`
-(resp. `cc12m:<row>`), the 0-based data row of the TSV.
+is not counted as a row). Users download the images themselves, either with
+img2dataset's webdataset output (`*.tar` + `*.parquet`, see `img2dataset.py`; each
+tar and parquet is one listing unit) or into a folder of files named by TSV row
+(`<row>.jpg`, any sub-folders, zero-padding allowed, as img2dataset's `files` format
+writes them; the TSV and each sub-folder are listing units, joined on the row). Both
+give `image/id = cc3m:<row>` (resp. `cc12m:<row>`), the 0-based data row of the TSV.
 """
 
 from __future__ import annotations
 
-import collections
-import glob
 import itertools
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from dynpt.data.converters import base
+from dynpt.data.converters import fs
 from dynpt.data.converters import img2dataset
+from dynpt.data.converters import labels
 
 
-def index_row_images(folder: str) -> dict[int, str]:
-  """Maps TSV row -> image path for every `<digits>.<ext>` file under `folder`."""
-  index = {}
-  for root, _, names in os.walk(folder):
-    for name in names:
-      stem, ext = os.path.splitext(name)
-      if stem.isdigit() and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
-        index.setdefault(int(stem), os.path.join(root, name))
-  return index
+def _row_of(name: str) -> int | None:
+  stem, ext = os.path.splitext(name)
+  if stem.isdigit() and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
+    return int(stem)
+  return None
 
 
 class ConceptualCaptions(base.Converter):
@@ -46,38 +43,75 @@ class ConceptualCaptions(base.Converter):
     return base.find_file(self.raw_dir, [name], f"{self.name} {split} TSV")
 
   def _image_folder(self, split: str) -> str:
-    return os.path.join(self.image_dir, split) if self.images_per_split else self.image_dir
+    return fs.join(self.image_dir, split) if self.images_per_split else self.image_dir
 
   def _keep(self, row: int, split: str) -> bool:
     if self.tsv_files["validation"]:  # An official validation TSV: keep every row.
       return True
     return base.holdout_split(str(row), self.options.holdout_every) == split
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
+  def list_units(self, split: str) -> list[Any]:
+    """Tars and parquets of img2dataset output, else the TSV and the image sub-folders.
+
+    Sets `grouped`: rows of a TSV are joined with the image files by row number.
+    """
     folder = self._image_folder(split)
     if img2dataset.has_img2dataset_output(folder):
-      items = []
-      for sample in img2dataset.index_tars(folder, counts):
-        if not sample["key"].isdigit():
-          counts["malformed_row"] += 1
+      self.grouped = False
+      return ([("tar", p) for p in fs.glob(fs.join(folder, "*.tar"))]
+              + [("parquet", p) for p in fs.glob(fs.join(folder, "*.parquet"))])
+    self.grouped = True
+    units: list[Any] = [("tsv", self._tsv(split)), ("files", folder)]
+    units += [("tree", fs.join(folder, n)) for n in fs.listdir(folder)
+              if fs.isdir(fs.join(folder, n))]
+    return units
+
+  def expand_unit(self, split: str, unit: tuple[str, str]) -> Iterator[Any]:
+    kind, path = unit
+    if kind == "tar":
+      for sample in img2dataset.index_tar(path):
+        if isinstance(sample, base.Skipped):
+          yield sample
+        elif not sample["key"].isdigit():
+          yield base.Skipped("malformed_row", f"{path}: key {sample['key']!r}")
         elif self._keep(int(sample["key"]), split):
-          items.append({"row": int(sample["key"]), "sample": sample})
-      return items
-    paths = index_row_images(folder)
-    rows = base.iter_csv(self._tsv(split), delimiter="\t")
+          yield {"row": int(sample["key"]), "sample": sample}
+    elif kind == "parquet":
+      for key, status in img2dataset.failed_downloads(path):
+        if not key.isdigit() or self._keep(int(key), split):
+          yield base.Skipped("download_failed", f"{path}: key {key} ({status})")
+    elif kind == "tsv":
+      yield from self._tsv_rows(split, path)
+    else:  # Image files named by row: directly in the folder, or anywhere below it.
+      walk = ([(path, [], fs.listdir(path))] if kind == "files" else fs.walk(path))
+      for root, _, names in walk:
+        for name in names:
+          row = _row_of(name)
+          if row is not None and self._keep(row, split):
+            yield str(row), {"path": fs.join(root, name)}
+
+  def _tsv_rows(self, split: str, path: str) -> Iterator[Any]:
+    rows = base.iter_csv(path, delimiter="\t")
     first = next(rows, None)
-    if first is not None and sorted(f.strip().lower() for f in first) != ["caption", "url"]:
+    if first is not None and sorted(f.strip().lower() for f in first[1]) != ["caption", "url"]:
       rows = itertools.chain([first], rows)  # No header (as published): a data row.
-    items = []
-    for row, fields in enumerate(rows):
+    for row, (line, fields) in enumerate(rows):
       if not self._keep(row, split):
         continue
       if len(fields) != 2 or not fields[self.caption_column].strip():
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", f"{path}:{line}")
         continue
-      items.append({"row": row, "caption": fields[self.caption_column].strip(),
-                    "path": paths.get(row)})
-    return items
+      yield str(row), {"caption": fields[self.caption_column].strip(),
+                       "where": f"{path}:{line}"}
+
+  def combine_group(self, split: str, key: str, parts: list[Any]) -> Any:
+    caption = next((p for p in parts if "caption" in p), None)
+    if caption is None:
+      return None  # An image file whose TSV row is malformed (recorded) or absent.
+    path = min((p["path"] for p in parts if "path" in p), default=None)
+    if path is None:
+      return base.Skipped("missing_image", f"{caption['where']}: no image for row {key}")
+    return {"row": int(key), "caption": caption["caption"], "path": path}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     key = base.image_id(self.name, item["row"])
@@ -87,11 +121,9 @@ class ConceptualCaptions(base.Converter):
           img2dataset.read_member(sample["image"]), f"{sample['image'][0]}:{sample['key']}")
       caption = img2dataset.sample_caption(sample)
       if not caption:
-        raise base.Skip("missing_caption", f"{self.name} key {sample['key']}")
+        raise base.Skip("missing_caption", f"{sample['image'][0]}: key {sample['key']}")
       return {"image/id": key, "image/encoded": data, "image/width": width,
               "image/height": height, "text/captions": [caption]}
-    if item["path"] is None:
-      raise base.Skip("missing_image", f"{self.name} row {item['row']}")
     return {**base.image_record(key, item["path"]), "text/captions": [item["caption"]]}
 
 
@@ -111,12 +143,15 @@ class CC12M(ConceptualCaptions):
 class LocalizedNarratives(base.Converter):
   """Localized Narratives on Open Images: all narratives of an image become its captions.
 
-  Images are Open Images files `<image_id>.jpg` in `<image_dir>/<oi split>/` or
-  `<image_dir>/`; ids are `oi:<image_id>`, shared with the `oi` label source.
+  Each jsonl file is a listing unit; narratives are grouped per image (in file and
+  line order). Images are Open Images files, found as the official tarballs unpack
+  (`train_0/` ... `train_f/`, `validation/`, `test/`) under `image_dir` or `raw_dir`
+  (see `labels.oi_image_folders`); ids are `oi:<image_id>`, shared with `oi`.
   """
 
   name = "ln"
   splits = ("train", "validation")
+  grouped = True
   jsonl_patterns = {
       "train": ("open_images_train_v6_captions.jsonl",
                 "open_images_train_v6_localized_narratives-*.jsonl"),
@@ -124,28 +159,27 @@ class LocalizedNarratives(base.Converter):
                      "open_images_validation_localized_narratives.jsonl"),
   }
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    paths = []
-    for pattern in self.jsonl_patterns[split]:
-      paths = sorted(glob.glob(os.path.join(self.raw_dir, pattern)))
-      if paths:
-        break
-    if not paths:
-      raise FileNotFoundError(
-          f"ln {split}: none of {list(self.jsonl_patterns[split])} found in "
-          f"{self.raw_dir!r} (see docs/data_real.md)")
-    captions: dict[str, list[str]] = collections.defaultdict(list)
-    for path in paths:
-      for obj in base.iter_jsonl(path, counts):
-        image, caption = obj.get("image_id"), obj.get("caption")
-        if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
-          counts["malformed_row"] += 1
-          continue
-        captions[image].append(caption.strip())
-    return [{"image_id": k, "captions": v} for k, v in captions.items()]
+  def list_units(self, split: str) -> list[Any]:
+    return base.find_files(self.raw_dir, self.jsonl_patterns[split], f"ln {split}")
+
+  def expand_unit(self, split: str, unit: str) -> Iterator[Any]:
+    for row in base.iter_jsonl(unit):
+      if isinstance(row, base.Skipped):
+        yield row
+        continue
+      where, obj = row
+      image, caption = obj.get("image_id"), obj.get("caption")
+      if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
+        yield base.Skipped("malformed_row", f"{where}: no image_id or caption")
+        continue
+      path, line = where.rsplit(":", 1)
+      yield image, (path, int(line), caption.strip())
+
+  def combine_group(self, split: str, key: str, parts: list[Any]) -> Any:
+    return {"image_id": key, "captions": [c for _, _, c in sorted(parts)]}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    folders = [os.path.join(self.image_dir, s) for s in self.splits] + [self.image_dir]
-    path = base.find_image(folders, [f"{item['image_id']}.jpg"])
+    path = base.find_image(labels.oi_image_folders(self, item["image_id"]),
+                           [f"{item['image_id']}.jpg"])
     return {**base.image_record(base.image_id("oi", item["image_id"]), path),
             "text/captions": item["captions"]}

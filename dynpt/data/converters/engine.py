@@ -1,234 +1,472 @@
-"""Runs a converter: deterministic sharding, atomic resumable shards, a summary.
+"""Runs a converter as an Apache Beam pipeline, resumably and without losing anything silently.
 
-Items (see `base.Converter`) are assigned to shards by index: shard `s` of `S` holds
-items `[s * n // S, (s + 1) * n // S)`. The assignment depends only on the raw
-annotations, so a re-run recomputes the same plan and skips every shard whose file
-already exists. A shard is written to a hidden temporary file, its statistics are
-saved next to it (`conversion_state/`), and only then is it renamed into place: a
-shard that looks complete is complete, and its counts are known without re-reading.
+One pipeline per split, the same on the DirectRunner (the default) and on Dataflow,
+Flink or Spark:
 
-Engine. Apache Beam was the first choice, but no Beam release installs beside this
-project's pins (Beam 2.77 needs protobuf < 7, pillow < 13 and pyarrow < 26; pip
-backtracks to a Beam sdist that does not build). Shards are therefore run with the
-standard library's `concurrent.futures`: threads by default (image reads and PIL
-decoding release the GIL, and one TensorFlow import serves all shards), or spawned
-processes for CPU-heavy sets. One task is one whole shard; nothing else is scheduled.
+    list_units (driver) -> expand_unit (parallel) [-> group rows per image] -> items
+      -> key = hash of the item -> shard = key mod num_shards -> group per shard
+      -> write the shard (sorted by key) -> results, skips -> summary
+
+* Listing is parallel: the driver only names the units (files, tars, byte ranges);
+  the workers read them. `num_shards` follows from the item count (one shard per
+  `records_per_shard` items) unless given.
+* A shard holds the items whose key hash falls in it, sorted by key, so its content
+  depends only on the raw data, not on listing order or worker count. Its state file
+  (`conversion_state/<shard>.json`) keeps a fingerprint of its item keys, its counts,
+  its skips and the class names it wrote; the shard is written under a hidden name and
+  renamed into place after the state is saved. A re-run keeps a shard only if its
+  file exists, its fingerprint is unchanged and none of the images or videos it
+  skipped as missing has appeared since: images added since the first run change the
+  fingerprint of the shards they fall in (items listed from image files or tars) or
+  turn up in that re-check (items listed from annotations), and those shards are
+  redone.
+  Shards of an earlier plan (another shard count) are removed once the new plan is
+  written; with an explicit `num_shards` the run refuses to start instead, naming
+  `--overwrite`.
+* Every skip (listing or record) is a Beam metric `skipped/<reason>` and a line of
+  `<split>/skipped.jsonl` (`{"reason", "where"}`: file, `file:line`, `file@byte`).
+* The summary (`conversion_summary.json`) has the counts, the top skip reasons with
+  example files and a status: `failed` if nothing was written or more than
+  `max_skip_fraction` of the items were skipped (reasons in `FILTER_REASONS` are the
+  source's own filters and do not count). The caller decides how to exit.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as futures
 import dataclasses
+import hashlib
 import json
-import multiprocessing
 import os
-import threading
 import time
-from typing import Any, Callable
+from typing import Any, Iterable, Sequence
 
 from absl import logging
-import tqdm
 
 from dynpt.data import schema
 from dynpt.data.converters import base
+from dynpt.data.converters import fs
 
-RUNNERS = ("threads", "processes")
+DEFAULT_RUNNER = "DirectRunner"
 STATE_DIR = "conversion_state"
 SUMMARY_FILE = "conversion_summary.json"
+SKIPPED_FILE = "skipped.jsonl"
+RUN_FILE = "last_run.json"
 LABELS_FILE = "labels.txt"  # As read by `dynpt.data.sources.label_vocabulary`.
 DEFAULT_RECORDS_PER_SHARD = 2000
+DEFAULT_MAX_SKIP_FRACTION = 0.01
+# Reasons that are a source's own selection, not lost data (Open Images images whose
+# labels are all human-rejected): recorded, but not held against max_skip_fraction.
+FILTER_REASONS = frozenset({"no_verified_labels"})
+# A resumed shard is redone if an item it skipped for these reasons can now be read.
+RECHECK_REASONS = frozenset({"missing_image", "missing_video"})
+EXAMPLES_PER_REASON = 3
+SKIP_NAMESPACE = "skipped"
 
 
-@dataclasses.dataclass
-class ShardResult:
-  """What writing one shard produced (also stored as its state json)."""
-  index: int
-  written: int
-  skipped: dict[str, int]
-  resumed: bool = False
+def item_key(item: Any) -> str:
+  """A stable key of an item: the hash of its canonical json (order-independent)."""
+  text = json.dumps(item, sort_keys=True, default=str, separators=(",", ":"))
+  return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def plan_shards(num_items: int, num_shards: int) -> list[tuple[int, int]]:
-  """Returns the [start, stop) item range of each shard (contiguous, by index)."""
-  return [(s * num_items // num_shards, (s + 1) * num_items // num_shards)
-          for s in range(num_shards)]
+def shard_of(key: str, num_shards: int) -> int:
+  """The shard of an item key (uniform: the key is a hash)."""
+  return int(key[:15], 16) % num_shards
 
 
 def default_num_shards(num_items: int, records_per_shard: int) -> int:
   return max(1, -(-num_items // records_per_shard))
 
 
+def fingerprint(keys: Iterable[str]) -> str:
+  return hashlib.sha1("\n".join(keys).encode("utf-8")).hexdigest()
+
+
 def _state_path(shard_file: str) -> str:
   folder, name = os.path.split(shard_file)
-  return os.path.join(folder, STATE_DIR, name + ".json")
+  return fs.join(folder, STATE_DIR, name + ".json")
 
 
 def _existing_shards(out_dir: str, dataset: str, split: str) -> list[str]:
-  import tensorflow as tf
+  return fs.glob(schema.file_pattern(out_dir, dataset, split))
 
-  return sorted(tf.io.gfile.glob(schema.file_pattern(out_dir, dataset, split)))
+
+def _remove_shard(path: str) -> None:
+  for p in (path, _state_path(path)):
+    if fs.exists(p):
+      fs.remove(p)
+
+
+@dataclasses.dataclass
+class ShardResult:
+  """What one shard holds (also its state json, with the fingerprint and its skips)."""
+  index: int
+  written: int
+  fingerprint: str
+  labels: list[str]
+  skips: list[list[str]]  # [reason, where, item key] of each item skipped in writing.
+  resumed: bool = False
+
+
+@dataclasses.dataclass
+class SplitPlan:
+  """The driver-side facts every worker needs (picklable)."""
+  converter: base.Converter
+  split: str
+  out_dir: str
+  num_shards: int | None
+  records_per_shard: int
+  overwrite: bool
+
+
+# ------------------------------------------------------------------ pipeline steps
+
+
+def _skip_json(reason: str, where: str) -> str:
+  return json.dumps({"reason": reason, "where": where}, ensure_ascii=False)
+
+
+def _list_unit(unit: Any, plan: SplitPlan):
+  """expand_unit as a FlatMap: items (or grouped parts) out, `Skipped` tagged."""
+  import apache_beam as beam
+
+  for out in plan.converter.expand_unit(plan.split, unit):
+    if isinstance(out, base.Skipped):
+      yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
+    else:
+      yield out
+
+
+def _combine_group(element: tuple[str, Iterable[Any]], plan: SplitPlan):
+  """combine_group over a GroupByKey result; None drops the group (not an item)."""
+  import apache_beam as beam
+
+  key, parts = element
+  out = plan.converter.combine_group(plan.split, key, list(parts))
+  if isinstance(out, base.Skipped):
+    yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
+  elif out is not None:
+    yield out
 
 
 def _load_state(shard_file: str) -> ShardResult | None:
-  """Returns the saved result of a completed shard, or None if it must be (re)written."""
-  import tensorflow as tf
-
   state = _state_path(shard_file)
-  if not (tf.io.gfile.exists(shard_file) and tf.io.gfile.exists(state)):
+  if not (fs.exists(shard_file) and fs.exists(state)):
     return None
-  with tf.io.gfile.GFile(state) as f:
+  with fs.open_file(state, "r") as f:
     d = json.load(f)
-  return ShardResult(index=d["index"], written=d["written"], skipped=d["skipped"],
-                     resumed=True)
+  try:
+    result = ShardResult(index=d["index"], written=d["written"],
+                         fingerprint=d["fingerprint"], labels=d["labels"],
+                         skips=d["skips"], resumed=True)
+  except KeyError:  # A state file of an older converter version: redo the shard.
+    return None
+  return result if all(len(s) == 3 for s in result.skips) else None
 
 
-def write_shard(converter: base.Converter, items: list[Any], shard_file: str,
-                index: int, on_item: Callable[[], None] | None = None) -> ShardResult:
-  """Converts `items` into one TFRecord shard, atomically (tmp file, then rename)."""
+def _missing_now_present(conv: base.Converter, state: ShardResult,
+                         items: dict[str, Any]) -> bool:
+  """Whether an item the shard skipped as missing has its image or video now."""
+  for reason, _, key in state.skips:
+    if reason in RECHECK_REASONS and key in items:
+      try:
+        conv.make_record(items[key])
+      except base.Skip:
+        continue
+      return True
+  return False
+
+
+def write_shard(plan: SplitPlan, index: int, num_shards: int,
+                keyed_items: Sequence[tuple[str, Any]]) -> ShardResult:
+  """Writes (or resumes) shard `index`: its items sorted by key, atomically."""
   import tensorflow as tf
 
-  folder, name = os.path.split(shard_file)
-  tmp = os.path.join(folder, f".tmp-{name}")
-  skipped = collections.Counter()
-  written = 0
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for item in items:
-      try:
-        record = converter.make_record(item)
-      except base.Skip as e:
-        skipped[e.reason] += 1
-        logging.log_every_n(logging.INFO, "skipped: %s", 1000, e)
-      else:
+  conv = plan.converter
+  keyed_items = sorted(keyed_items, key=lambda kv: kv[0])
+  fp = fingerprint(k for k, _ in keyed_items)
+  path = schema.shard_path(plan.out_dir, conv.name, plan.split, index, num_shards)
+  if not plan.overwrite:
+    state = _load_state(path)
+    if (state is not None and state.fingerprint == fp
+        and not _missing_now_present(conv, state, dict(keyed_items))):
+      return state
+  folder, name = os.path.split(path)
+  tmp = fs.join(folder, f".tmp-{name}")
+  labels, skips, written = set(), [], 0
+  try:
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for key, item in keyed_items:
+        try:
+          record = conv.make_record(item)
+        except base.Skip as e:
+          skips.append([e.reason, e.detail or json.dumps(item, default=str), key])
+          continue
         writer.write(schema.encode_example(record))
         written += 1
-      if on_item is not None:
-        on_item()
-  result = ShardResult(index=index, written=written, skipped=dict(skipped))
-  state = _state_path(shard_file)
-  tf.io.gfile.makedirs(os.path.dirname(state))
-  with tf.io.gfile.GFile(state + ".tmp", "w") as f:
+        if conv.writes_labels:
+          labels.update(record.get("objects/label", ()))
+  except BaseException:
+    if fs.exists(tmp):
+      fs.remove(tmp)
+    raise
+  result = ShardResult(index=index, written=written, fingerprint=fp,
+                       labels=sorted(labels), skips=skips)
+  state = _state_path(path)
+  fs.makedirs(os.path.dirname(state))
+  with fs.open_file(state + ".tmp", "w") as f:
     json.dump(dataclasses.asdict(result), f)
-  tf.io.gfile.rename(state + ".tmp", state, overwrite=True)
-  tf.io.gfile.rename(tmp, shard_file, overwrite=True)
+  fs.rename(state + ".tmp", state)
+  fs.rename(tmp, path)
   return result
 
 
-def _write_shard_task(args: tuple) -> ShardResult:
-  """Process-pool entry point: rebuilds nothing, everything arrives pickled."""
-  converter, items, shard_file, index = args
-  return write_shard(converter, items, shard_file, index)
+def _write_shard(element: tuple[int, Iterable[Any]], plan: SplitPlan, num_shards: int):
+  """GroupByKey(shard) -> write_shard as a FlatMap; emits the result, tags its skips."""
+  import apache_beam as beam
+
+  index, entries = element
+  result = write_shard(plan, index, num_shards, [e for e in entries if e is not None])
+  for reason, where, _ in result.skips:
+    yield beam.pvalue.TaggedOutput("skipped", (reason, where))
+  yield {"written": result.written, "resumed": int(result.resumed),
+         "labels": result.labels}
 
 
-def _remove_stale(out_dir: str, dataset: str, split: str, num_shards: int,
-                  overwrite: bool) -> None:
-  """Refuses to mix shards of an earlier plan with this one, unless `overwrite`."""
-  import tensorflow as tf
+def _count_skip(skip: tuple[str, str]) -> str:
+  from apache_beam.metrics import Metrics
 
-  suffix = f"-of-{num_shards:05d}"
-  stale = [p for p in _existing_shards(out_dir, dataset, split)
-           if overwrite or not p.endswith(suffix)]
-  if stale and not overwrite:
-    raise ValueError(
-        f"{schema.split_dir(out_dir, dataset, split)} holds shards of a different plan "
-        f"(e.g. {os.path.basename(stale[0])}, this run writes *{suffix}); re-run with "
-        "--overwrite to replace them")
-  for path in stale:
-    tf.io.gfile.remove(path)
-    if tf.io.gfile.exists(_state_path(path)):
-      tf.io.gfile.remove(_state_path(path))
+  Metrics.counter(SKIP_NAMESPACE, skip[0]).inc()
+  return _skip_json(*skip)
+
+
+def _merge_totals(results: Iterable[dict]) -> dict:
+  out = {"written": 0, "shards": 0, "resumed": 0, "labels": set()}
+  for r in results:
+    if "shards" in r:  # An accumulator from another bundle.
+      out["written"] += r["written"]
+      out["shards"] += r["shards"]
+      out["resumed"] += r["resumed"]
+      out["labels"] |= set(r["labels"])
+    else:
+      out["written"] += r["written"]
+      out["shards"] += 1
+      out["resumed"] += r["resumed"]
+      out["labels"] |= set(r["labels"])
+  return out
+
+
+def _merge_examples(skips: Iterable[Any]) -> dict:
+  """{reason: [count, first few `where`s in sorted order]} of (reason, where) pairs."""
+  out: dict[str, list] = {}
+  for s in skips:
+    parts = s.items() if isinstance(s, dict) else [(s[0], [1, [s[1]]])]
+    for reason, (n, wheres) in parts:
+      count, kept = out.get(reason, (0, []))
+      out[reason] = [count + n, sorted(set(kept) | set(wheres))[:EXAMPLES_PER_REASON]]
+  return out
+
+
+def _write_run_file(_, plan: SplitPlan, num_items: int, num_shards: int, totals: dict,
+                    examples: dict) -> None:
+  path = fs.join(schema.split_dir(plan.out_dir, plan.converter.name, plan.split),
+                 STATE_DIR, RUN_FILE)
+  fs.makedirs(os.path.dirname(path))
+  with fs.open_file(path, "w") as f:
+    json.dump({"items": num_items, "num_shards": num_shards,
+               "written": totals["written"], "shards": totals["shards"],
+               "shards_resumed": totals["resumed"], "labels": sorted(totals["labels"]),
+               "skips": examples}, f)
+
+
+def build_pipeline(pipeline, plan: SplitPlan, units: list[Any]) -> None:
+  """Adds the conversion of one split to `pipeline` (see module doc)."""
+  import apache_beam as beam
+  from apache_beam import pvalue
+
+  conv = plan.converter
+  listed = (pipeline
+            | "Units" >> beam.Create(units)
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "List" >> beam.FlatMap(_list_unit, plan).with_outputs("skipped", main="items"))
+  items, skip_parts = listed.items, [listed.skipped]
+  if conv.grouped:
+    combined = (items
+                | "GroupRows" >> beam.GroupByKey()
+                | "Combine" >> beam.FlatMap(_combine_group, plan).with_outputs(
+                    "skipped", main="items"))
+    items = combined.items
+    skip_parts.append(combined.skipped)
+  keyed = items | "Key" >> beam.Map(lambda item: (item_key(item), item))
+  num_items = keyed | "CountItems" >> beam.combiners.Count.Globally()
+  fixed, per_shard = plan.num_shards, plan.records_per_shard
+  num_shards = num_items | "NumShards" >> beam.Map(
+      lambda n: fixed or default_num_shards(n, per_shard))
+  shards_view = pvalue.AsSingleton(num_shards)
+  assigned = keyed | "Assign" >> beam.Map(lambda kv, n: (shard_of(kv[0], n), kv),
+                                          shards_view)
+  every_shard = num_shards | "EveryShard" >> beam.FlatMap(
+      lambda n: [(s, None) for s in range(n)])  # Empty shards are written too.
+  written = ((assigned, every_shard)
+             | "WithEmpty" >> beam.Flatten()
+             | "GroupShards" >> beam.GroupByKey()
+             | "Write" >> beam.FlatMap(_write_shard, plan, shards_view).with_outputs(
+                 "skipped", main="results"))
+  skip_parts.append(written.skipped)
+  skips = tuple(skip_parts) | "AllSkips" >> beam.Flatten()
+  split_dir = schema.split_dir(plan.out_dir, conv.name, plan.split)
+  _ = (skips
+       | "CountSkips" >> beam.Map(_count_skip)
+       | "SkippedJsonl" >> beam.io.WriteToText(
+           fs.join(split_dir, SKIPPED_FILE), num_shards=1, shard_name_template=""))
+  totals = written.results | "Totals" >> beam.CombineGlobally(_merge_totals)
+  examples = skips | "Examples" >> beam.CombineGlobally(_merge_examples)
+  _ = (pipeline
+       | "Once" >> beam.Create([None])
+       | "RunFile" >> beam.Map(_write_run_file, plan, pvalue.AsSingleton(num_items),
+                               shards_view, pvalue.AsSingleton(totals),
+                               pvalue.AsSingleton(examples)))
+
+
+# -------------------------------------------------------------------------- driver
+
+
+def pipeline_options(pipeline_args: Sequence[str] = ()):
+  """Beam options: `pipeline_args` as given, DirectRunner with one worker per CPU else."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  args = list(pipeline_args)
+  given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+  if "--runner" not in given:
+    args.append(f"--runner={DEFAULT_RUNNER}")
+  if "--direct_num_workers" not in given:
+    args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+  if "--direct_running_mode" not in given:
+    args.append("--direct_running_mode=multi_threading")
+  return PipelineOptions(args)
+
+
+def _check_plan(plan: SplitPlan) -> None:
+  """Refuses an explicit shard count that differs from the shards already there."""
+  existing = _existing_shards(plan.out_dir, plan.converter.name, plan.split)
+  if plan.overwrite:
+    for path in existing:
+      _remove_shard(path)
+    return
+  if plan.num_shards:
+    suffix = f"-of-{plan.num_shards:05d}"
+    stale = [p for p in existing if not p.endswith(suffix)]
+    if stale:
+      raise ValueError(
+          f"{schema.split_dir(plan.out_dir, plan.converter.name, plan.split)} holds "
+          f"shards of a different plan (e.g. {os.path.basename(stale[0])}, this run "
+          f"writes *{suffix}); re-run with --overwrite to replace them")
+
+
+def _metric_counts(result) -> dict[str, int]:
+  """Skip counts by reason from the pipeline's metrics (committed where supported)."""
+  from apache_beam.metrics.metric import MetricsFilter
+
+  counts: dict[str, int] = {}
+  try:
+    query = result.metrics().query(MetricsFilter().with_namespace(SKIP_NAMESPACE))
+  except NotImplementedError:  # A runner without metrics: the caller falls back.
+    return counts
+  for c in query["counters"]:
+    value = c.committed if c.committed is not None else c.attempted
+    counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
+  return counts
 
 
 def convert(converter: base.Converter, split: str, out_dir: str, *,
             num_shards: int | None = None,
             records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
-            runner: str = "threads", workers: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            overwrite: bool = False,
+            max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
+            pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
   """Converts one split of a data set into `out_dir` and returns its summary.
 
   Args:
     converter: the data set's converter, holding its options (raw_dir, ...).
     split: output split name (one of `converter.splits`).
-    out_dir: data dir to write `<dataset>/<split>/` into.
+    out_dir: data dir to write `<dataset>/<split>/` into (local or `gs://`).
     num_shards: shards to write; default one per `records_per_shard` items.
     records_per_shard: used when `num_shards` is not given.
-    runner: `threads` or `processes` (see module doc).
-    workers: pool size; default the number of CPUs.
     overwrite: replace existing shards instead of resuming.
-    progress: show a tqdm progress bar over items.
+    max_skip_fraction: the summary's status is `failed` above this skip fraction.
+    pipeline_args: Beam pipeline options (`--runner=DataflowRunner`, `--project=...`,
+      `--direct_num_workers=2`, ...); default the DirectRunner on every CPU.
 
   Returns:
-    The summary also written to `<out_dir>/<dataset>/<split>/conversion_summary.json`:
-    items planned, records written, skipped counts by reason, shards written/resumed.
-  """
-  import tensorflow as tf
+    The summary also written to `<out_dir>/<dataset>/<split>/conversion_summary.json`.
 
-  if runner not in RUNNERS:
-    raise ValueError(f"unknown runner {runner!r}; choose from {RUNNERS}")
+  Raises:
+    FileNotFoundError, ValueError: for a missing raw file or a conflicting plan,
+      before any work starts.
+  """
+  import apache_beam as beam
+
   converter.check_split(split)
   start = time.time()
-  list_counts = collections.Counter()
-  items = converter.list_items(split, list_counts)
-  num_shards = num_shards or default_num_shards(len(items), records_per_shard)
   dataset = converter.name
   split_dir = schema.split_dir(out_dir, dataset, split)
-  tf.io.gfile.makedirs(split_dir)
-  _remove_stale(out_dir, dataset, split, num_shards, overwrite)
+  plan = SplitPlan(converter=converter, split=split, out_dir=out_dir,
+                   num_shards=num_shards, records_per_shard=records_per_shard,
+                   overwrite=overwrite)
+  units = converter.list_units(split)
+  fs.makedirs(split_dir)
+  _check_plan(plan)
+  options = pipeline_options(pipeline_args)
+  logging.info("%s/%s: %d listing units, Beam options %s", dataset, split, len(units),
+               options.get_all_options(drop_default=True))
+  pipeline = beam.Pipeline(options=options)
+  build_pipeline(pipeline, plan, units)
+  result = pipeline.run()
+  result.wait_until_finish()
 
-  ranges = plan_shards(len(items), num_shards)
-  files = [schema.shard_path(out_dir, dataset, split, s, num_shards)
-           for s in range(num_shards)]
-  results = [None if overwrite else _load_state(f) for f in files]
-  todo = [s for s, r in enumerate(results) if r is None]
-  logging.info("%s/%s: %d items, %d shards (%d to write, %d done)", dataset, split,
-               len(items), num_shards, len(todo), num_shards - len(todo))
-
-  bar = tqdm.tqdm(total=sum(ranges[s][1] - ranges[s][0] for s in todo),
-                  desc=f"{dataset}/{split}", unit="ex", disable=not progress)
-  workers = workers or os.cpu_count() or 1
-  if runner == "threads":
-    lock = threading.Lock()
-
-    def tick() -> None:
-      with lock:
-        bar.update(1)
-
-    with futures.ThreadPoolExecutor(max_workers=workers) as pool:
-      jobs = {pool.submit(write_shard, converter, items[slice(*ranges[s])], files[s], s,
-                          tick): s for s in todo}
-      for job in futures.as_completed(jobs):
-        results[jobs[job]] = job.result()
-  else:
-    ctx = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-      jobs = {pool.submit(_write_shard_task,
-                          (converter, items[slice(*ranges[s])], files[s], s)): s
-              for s in todo}
-      for job in futures.as_completed(jobs):
-        s = jobs[job]
-        results[s] = job.result()
-        bar.update(ranges[s][1] - ranges[s][0])
-  bar.close()
-
-  skipped = collections.Counter(list_counts)
-  for r in results:
-    skipped.update(r.skipped)
-  summary = {
-      "dataset": dataset, "split": split, "raw_dir": converter.raw_dir,
-      "items": len(items), "written": sum(r.written for r in results),
-      "skipped": dict(sorted(skipped.items())),
-      "skipped_total": sum(skipped.values()),
-      "num_shards": num_shards, "shards_written": len(todo),
-      "shards_resumed": num_shards - len(todo), "runner": runner,
-      "seconds": round(time.time() - start, 2),
-  }
-  with tf.io.gfile.GFile(os.path.join(split_dir, SUMMARY_FILE), "w") as f:
+  with fs.open_file(fs.join(split_dir, STATE_DIR, RUN_FILE), "r") as f:
+    run = json.load(f)
+  removed = [p for p in _existing_shards(out_dir, dataset, split)
+             if not p.endswith(f"-of-{run['num_shards']:05d}")]
+  for path in removed:  # Shards of an earlier plan, now replaced.
+    _remove_shard(path)
+  skipped = _metric_counts(result) or {r: v[0] for r, v in run["skips"].items()}
+  summary = summarize(converter, split, run, skipped, max_skip_fraction)
+  summary.update(shards_removed=len(removed), runner=options.get_all_options()["runner"],
+                 seconds=round(time.time() - start, 2))
+  with fs.open_file(fs.join(split_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
-  names = converter.label_names(items) if split == "train" else None
-  if names:
-    with tf.io.gfile.GFile(os.path.join(out_dir, dataset, LABELS_FILE), "w") as f:
-      f.write("".join(f"{n}\n" for n in sorted(names)))
+  if converter.writes_labels and split == "train":
+    with fs.open_file(fs.join(out_dir, dataset, LABELS_FILE), "w") as f:
+      f.write("".join(f"{n}\n" for n in run["labels"]))
   return summary
+
+
+def summarize(converter: base.Converter, split: str, run: dict, skipped: dict[str, int],
+              max_skip_fraction: float) -> dict[str, Any]:
+  """The split's summary from the pipeline's run file and skip counts, with its status."""
+  total = sum(skipped.values())
+  lost = sum(n for r, n in skipped.items() if r not in FILTER_REASONS)
+  fraction = lost / max(1, run["written"] + total)
+  problems = []
+  if run["written"] == 0:
+    problems.append("wrote 0 records")
+  if fraction > max_skip_fraction:
+    problems.append(f"skipped {fraction:.1%} of its items (more than "
+                    f"--max_skip_fraction={max_skip_fraction:g})")
+  top = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+  return {
+      "dataset": converter.name, "split": split, "raw_dir": converter.raw_dir,
+      "status": "failed" if problems else "ok", "problems": problems,
+      "items": run["items"], "written": run["written"],
+      "skipped": dict(sorted(skipped.items())), "skipped_total": total,
+      "skip_fraction": round(fraction, 6), "max_skip_fraction": max_skip_fraction,
+      "top_skips": [{"reason": r, "count": n,
+                     "examples": run["skips"].get(r, [0, []])[1]} for r, n in top[:5]],
+      "skipped_file": SKIPPED_FILE,
+      "num_shards": run["num_shards"], "shards_written": run["shards"] -
+      run["shards_resumed"], "shards_resumed": run["shards_resumed"],
+  }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -237,8 +475,11 @@ def format_summary(summary: dict[str, Any]) -> str:
            f"from {summary['items']} items into {summary['num_shards']} shards "
            f"({summary['shards_resumed']} resumed) in {summary['seconds']} s"]
   if summary["skipped"]:
-    lines.append(f"  skipped {summary['skipped_total']}:")
-    lines += [f"    {reason}: {n}" for reason, n in summary["skipped"].items()]
+    lines.append(f"  skipped {summary['skipped_total']} "
+                 f"(each in {summary['split']}/{SKIPPED_FILE}):")
+    for top in summary["top_skips"]:
+      lines.append(f"    {top['reason']}: {top['count']}, e.g. "
+                   + "; ".join(top["examples"]))
   else:
     lines.append("  skipped nothing")
   return "\n".join(lines)

@@ -7,79 +7,79 @@ Captions TSVs into `00000.tar, 00001.tar, ...`, each holding `{key}.jpg`,
 including those that failed to download. The key is the row's index in the input
 TSV, zero-padded, so records get the same `image/id` as from a folder of images.
 
-Only tar headers are read here: each sample becomes an item holding the byte
-offsets of its members, which `read_member` reads back without scanning the tar.
+Only tar headers are read here (each tar is one listing unit of the pipeline): each
+sample becomes an item holding the byte offsets of its members, which `read_member`
+reads back without scanning the tar.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import os
 import tarfile
-from typing import Any
+from typing import Any, Iterator
+
+from dynpt.data.converters import base
+from dynpt.data.converters import fs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def has_img2dataset_output(folder: str) -> bool:
-  return bool(glob.glob(os.path.join(folder, "*.tar")))
+  return bool(fs.glob(fs.join(folder, "*.tar")))
 
 
-def read_member(member: tuple[str, int, int]) -> bytes:
+def read_member(member: list | tuple) -> bytes:
   """Reads one tar member given as (tar path, data offset, size)."""
   path, offset, size = member
-  with open(path, "rb") as f:
-    f.seek(offset)
-    return f.read(size)
+  return fs.read_bytes(path, offset, size)
 
 
-def index_tars(folder: str, counts: collections.Counter) -> list[dict[str, Any]]:
-  """Returns one item per sample with an image: {key, image, txt, json} members.
+def tar_members(tar_path: str) -> Iterator[tuple[str, int, int]]:
+  """Yields (member name, data offset, size) of a tar's files, reading headers only."""
+  try:
+    with fs.open_file(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+      for m in tar:
+        if m.isfile():
+          yield m.name, m.offset_data, m.size
+  except tarfile.TarError as e:
+    raise ValueError(f"{tar_path}: not a readable tar file ({e})") from e
 
-  Samples without an image are counted as `missing_image`; rows that img2dataset
-  reports as not downloaded (parquet `status` != success) as `download_failed`.
+
+def index_tar(tar_path: str) -> Iterator[dict[str, Any] | base.Skipped]:
+  """Yields one sample per key with an image: {key, image, txt, json} members.
+
+  Samples without an image are `Skipped('missing_image')`.
   """
-  items = []
-  for tar_path in sorted(glob.glob(os.path.join(folder, "*.tar"))):
-    samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
-    try:
-      with tarfile.open(tar_path, "r:") as tar:
-        for m in tar:
-          if not m.isfile():
-            continue
-          stem, ext = os.path.splitext(os.path.basename(m.name))
-          ext = ext.lower()
-          kind = "image" if ext in IMAGE_EXTENSIONS else ext.lstrip(".")
-          samples[stem][kind] = (tar_path, m.offset_data, m.size)
-    except tarfile.TarError as e:
-      raise ValueError(f"{tar_path}: not a readable tar file ({e})") from e
-    for key in sorted(samples):
-      sample = samples[key]
-      if "image" not in sample:
-        counts["missing_image"] += 1
-        continue
-      items.append({"key": key, **sample})
-  counts["download_failed"] += count_failed_downloads(folder)
-  return items
+  samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+  for name, offset, size in tar_members(tar_path):
+    stem, ext = os.path.splitext(os.path.basename(name))
+    ext = ext.lower()
+    kind = "image" if ext in IMAGE_EXTENSIONS else ext.lstrip(".")
+    samples[stem][kind] = (tar_path, offset, size)
+  for key in sorted(samples):
+    sample = samples[key]
+    if "image" not in sample:
+      yield base.Skipped("missing_image", f"{tar_path}: key {key} has no image")
+      continue
+    yield {"key": key, **sample}
 
 
-def count_failed_downloads(folder: str) -> int:
-  """Counts parquet metadata rows whose `status` is not `success` (0 if no parquet)."""
-  paths = sorted(glob.glob(os.path.join(folder, "*.parquet")))
-  if not paths:
-    return 0
+def failed_downloads(parquet_path: str) -> Iterator[tuple[str, str]]:
+  """Yields (key, status) of the rows img2dataset did not download (status != success)."""
   import pyarrow.parquet as pq
 
-  failed = 0
-  for path in paths:
-    try:
-      table = pq.read_table(path, columns=["status"])
-    except (OSError, ValueError) as e:  # pyarrow's errors derive from these.
-      raise ValueError(f"{path}: not img2dataset metadata with a `status` column ({e})") from e
-    failed += sum(1 for s in table.column("status").to_pylist() if s != "success")
-  return failed
+  try:
+    with fs.open_file(parquet_path, "rb") as f:
+      table = pq.read_table(f, columns=["key", "status"])
+  except (OSError, ValueError, KeyError) as e:  # pyarrow's errors derive from these.
+    raise ValueError(f"{parquet_path}: not img2dataset metadata with `key` and `status` "
+                     f"columns ({e})") from e
+  for key, status in zip(table.column("key").to_pylist(),
+                         table.column("status").to_pylist()):
+    if status != "success":
+      yield str(key), str(status)
 
 
 def sample_caption(item: dict[str, Any]) -> str:

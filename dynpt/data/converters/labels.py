@@ -1,17 +1,19 @@
-"""Label sources: Open Images image-level labels, ImageNet-21k, Visual Genome objects.
+"""Label sources: Open Images labels and boxes, ImageNet-21k, Visual Genome objects.
 
-All three write `objects/label`; Visual Genome also writes `objects/bbox` (pixels,
-xyxy). Open Images labels are the human-verified positives only (Confidence == 1),
-which are non-exhaustive by nature: an absent label is not a negative.
+All three write `objects/label`; Open Images and Visual Genome also write
+`objects/bbox` (pixels, xyxy). Open Images labels are the human-verified positives
+only (Confidence == 1), which are non-exhaustive by nature: an absent label is not a
+negative. Label sources write `labels.txt`, the class names of their written records.
 """
 
 from __future__ import annotations
 
-import collections
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from dynpt.data.converters import base
+from dynpt.data.converters import fs
+from dynpt.data.converters import img2dataset
 
 OI_LABEL_FILES = {
     "train": ("oidv6-train-annotations-human-imagelabels.csv",
@@ -21,16 +23,37 @@ OI_LABEL_FILES = {
                    "oidv6-validation-annotations-human-imagelabels.csv",
                    "oidv7-val-annotations-human-imagelabels.csv"),
 }
+OI_BOX_FILES = {
+    "train": ("oidv6-train-annotations-bbox.csv", "train-annotations-bbox.csv"),
+    "validation": ("validation-annotations-bbox.csv",
+                   "oidv6-validation-annotations-bbox.csv"),
+}
 OI_CLASS_FILES = ("oidv7-class-descriptions.csv", "oidv6-class-descriptions.csv",
                   "class-descriptions.csv", "class-descriptions-boxable.csv")
 OI_COLUMNS = ["ImageID", "Source", "LabelName", "Confidence"]
+OI_BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
+# The listing reads the (60M-row) label CSV in byte ranges of this size, in parallel.
+OI_CSV_CHUNK_BYTES = 64 << 20
+
+
+def oi_image_folders(conv: base.Converter, image: str) -> list[str]:
+  """Where an Open Images image may be, the official tarball layout first.
+
+  `train_<c>.tar.gz` unpacks to `train_<c>/` holding the train images whose id starts
+  with hex digit `c`; `validation.tar.gz` and `test.tar.gz` to `validation/` and
+  `test/`. Each is searched under `--image_dir` if given, else under `raw_dir` and
+  then `raw_dir/images`; flat folders and `<split>/` are searched last.
+  """
+  roots = [conv.image_dir] if conv.options.image_dir else [conv.raw_dir, conv.image_dir]
+  subdirs = [f"train_{image[:1].lower()}", "validation", "test", "train"]
+  return [fs.join(r, d) for r in roots for d in subdirs] + roots
 
 
 def read_oi_classes(path: str) -> dict[str, str]:
   """Reads `LabelName,DisplayName` rows; the header (v6 and later) is optional."""
   names = {}
-  for i, row in enumerate(base.iter_csv(path)):
-    if i == 0 and row[:2] == ["LabelName", "DisplayName"]:
+  for line, row in base.iter_csv(path):
+    if line == 1 and row[:2] == ["LabelName", "DisplayName"]:
       continue
     if len(row) >= 2:
       names[row[0]] = row[1]
@@ -39,62 +62,102 @@ def read_oi_classes(path: str) -> dict[str, str]:
   return names
 
 
+def _csv_header(path: str) -> list[str]:
+  return next((row for _, row in base.iter_csv(path)), [])
+
+
 class OpenImagesLabels(base.Converter):
-  """Open Images image-level labels -> `objects/label` (display names), no boxes."""
+  """Open Images verified image-level labels and boxes -> `objects/label`, `objects/bbox`.
+
+  Rows of the label CSV and the box CSV (optional) are listed in parallel byte ranges
+  and grouped per image. A record's labels are its boxes' class names, one per box
+  in the box CSV's order, then its other verified labels; `objects/bbox` holds one box
+  per box label (so the first `len(objects/bbox)` labels have boxes). An image with
+  neither a verified label nor a box is `no_verified_labels`.
+  """
 
   name = "oi"
   splits = ("train", "validation")
+  grouped = True
+  writes_labels = True
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    classes = read_oi_classes(
+  def list_units(self, split: str) -> list[Any]:
+    self._classes = read_oi_classes(
         base.find_file(self.raw_dir, OI_CLASS_FILES, "oi class descriptions"))
     path = base.find_file(self.raw_dir, OI_LABEL_FILES[split], f"oi {split} labels")
-    rows = base.iter_csv(path)
-    header = next(rows, None)
-    if header is None or header[:4] != OI_COLUMNS:
+    header = _csv_header(path)
+    if header[:4] != OI_COLUMNS:
       raise ValueError(f"{path}: expected header {OI_COLUMNS}, got {header}")
-    labels: dict[str, list[str]] = collections.defaultdict(list)
-    for row in rows:
-      if len(row) != 4:
-        counts["malformed_row"] += 1
-        continue
-      image, _, label, confidence = row
-      try:
-        verified = float(confidence) == 1.0
-      except ValueError:
-        counts["malformed_row"] += 1
-        continue
-      if not verified:
-        labels.setdefault(image, [])  # Counted below if it ends with no label at all.
-        continue
-      if label not in classes:
-        counts["unknown_label"] += 1
-        labels.setdefault(image, [])
-        continue
-      if classes[label] not in labels[image]:
-        labels[image].append(classes[label])
-    items = []
-    for image, names in labels.items():
-      if names:
-        items.append({"image_id": image, "labels": names})
-      else:
-        counts["no_verified_labels"] += 1
-    return items
+    units = [("labels", r, None) for r in base.csv_byte_ranges(path, OI_CSV_CHUNK_BYTES)]
+    try:
+      box_path = base.find_file(self.raw_dir, OI_BOX_FILES[split], f"oi {split} boxes")
+    except FileNotFoundError:
+      return units  # Boxes are optional: records then have labels only.
+    header = _csv_header(box_path)
+    missing = [c for c in OI_BOX_COLUMNS if c not in header]
+    if missing:
+      raise ValueError(f"{box_path}: missing columns {missing} (header {header})")
+    cols = [header.index(c) for c in OI_BOX_COLUMNS]
+    return units + [("boxes", r, cols)
+                    for r in base.csv_byte_ranges(box_path, OI_CSV_CHUNK_BYTES)]
 
-  def label_names(self, items: list[Any]) -> set[str]:
-    return {name for item in items for name in item["labels"]}
+  def expand_unit(self, split: str, unit: Any) -> Iterator[Any]:
+    kind, (path, start, stop), cols = unit
+    for where, row in base.iter_csv_range(path, start, stop):
+      if start == 0 and where == f"{path}@0":
+        continue  # The header.
+      position = int(where.rsplit("@", 1)[1])
+      if kind == "labels":
+        if len(row) != 4:
+          yield base.Skipped("malformed_row", where)
+          continue
+        image, _, label, confidence = row
+        try:
+          verified = float(confidence) == 1.0
+        except ValueError:
+          yield base.Skipped("malformed_row", where)
+          continue
+        if verified and label not in self._classes:
+          yield base.Skipped("unknown_label", f"{where}: {label}")
+          verified = False
+        yield image, ("label", position, self._classes[label] if verified else None)
+      else:
+        try:
+          image, label = row[cols[0]], row[cols[1]]
+          x0, x1, y0, y1 = (float(row[c]) for c in cols[2:])
+        except (IndexError, ValueError):
+          yield base.Skipped("malformed_row", where)
+          continue
+        if label not in self._classes:
+          yield base.Skipped("unknown_label", f"{where}: {label}")
+          continue
+        yield image, ("box", position, self._classes[label], [x0, y0, x1, y1])
+
+  def combine_group(self, split: str, key: str, parts: list[Any]) -> Any:
+    parts = sorted(parts, key=lambda p: (p[0] != "box", p[1]))
+    box_labels = [p[2] for p in parts if p[0] == "box"]
+    boxes = [p[3] for p in parts if p[0] == "box"]
+    names = list(box_labels)
+    for p in parts:
+      if p[0] == "label" and p[2] is not None and p[2] not in names:
+        names.append(p[2])
+    if not names:
+      return base.Skipped("no_verified_labels", f"oi image {key}")
+    return {"image_id": key, "labels": names, "boxes": boxes}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    folders = [os.path.join(self.image_dir, s) for s in self.splits] + [self.image_dir]
-    path = base.find_image(folders, [f"{item['image_id']}.jpg"])
-    return {**base.image_record(base.image_id("oi", item["image_id"]), path),
-            "objects/label": item["labels"]}
+    path = base.find_image(oi_image_folders(self, item["image_id"]),
+                           [f"{item['image_id']}.jpg"])
+    record = base.image_record(base.image_id("oi", item["image_id"]), path)
+    w, h = record["image/width"], record["image/height"]
+    boxes = [[x0 * w, y0 * h, x1 * w, y1 * h] for x0, y0, x1, y1 in item["boxes"]]
+    return {**record, "objects/label": item["labels"], "objects/bbox": boxes}
 
 
 def read_words(path: str) -> dict[str, str]:
   """Reads ImageNet `words.txt` (`n01440764\\ttench, Tinca tinca`) -> first name per synset."""
   names = {}
-  for row in base.iter_csv(path, delimiter="\t"):
+  for _, row in base.iter_csv(path, delimiter="\t"):
     if len(row) >= 2 and row[0].strip():
       names[row[0].strip()] = row[1].split(",")[0].strip()
   if not names:
@@ -102,44 +165,76 @@ def read_words(path: str) -> dict[str, str]:
   return names
 
 
-class ImageNet21k(base.Converter):
-  """ImageNet-21k class folders `n01440764/*.JPEG`; label = the synset's first name.
+def _is_wnid(name: str) -> bool:
+  return name.startswith("n") and name[1:].isdigit()
 
-  The release has no validation split, so a hash-chosen 1/holdout_every of the files
-  is held out (`validation`); ids are `in21k:<wnid>/<file stem>`.
+
+class ImageNet21k(base.Converter):
+  """ImageNet-21k: one `n*.tar` per synset (winter21 release) or class folders.
+
+  The release's synset tars are read directly (headers only when listing, one tar per
+  listing unit); `n01440764/*.JPEG` folders work too. They are looked for in
+  `image_dir` (default `raw_dir`) and in `winter21_whole/` below it, as the release's
+  outer archive unpacks. The label is the synset's first name in `words.txt`. The
+  release has no validation split, so a hash-chosen 1/holdout_every of the images is
+  held out (`validation`); ids are `in21k:<wnid>/<file stem>`.
   """
 
   name = "in21k"
   splits = ("train", "validation")
   default_image_subdir = ""
+  writes_labels = True
+  image_extensions = (".jpeg", ".jpg", ".png")
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    words = read_words(base.find_file(self.raw_dir, ["words.txt"], "in21k synset names"))
-    items = []
-    for wnid in sorted(os.listdir(self.image_dir)):
-      folder = os.path.join(self.image_dir, wnid)
-      if not (os.path.isdir(folder) and wnid.startswith("n") and wnid[1:].isdigit()):
+  def list_units(self, split: str) -> list[Any]:
+    self._words = read_words(base.find_file(self.raw_dir, ["words.txt"],
+                                            "in21k synset names"))
+    units = []
+    for root in (self.image_dir, fs.join(self.image_dir, "winter21_whole")):
+      for name in fs.listdir(root):
+        path = fs.join(root, name)
+        if name.endswith(".tar") and _is_wnid(name[:-4]):
+          units.append(("tar", path))
+        elif _is_wnid(name) and fs.isdir(path):
+          units.append(("dir", path))
+    if not units:
+      raise FileNotFoundError(f"in21k: no synset tars (n*.tar) or folders (n*/) in "
+                              f"{self.image_dir!r} (see docs/data_real.md)")
+    return units
+
+  def expand_unit(self, split: str, unit: tuple[str, str]) -> Iterator[Any]:
+    kind, path = unit
+    name = os.path.basename(path.rstrip("/"))
+    wnid = name[:-4] if kind == "tar" else name
+    if kind == "tar":
+      members = ((os.path.basename(m), (path, off, size))
+                 for m, off, size in img2dataset.tar_members(path))
+    else:
+      members = ((n, fs.join(path, n)) for n in fs.listdir(path))
+    for fname, source in members:
+      stem, ext = os.path.splitext(fname)
+      if ext.lower() not in self.image_extensions:
         continue
-      for fname in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(fname)
-        if ext.lower() not in (".jpeg", ".jpg", ".png"):
-          continue
-        key = f"{wnid}/{stem}"
-        if base.holdout_split(key, self.options.holdout_every) != split:
-          continue
-        if wnid not in words:
-          counts["unknown_label"] += 1
-          continue
-        items.append({"key": key, "path": os.path.join(folder, fname),
-                      "label": words[wnid]})
-    return items
-
-  def label_names(self, items: list[Any]) -> set[str]:
-    return {item["label"] for item in items}
+      key = f"{wnid}/{stem}"
+      if base.holdout_split(key, self.options.holdout_every) != split:
+        continue
+      if wnid not in self._words:
+        yield base.Skipped("unknown_label", f"{path}: {fname} ({wnid} not in words.txt)")
+        continue
+      item = {"key": key, "label": self._words[wnid]}
+      item["member" if kind == "tar" else "path"] = source
+      yield item
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    return {**base.image_record(base.image_id("in21k", item["key"]), item["path"]),
-            "objects/label": [item["label"]]}
+    key = base.image_id("in21k", item["key"])
+    if "member" in item:
+      data, width, height = base.check_image(
+          img2dataset.read_member(item["member"]), f"{item['member'][0]}:{item['key']}")
+      record = {"image/id": key, "image/encoded": data, "image/width": width,
+                "image/height": height}
+    else:
+      record = base.image_record(key, item["path"])
+    return {**record, "objects/label": [item["label"]]}
 
 
 def vg_image_id(meta: dict[str, Any]) -> str:
@@ -173,19 +268,23 @@ class VisualGenome(base.Converter):
   name = "vg"
   splits = ("train", "validation")
   default_image_subdir = ""
+  writes_labels = True
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    meta = read_vg_image_data(
-        base.find_file(self.raw_dir, ["image_data.json"], "vg image metadata"))
-    objects = base.load_json(
-        base.find_file(self.raw_dir, ["objects.json"], "vg objects"))
-    items = []
-    for entry in objects:
+  def locate(self, split: str) -> dict[str, str]:
+    return {"meta": base.find_file(self.raw_dir, ["image_data.json"], "vg image metadata"),
+            "objects": base.find_file(self.raw_dir, ["objects.json"], "vg objects")}
+
+  def list_items(self, split: str, unit: dict[str, str]) -> Iterator[Any]:
+    meta = read_vg_image_data(unit["meta"])
+    objects = base.load_json(unit["objects"])
+    if not isinstance(objects, list):
+      raise ValueError(f"{unit['objects']}: expected a json list of images")
+    for i, entry in enumerate(objects):
       try:
         vg_id = int(entry.get("image_id", entry.get("id")))
         objs = entry["objects"]
       except (AttributeError, KeyError, TypeError, ValueError):
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", f"{unit['objects']}: [{i}]")
         continue
       if base.holdout_split(str(vg_id), self.options.holdout_every) != split:
         continue
@@ -200,18 +299,13 @@ class VisualGenome(base.Converter):
           labels.append(names[0])
           boxes.append([x, y, x + w, y + h])
       if not labels:
-        counts["no_objects"] += 1
+        yield base.Skipped("no_objects", f"{unit['objects']}: image_id {vg_id}")
         continue
       m = meta.get(vg_id, {"image_id": vg_id})
-      items.append({"vg_id": vg_id, "id": vg_image_id(m), "labels": labels,
-                    "boxes": boxes})
-    return items
-
-  def label_names(self, items: list[Any]) -> set[str]:
-    return {name for item in items for name in item["labels"]}
+      yield {"vg_id": vg_id, "id": vg_image_id(m), "labels": labels, "boxes": boxes}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    folders = [os.path.join(self.image_dir, d) for d in ("VG_100K", "VG_100K_2")]
+    folders = [fs.join(self.image_dir, d) for d in ("VG_100K", "VG_100K_2")]
     path = base.find_image(folders + [self.image_dir], [f"{item['vg_id']}.jpg"])
     record = base.image_record(item["id"], path)
     w, h = record["image/width"], record["image/height"]

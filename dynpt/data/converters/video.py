@@ -1,55 +1,155 @@
-"""Video question answering: MSRVTT-QA, MSVD-QA, iVQA (frames -> `video/frames`).
+"""Video question answering: MSRVTT-QA, MSVD-QA, iVQA (videos -> `video/frames`).
 
-Videos are read as folders of extracted frames, `<image_dir>/<video>/<frame>.jpg`
-(docs/data_real.md gives the ffmpeg command); `num_frames` frames are sampled
-uniformly (the centre of each of `num_frames` equal segments, so every video gives
-exactly `num_frames` frames, repeating frames of very short videos).
+Videos are read as published, decoded with PyAV (its wheel carries FFmpeg):
+MSRVTT's `TrainValVideo/video<N>.mp4` and `TestVideo/video<N>.mp4`, MSVD's
+`YouTubeClips/<youtube name>.avi`, iVQA's `video/<video_id>_<start>_<end>.<ext>`.
+Folders of extracted frames, `<image_dir>/<video>/<frame>.jpg`, are read too (and
+preferred when both exist). Either way `num_frames` frames are sampled uniformly: the
+centre of each of `num_frames` equal segments, so every video gives exactly
+`num_frames` frames (repeating frames of very short videos). Decoded frames are
+stored as JPEG.
+
+The video files are indexed once per split when the annotations are listed (one
+folder listing each), so each item carries the path of its video.
 """
 
 from __future__ import annotations
 
-import collections
-import os
+import io
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from dynpt.data.converters import base
+from dynpt.data.converters import fs
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
+FRAME_JPEG_QUALITY = 90
 
 
 def _natural_key(name: str) -> list:
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def sample_frames(folder: str, num_frames: int) -> list[str]:
+def uniform_indices(total: int, num_frames: int) -> list[int]:
+  """Indices of `num_frames` frames out of `total`: the centres of equal segments."""
+  return [min(total - 1, int((j + 0.5) * total / num_frames)) for j in range(num_frames)]
+
+
+def sample_frame_folder(folder: str, num_frames: int) -> list[str]:
   """Returns `num_frames` uniformly spaced frame paths of a frame folder, in time order."""
-  if not os.path.isdir(folder):
-    raise base.Skip("missing_video", folder)
-  names = sorted((n for n in os.listdir(folder)
-                  if os.path.splitext(n)[1].lower() in FRAME_EXTENSIONS), key=_natural_key)
+  names = sorted((n for n in fs.listdir(folder)
+                  if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
   if not names:
     raise base.Skip("missing_video", f"{folder} holds no frames")
-  picks = [int((j + 0.5) * len(names) / num_frames) for j in range(num_frames)]
-  return [os.path.join(folder, names[i]) for i in picks]
+  return [fs.join(folder, names[i]) for i in uniform_indices(len(names), num_frames)]
+
+
+def _open_video(path: str):
+  import av
+
+  try:
+    return av.open(fs.open_file(path, "rb") if fs.is_url(path) else path)
+  except av.error.FFmpegError as e:
+    if fs.is_missing_error(e):
+      raise base.Skip("missing_video", path) from e
+    raise base.Skip("corrupt_video", f"{path}: {e}") from e
+
+
+def _count_frames(path: str) -> int:
+  """Frames of the first video stream: the header's count, else counted packets."""
+  with _open_video(path) as container:
+    if not container.streams.video:
+      raise base.Skip("corrupt_video", f"{path}: no video stream")
+    stream = container.streams.video[0]
+    if stream.frames > 0:
+      return stream.frames
+    return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def sample_video(path: str, num_frames: int) -> tuple[list[bytes], int, int]:
+  """Decodes `num_frames` uniformly sampled frames of a video file as JPEG bytes.
+
+  Returns:
+    (frames, width, height).
+
+  Raises:
+    Skip: `missing_video` or `corrupt_video` naming the file.
+  """
+  import av
+
+  total = _count_frames(path)
+  if total <= 0:
+    raise base.Skip("corrupt_video", f"{path}: no frames")
+  picks = uniform_indices(total, num_frames)
+  wanted, images, last = set(picks), {}, None
+  try:
+    with _open_video(path) as container:
+      for index, frame in enumerate(container.decode(container.streams.video[0])):
+        if index in wanted:
+          images[index] = frame.to_image()
+        last = frame
+        if index >= picks[-1]:
+          break
+  except av.error.FFmpegError as e:
+    raise base.Skip("corrupt_video", f"{path}: {e}") from e
+  if last is None:
+    raise base.Skip("corrupt_video", f"{path}: no decodable frame")
+  frames = []
+  for index in picks:  # The header may count more frames than decode: repeat the last.
+    image = images.get(index) or last.to_image()
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=FRAME_JPEG_QUALITY)
+    frames.append(out.getvalue())
+  width, height = images[picks[0]].size if picks[0] in images else last.to_image().size
+  return frames, width, height
 
 
 class VideoQA(base.Converter):
-  """Shared record writer: one record per question, frames of the first found folder."""
+  """Shared record writer: one record per question, frames of the item's video."""
 
   splits = ("train", "val", "test")
   default_image_subdir = "frames"
   namespace = ""  # Of `image/id`: `msrvtt:video7010`, `msvd:vid1`, `ivqa:<clip>`.
+  video_subdirs: tuple[str, ...] = ()  # Official video folders under raw_dir.
+
+  def index_videos(self) -> dict[str, str]:
+    """Maps a video's name (file stem or frame folder) to its frame folder or file.
+
+    Frame folders under `image_dir` win over video files; video files are looked up
+    in `image_dir` and in the official folders under `raw_dir`.
+    """
+    index: dict[str, str] = {}
+    for sub in self.video_subdirs:
+      folder = fs.join(self.raw_dir, sub)
+      for name in fs.listdir(folder):
+        stem, dot, ext = name.rpartition(".")
+        if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS:
+          index.setdefault(stem, fs.join(folder, name))
+    for name in fs.listdir(self.image_dir):
+      stem, dot, ext = name.rpartition(".")
+      if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS:
+        index[stem] = fs.join(self.image_dir, name)
+      elif fs.isdir(fs.join(self.image_dir, name)):
+        index[name] = fs.join(self.image_dir, name) + "/"  # A frame folder.
+    return index
+
+  def find_video(self, index: dict[str, str], names: list[str]) -> str | None:
+    return next((index[n] for n in names if n in index), None)
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    folders = [os.path.join(self.image_dir, v) for v in item["folders"]]
-    folder = next((f for f in folders if os.path.isdir(f)), folders[0])
-    frames, width, height = [], 0, 0
-    for path in sample_frames(folder, self.options.num_frames):
-      data, w, h = base.read_image(path)
-      frames.append(data)
-      width, height = width or w, height or h
-    return {"image/id": base.image_id(self.namespace, item["folders"][0]),
+    path = item["video"]
+    if path is None:
+      raise base.Skip("missing_video", f"{self.name}: {item['names']} not found")
+    if path.endswith("/"):
+      frames, width, height = [], 0, 0
+      for frame in sample_frame_folder(path.rstrip("/"), self.options.num_frames):
+        data, w, h = base.read_image(frame)
+        frames.append(data)
+        width, height = width or w, height or h
+    else:
+      frames, width, height = sample_video(path, self.options.num_frames)
+    return {"image/id": base.image_id(self.namespace, item["names"][0]),
             "video/frames": frames, "image/width": width, "image/height": height,
             "question": item["question"], "answers": item["answers"]}
 
@@ -57,96 +157,125 @@ class VideoQA(base.Converter):
 class JsonVideoQA(VideoQA):
   """MSRVTT-QA / MSVD-QA: `<split>_qa.json`, a list of {question, answer, video_id|video}."""
 
-  def video_folders(self, row: dict[str, Any]) -> list[str]:
-    """Candidate frame-folder names of a row, the canonical one first."""
+  def video_names(self, row: dict[str, Any]) -> list[str]:
+    """Candidate names of a row's video, the canonical one first."""
     if "video" in row:
       return [str(row["video"])]
     return [str(row["video_id"])]
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    path = base.find_file(self.raw_dir, [f"{split}_qa.json"], f"{self.name} {split}")
-    rows = base.load_json(path)
+  def locate(self, split: str) -> str:
+    return base.find_file(self.raw_dir, [f"{split}_qa.json"], f"{self.name} {split}")
+
+  def list_items(self, split: str, unit: str) -> Iterator[Any]:
+    rows = base.load_json(unit)
     if not isinstance(rows, list):
-      raise ValueError(f"{path}: expected a json list of questions")
-    items = []
-    for row in rows:
+      raise ValueError(f"{unit}: expected a json list of questions")
+    index = self.index_videos()
+    for i, row in enumerate(rows):
       try:
-        items.append({"question": str(row["question"]), "answers": [str(row["answer"])],
-                      "folders": self.video_folders(row)})
+        names = self.video_names(row)
+        item = {"question": str(row["question"]), "answers": [str(row["answer"])],
+                "names": names}
       except (KeyError, TypeError, ValueError):
-        counts["malformed_row"] += 1
-    return items
+        yield base.Skipped("malformed_row", f"{unit}: [{i}]")
+        continue
+      yield {**item, "video": self.find_video(index, names)}
 
 
 class MSRVTTQA(JsonVideoQA):
-  """MSRVTT-QA: `video_id` 7010 is MSRVTT's `video7010`."""
+  """MSRVTT-QA: `video_id` 7010 is MSRVTT's `video7010` (`TrainValVideo/video7010.mp4`)."""
 
   name = "msrvtt_qa"
   namespace = "msrvtt"
+  video_subdirs = ("TrainValVideo", "TestVideo", "videos", "video")
 
-  def video_folders(self, row: dict[str, Any]) -> list[str]:
+  def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
     return [f"video{int(row['video_id'])}", str(row["video_id"])]
 
 
 class MSVDQA(JsonVideoQA):
-  """MSVD-QA: `video_id` N is `vidN`; `youtube_mapping.txt` maps it to the clip name."""
+  """MSVD-QA: `video_id` N is `vidN`; `youtube_mapping.txt` maps it to the clip name
+  (`YouTubeClips/-4wsuPCjDBc_5_15.avi`)."""
 
   name = "msvd_qa"
   namespace = "msvd"
+  video_subdirs = ("YouTubeClips", "videos", "video")
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
+  def list_items(self, split: str, unit: str) -> Iterator[Any]:
     self._names = {}
-    mapping = os.path.join(self.raw_dir, "youtube_mapping.txt")
-    if os.path.exists(mapping):
-      with open(mapping, encoding="utf-8") as f:
+    mapping = fs.join(self.raw_dir, "youtube_mapping.txt")
+    if fs.exists(mapping):
+      with fs.open_file(mapping, "r") as f:
         for line in f:
           parts = line.split()
           if len(parts) == 2:
             self._names[parts[1]] = parts[0]  # `-4wsuPCjDBc_5_15 vid1`
-    return super().list_items(split, counts)
+    yield from super().list_items(split, unit)
 
-  def video_folders(self, row: dict[str, Any]) -> list[str]:
+  def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
     vid = f"vid{int(row['video_id'])}"
     return [vid] + ([self._names[vid]] if vid in self._names else [])
 
 
+def _clip_time(value: str) -> float | None:
+  try:
+    return float(value)
+  except ValueError:
+    return None
+
+
 class IVQA(VideoQA):
   """iVQA (Just Ask release): `<split>.csv` with video_id, start, end, question,
-  answer1..answer5; clips are `<video_id>_<start>_<end>` (else `<video_id>`)."""
+  answer1..answer5. Clips are `video/<video_id>_<start>_<end>.<ext>` (the release's
+  naming; start and end match as numbers, so `_4_32` and `_4.0_32.0` agree), or
+  frame folders of the same name, or `<video_id>` alone."""
 
   name = "ivqa"
   namespace = "ivqa"
+  video_subdirs = ("video", "videos")
   columns = ("video_id", "start", "end", "question", "answer1", "answer2", "answer3",
              "answer4", "answer5")
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    path = base.find_file(self.raw_dir, [f"{split}.csv"], f"ivqa {split}")
-    rows = base.iter_csv(path)
-    header = next(rows, [])
+  def locate(self, split: str) -> str:
+    return base.find_file(self.raw_dir, [f"{split}.csv"], f"ivqa {split}")
+
+  def list_items(self, split: str, unit: str) -> Iterator[Any]:
+    rows = base.iter_csv(unit)
+    _, header = next(rows, (0, []))
     missing = [c for c in self.columns if c not in header]
     if missing:
-      raise ValueError(f"{path}: missing columns {missing} (header {header})")
+      raise ValueError(f"{unit}: missing columns {missing} (header {header})")
+    index = self.index_videos()
+    clips = {}  # (video_id, start, end) -> name, for clips named with other number forms.
+    for name in index:
+      parts = name.rsplit("_", 2)
+      if len(parts) == 3 and None not in (times := tuple(map(_clip_time, parts[1:]))):
+        clips.setdefault((parts[0], *times), name)
     col = {c: header.index(c) for c in self.columns}
-    items = []
-    for row in rows:
+    for line, row in rows:
+      where = f"{unit}:{line}"
       if len(row) != len(header):
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", where)
         continue
       get = {c: row[i].strip() for c, i in col.items()}
       answers = [get[f"answer{k}"] for k in range(1, 6) if get[f"answer{k}"]]
       if not get["video_id"] or not get["question"] or not answers:
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", where)
         continue
       try:
         start, end = (str(int(float(get[c]))) if get[c] else "" for c in ("start", "end"))
       except ValueError:
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", where)
         continue
       clip = f"{get['video_id']}_{start}_{end}"
-      items.append({"question": get["question"], "answers": answers,
-                    "folders": [clip, get["video_id"]]})
-    return items
+      names = [clip, get["video_id"]]
+      video = self.find_video(index, names)
+      if video is None and start and end:
+        name = clips.get((get["video_id"], float(get["start"]), float(get["end"])))
+        video = index.get(name) if name else None
+      yield {"question": get["question"], "answers": answers, "names": names,
+             "video": video}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import collections
-import os
-from typing import Any
+from typing import Any, Iterator
 
 from dynpt.data import schema
 from dynpt.data.converters import base
+from dynpt.data.converters import fs
 from dynpt.data.converters import labels
 
 # split -> (questions file candidates, annotations file or None, COCO image folder).
@@ -32,44 +31,47 @@ class VQAv2(base.Converter):
   splits = ("train", "val", "test")
   default_image_subdir = ""
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    q_names, a_name, folder = VQA_FILES[split]
-    q_path = base.find_file(self.raw_dir, q_names, f"vqav2 {split} questions")
+  def locate(self, split: str) -> dict[str, str | None]:
+    q_names, a_name, _ = VQA_FILES[split]
+    return {"questions": base.find_file(self.raw_dir, q_names, f"vqav2 {split} questions"),
+            "annotations": a_name and base.find_file(self.raw_dir, [a_name],
+                                                     f"vqav2 {split} annotations")}
+
+  def list_items(self, split: str, unit: dict[str, str | None]) -> Iterator[Any]:
+    folder = VQA_FILES[split][2]
+    q_path, a_path = unit["questions"], unit["annotations"]
     questions = base.load_json(q_path)
     questions = questions.get("questions") if isinstance(questions, dict) else None
     if not isinstance(questions, list):
       raise ValueError(f"{q_path}: expected a `questions` list")
     answers = None
-    if a_name:
-      a_path = base.find_file(self.raw_dir, [a_name], f"vqav2 {split} annotations")
+    if a_path:
       answers = {}
       annotations = base.load_json(a_path)
       if not isinstance(annotations, dict) or "annotations" not in annotations:
         raise ValueError(f"{a_path}: expected an `annotations` list")
-      for ann in annotations["annotations"]:
+      for i, ann in enumerate(annotations["annotations"]):
         try:
           answers[ann["question_id"]] = [str(a["answer"]) for a in ann["answers"]]
         except (KeyError, TypeError):
-          counts["malformed_annotation"] += 1
-    items = []
-    for q in questions:
+          yield base.Skipped("malformed_annotation", f"{a_path}: annotations[{i}]")
+    for i, q in enumerate(questions):
       try:
         qid, image, text = q["question_id"], int(q["image_id"]), str(q["question"])
       except (KeyError, TypeError, ValueError):
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", f"{q_path}: questions[{i}]")
         continue
       item = {"image": image, "question": text, "folder": folder}
       if answers is not None:
         if qid not in answers:
-          counts["missing_annotation"] += 1
+          yield base.Skipped("missing_annotation", f"{q_path}: question_id {qid}")
           continue
         item["answers"] = answers[qid]
-      items.append(item)
-    return items
+      yield item
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     folder = item["folder"]
-    path = base.find_image([os.path.join(self.image_dir, folder), self.image_dir],
+    path = base.find_image([fs.join(self.image_dir, folder), self.image_dir],
                            [f"COCO_{folder}_{item['image']:012d}.jpg"])
     record = {**base.image_record(base.image_id("coco", item["image"]), path),
               "question": item["question"]}
@@ -91,26 +93,26 @@ class GQA(base.Converter):
   files = {"train": "train_balanced_questions.json", "val": "val_balanced_questions.json",
            "test": "testdev_balanced_questions.json"}
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    path = base.find_file(self.raw_dir, [self.files[split]], f"gqa {split} questions")
-    questions = base.load_json(path)
+  def locate(self, split: str) -> str:
+    return base.find_file(self.raw_dir, [self.files[split]], f"gqa {split} questions")
+
+  def list_items(self, split: str, unit: str) -> Iterator[Any]:
+    questions = base.load_json(unit)
     if not isinstance(questions, dict):
-      raise ValueError(f"{path}: expected a json object qid -> question")
-    meta_path = os.path.join(self.raw_dir, "image_data.json")
-    meta = labels.read_vg_image_data(meta_path) if os.path.exists(meta_path) else {}
-    items = []
-    for q in questions.values():
+      raise ValueError(f"{unit}: expected a json object qid -> question")
+    meta_path = fs.join(self.raw_dir, "image_data.json")
+    meta = labels.read_vg_image_data(meta_path) if fs.exists(meta_path) else {}
+    for qid, q in questions.items():
       try:
         image, text, answer = str(q["imageId"]), str(q["question"]), str(q["answer"])
       except (KeyError, TypeError):
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", f"{unit}: question {qid}")
         continue
       if image.isdigit():
         key = labels.vg_image_id(meta.get(int(image), {"image_id": image}))
       else:
         key = base.image_id("gqa", image)
-      items.append({"image": image, "id": key, "question": text, "answers": [answer]})
-    return items
+      yield {"image": image, "id": key, "question": text, "answers": [answer]}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     path = base.find_image([self.image_dir], [f"{item['image']}.jpg"])
@@ -119,29 +121,42 @@ class GQA(base.Converter):
 
 
 class SNLIVE(base.Converter):
-  """SNLI-VE jsonl (`Flickr30k_ID`, `sentence2`, `gold_label`) on Flickr30k images."""
+  """SNLI-VE jsonl (`Flickr30K_ID`, `sentence2`, `gold_label`) on Flickr30k images.
+
+  The official jsonl spells the key `Flickr30K_ID` (capital K; `Flickr30k_ID` is read
+  too). The Flickr30k archive unpacks to `flickr30k-images/` (`flickr30k_images/`, as
+  some mirrors name it, is searched as well).
+  """
 
   name = "snli_ve"
   splits = ("train", "val", "test")
-  default_image_subdir = "flickr30k_images"
+  default_image_subdir = "flickr30k-images"
+  image_key_names = ("Flickr30K_ID", "Flickr30k_ID")
   files = {"train": "snli_ve_train.jsonl", "val": "snli_ve_dev.jsonl",
            "test": "snli_ve_test.jsonl"}
 
-  def list_items(self, split: str, counts: collections.Counter) -> list[Any]:
-    path = base.find_file(self.raw_dir, [self.files[split]], f"snli_ve {split}")
-    items = []
-    for row in base.iter_jsonl(path, counts):
-      image, hypothesis, label = (row.get("Flickr30k_ID"), row.get("sentence2"),
-                                  row.get("gold_label"))
+  def locate(self, split: str) -> str:
+    return base.find_file(self.raw_dir, [self.files[split]], f"snli_ve {split}")
+
+  def list_items(self, split: str, unit: str) -> Iterator[Any]:
+    for row in base.iter_jsonl(unit):
+      if isinstance(row, base.Skipped):
+        yield row
+        continue
+      where, row = row
+      image = next((row[k] for k in self.image_key_names if row.get(k) is not None), None)
+      hypothesis, label = row.get("sentence2"), row.get("gold_label")
       if image is None or not isinstance(hypothesis, str):
-        counts["malformed_row"] += 1
+        yield base.Skipped("malformed_row", f"{where}: no {self.image_key_names[0]} or sentence2")
       elif label not in schema.LABELS_SNLI:
-        counts["bad_label"] += 1
+        yield base.Skipped("bad_label", f"{where}: gold_label {label!r}")
       else:
-        items.append({"image": str(image), "hypothesis": hypothesis, "label": label})
-    return items
+        yield {"image": str(image), "hypothesis": hypothesis, "label": label}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    path = base.find_image([self.image_dir], [f"{item['image']}.jpg"])
+    folders = [self.image_dir]
+    if not self.options.image_dir:
+      folders.append(fs.join(self.raw_dir, "flickr30k_images"))
+    path = base.find_image(folders, [f"{item['image']}.jpg"])
     return {**base.image_record(base.image_id("flickr", item["image"]), path),
             "hypothesis": item["hypothesis"], "label": item["label"]}
