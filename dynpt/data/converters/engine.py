@@ -346,6 +346,24 @@ def pipeline_options(pipeline_args: Sequence[str] = ()):
   return PipelineOptions(args)
 
 
+def _local_runner(options):
+  """The DirectRunner's FnApiRunner for `--runner=DirectRunner`, else None (Beam's choice).
+
+  Beam's DirectRunner first tries its Prism runner, a Go binary it downloads at run
+  time; conversion must not depend on a download, so the in-process FnApiRunner (what
+  the DirectRunner falls back to, with the same direct_* options) is used directly.
+  """
+  if options.get_all_options()["runner"] not in (None, "DirectRunner", "direct"):
+    return None
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def _check_plan(plan: SplitPlan) -> None:
   """Refuses an explicit shard count that differs from the shards already there."""
   existing = _existing_shards(plan.out_dir, plan.converter.name, plan.split)
@@ -419,7 +437,7 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
   options = pipeline_options(pipeline_args)
   logging.info("%s/%s: %d listing units, Beam options %s", dataset, split, len(units),
                options.get_all_options(drop_default=True))
-  pipeline = beam.Pipeline(options=options)
+  pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
   build_pipeline(pipeline, plan, units)
   result = pipeline.run()
   result.wait_until_finish()
@@ -432,7 +450,8 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
     _remove_shard(path)
   skipped = _metric_counts(result) or {r: v[0] for r, v in run["skips"].items()}
   summary = summarize(converter, split, run, skipped, max_skip_fraction)
-  summary.update(shards_removed=len(removed), runner=options.get_all_options()["runner"],
+  summary.update(shards_removed=len(removed),
+                 runner=options.get_all_options()["runner"] or DEFAULT_RUNNER,
                  seconds=round(time.time() - start, 2))
   with fs.open_file(fs.join(split_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
