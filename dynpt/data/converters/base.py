@@ -288,10 +288,11 @@ def csv_byte_ranges(path: str, chunk_bytes: int) -> list[tuple[str, int, int]]:
 
 
 def iter_csv_range(path: str, start: int, stop: int) -> Iterator[tuple[str, list[str]]]:
-  """Yields (`path@byte`, fields) of the csv lines that start in `[start, stop)`.
+  """Yields (`path@byte: line`, fields) of the csv lines that start in `[start, stop)`.
 
-  Fields are parsed per line, so quoted fields must not hold newlines (true of the
-  Open Images CSVs this is used for).
+  A line is named by its byte offset and its text (its number would need every line
+  before it). Fields are parsed per line, so quoted fields must not hold newlines
+  (true of the Open Images CSVs this is used for).
   """
   with fs.open_file(path, "rb") as f:
     pos = start
@@ -302,8 +303,8 @@ def iter_csv_range(path: str, start: int, stop: int) -> Iterator[tuple[str, list
       raw = f.readline()
       if not raw:
         break
-      where = f"{path}@{pos}"
+      offset = pos
       pos += len(raw)
       text = raw.decode("utf-8").rstrip("\r\n")
       if text:
-        yield where, next(csv.reader([text]))
+        yield f"{path}@{offset}: {text[:200]}", next(csv.reader([text]))

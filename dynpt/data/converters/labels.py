@@ -104,9 +104,9 @@ class OpenImagesLabels(base.Converter):
   def expand_unit(self, split: str, unit: Any) -> Iterator[Any]:
     kind, (path, start, stop), cols = unit
     for where, row in base.iter_csv_range(path, start, stop):
-      if start == 0 and where == f"{path}@0":
+      position = int(where[len(path) + 1:].split(":", 1)[0])
+      if position == 0:
         continue  # The header.
-      position = int(where.rsplit("@", 1)[1])
       if kind == "labels":
         if len(row) != 4:
           yield base.Skipped("malformed_row", where)
@@ -118,7 +118,7 @@ class OpenImagesLabels(base.Converter):
           yield base.Skipped("malformed_row", where)
           continue
         if verified and label not in self._classes:
-          yield base.Skipped("unknown_label", f"{where}: {label}")
+          yield base.Skipped("unknown_label", where)
           verified = False
         yield image, ("label", position, self._classes[label] if verified else None)
       else:
@@ -129,7 +129,7 @@ class OpenImagesLabels(base.Converter):
           yield base.Skipped("malformed_row", where)
           continue
         if label not in self._classes:
-          yield base.Skipped("unknown_label", f"{where}: {label}")
+          yield base.Skipped("unknown_label", where)
           continue
         yield image, ("box", position, self._classes[label], [x0, y0, x1, y1])
 
