@@ -184,6 +184,9 @@ def test_cli_exits_non_zero_on_an_empty_split_and_on_bad_input(tmp_path):
   assert "flickr30k-images/9.jpg" in errors[0]
   assert json.loads((out / "snli_ve/val/conversion_summary.json").read_text())[
       "status"] == "failed"
+  typo = _cli("snli_ve", f"--raw_dir={raw}", f"--out_dir={out}", "--max_skip_fractoin=1")
+  assert typo.returncode == 2 and "error: unknown flags ['--max_skip_fractoin=1']" in (
+      typo.stderr)
   missing = _cli("snli_ve", f"--raw_dir={tmp_path / 'nowhere'}", f"--out_dir={out}")
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1].startswith(

@@ -11,7 +11,8 @@ Each split is one Beam pipeline: the DirectRunner on every local CPU by default
 options passed through, e.g. `--runner=DataflowRunner --project=P --region=R
 --temp_location=gs://B/tmp` (then --raw_dir and --out_dir are `gs://` paths).
 
-Re-running resumes: shards whose items did not change are kept. Each split's summary
+A flag that is neither convert.py's nor a Beam option is an error (Beam itself would drop
+it). Re-running resumes: shards whose items did not change are kept. Each split's summary
 is printed and written to `<out_dir>/<dataset>/<split>/conversion_summary.json`, every
 skipped item to `skipped.jsonl` beside it. The exit status is 1 if a split wrote 0
 records or skipped more than --max_skip_fraction of its items, 2 for bad input.
@@ -27,6 +28,7 @@ from absl import app
 from absl import flags
 
 from dynpt.data import converters
+from dynpt.data.converters import engine
 
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Folder of the data set's raw files.",
                                required=True)
@@ -69,6 +71,11 @@ def main(argv: Sequence[str]) -> None:
   if len(positional) != 1:
     raise app.UsageError(
         f"give exactly one dataset, one of {sorted(converters.CONVERTERS)}")
+  unknown = engine.unknown_pipeline_args(beam_args)
+  if unknown:
+    print(f"error: unknown flags {unknown}: neither convert.py flags (--helpshort) nor "
+          "Beam pipeline options", file=sys.stderr, flush=True)
+    sys.exit(2)
   beam_args += [f"--runner={_RUNNER.value}",
                 f"--direct_running_mode={_DIRECT_RUNNING_MODE.value}",
                 f"--direct_num_workers={_DIRECT_NUM_WORKERS.value or os.cpu_count() or 1}"]

@@ -62,8 +62,7 @@ class ConceptualCaptions(base.Converter):
               + [("parquet", p) for p in fs.glob(fs.join(folder, "*.parquet"))])
     self.grouped = True
     units: list[Any] = [("tsv", self._tsv(split)), ("files", folder)]
-    units += [("tree", fs.join(folder, n)) for n in fs.listdir(folder)
-              if fs.isdir(fs.join(folder, n))]
+    units += [("tree", fs.join(folder, n)) for n in fs.subdirs(folder)]
     return units
 
   def expand_unit(self, split: str, unit: tuple[str, str]) -> Iterator[Any]:

@@ -346,6 +346,19 @@ def pipeline_options(pipeline_args: Sequence[str] = ()):
   return PipelineOptions(args)
 
 
+def unknown_pipeline_args(pipeline_args: Sequence[str]) -> list[str]:
+  """The arguments that no Beam pipeline option parses (Beam would drop them quietly)."""
+  import argparse
+
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+  for cls in PipelineOptions.__subclasses__():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(list(pipeline_args))
+  return unknown
+
+
 def _local_runner(options):
   """The DirectRunner's FnApiRunner for `--runner=DirectRunner`, else None (Beam's choice).
 

@@ -70,6 +70,19 @@ def listdir(path: str) -> list[str]:
     return []
 
 
+def subdirs(path: str) -> list[str]:
+  """Names of the folders in `path`, sorted, without a stat call per entry."""
+  if is_url(path):
+    if not _gfile().isdir(path):
+      return []
+    return sorted(n.rstrip("/") for n in _gfile().listdir(path) if n.endswith("/"))
+  try:
+    with os.scandir(path) as entries:
+      return sorted(e.name for e in entries if e.is_dir())
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+
+
 def glob(pattern: str) -> list[str]:
   return sorted(_gfile().glob(pattern) if is_url(pattern) else _glob.glob(pattern))
 

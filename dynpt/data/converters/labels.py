@@ -191,12 +191,12 @@ class ImageNet21k(base.Converter):
                                             "in21k synset names"))
     units = []
     for root in (self.image_dir, fs.join(self.image_dir, "winter21_whole")):
+      folders = set(fs.subdirs(root))
       for name in fs.listdir(root):
-        path = fs.join(root, name)
         if name.endswith(".tar") and _is_wnid(name[:-4]):
-          units.append(("tar", path))
-        elif _is_wnid(name) and fs.isdir(path):
-          units.append(("dir", path))
+          units.append(("tar", fs.join(root, name)))
+        elif _is_wnid(name) and name in folders:
+          units.append(("dir", fs.join(root, name)))
     if not units:
       raise FileNotFoundError(f"in21k: no synset tars (n*.tar) or folders (n*/) in "
                               f"{self.image_dir!r} (see docs/data_real.md)")

@@ -126,12 +126,14 @@ class VideoQA(base.Converter):
         stem, dot, ext = name.rpartition(".")
         if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS:
           index.setdefault(stem, fs.join(folder, name))
+    folders = fs.subdirs(self.image_dir)
+    folder_names = set(folders)
     for name in fs.listdir(self.image_dir):
       stem, dot, ext = name.rpartition(".")
-      if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS:
+      if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS and name not in folder_names:
         index[stem] = fs.join(self.image_dir, name)
-      elif fs.isdir(fs.join(self.image_dir, name)):
-        index[name] = fs.join(self.image_dir, name) + "/"  # A frame folder.
+    for name in folders:
+      index[name] = fs.join(self.image_dir, name) + "/"  # A frame folder.
     return index
 
   def find_video(self, index: dict[str, str], names: list[str]) -> str | None:
