@@ -204,3 +204,35 @@ def test_cc12m_failed_downloads_counted_once_across_splits(tmp_path):
                      max_skip_fraction=1.0)
     failed += summary["skipped"].get("download_failed", 0)
   assert failed == 4
+
+
+def test_raw_files_are_read_through_gfile_urls(tmp_path):
+  """`gs://` inputs go through tf.io.gfile; TF's in-memory `ram://` file system stands in."""
+  import tensorflow as tf
+
+  from dynpt.data.converters import video
+
+  raw = f"ram://{tmp_path.name}/raw"
+
+  def put(name, data):
+    tf.io.gfile.makedirs(os.path.dirname(f"{raw}/{name}"))
+    with tf.io.gfile.GFile(f"{raw}/{name}", "wb") as f:
+      f.write(data)
+
+  put("words.txt", b"n00000001\ttench\n")
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w") as tar:
+    for i in range(2):
+      info = tarfile.TarInfo(f"n00000001_{i}.JPEG")
+      info.size = len(jpeg_bytes(seed=i))
+      tar.addfile(info, io.BytesIO(jpeg_bytes(seed=i)))
+  put("n00000001.tar", buf.getvalue())
+  summary, recs = run("in21k", raw, tmp_path / "out", "train", holdout_every=10**9)
+  assert summary["status"] == "ok" and summary["written"] == 2
+  assert by_id(recs)["in21k:n00000001/n00000001_1"]["image/encoded"] == jpeg_bytes(seed=1)
+
+  write_video(str(tmp_path / "clip.mp4"), [30, 90, 150, 210])
+  put("TrainValVideo/video1.mp4", (tmp_path / "clip.mp4").read_bytes())
+  frames, width, height = video.sample_video(f"{raw}/TrainValVideo/video1.mp4", 2)
+  assert (width, height) == (32, 24)
+  np.testing.assert_allclose([_grey(f) for f in frames], [90, 210], atol=4)
