@@ -160,6 +160,15 @@ def test_bad_arguments_name_the_problem(tmp_path):
     converters.convert(conv, "train", str(tmp_path), pipeline_args=IN_MEMORY)
   with pytest.raises(ValueError, match="unknown dataset 'coco'"):
     converters.get_converter("coco", converters.ConvertOptions(raw_dir="x"))
+  with pytest.raises(ValueError, match="records_per_shard must be at least 1"):
+    converters.convert(conv, "train", str(tmp_path), records_per_shard=0)
+  with pytest.raises(ValueError, match="num_frames must be at least 1"):
+    converters.ConvertOptions(raw_dir="x", num_frames=0)
+  # A file that cannot be parsed at all fails the split with one message naming it.
+  write(str(tmp_path / "val_balanced_questions.json"), "{not json")
+  with pytest.raises(ValueError, match=r"gqa/val: unreadable input: .*"
+                     r"val_balanced_questions.json: not valid json"):
+    run("gqa", tmp_path, tmp_path / "out", "val")
 
 
 def _cli(*args):

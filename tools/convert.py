@@ -20,6 +20,7 @@ records or skipped more than --max_skip_fraction of its items, 2 for bad input.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Sequence
@@ -66,6 +67,9 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> None:
+  # A user error raised inside a pipeline step reaches us and becomes one `error:` line;
+  # Beam would log its traceback first. Bugs still end in a traceback (not caught).
+  logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
   positional = [a for a in argv[1:] if not a.startswith("-")]
   beam_args = [a for a in argv[1:] if a.startswith("-")]
   if len(positional) != 1:
@@ -93,7 +97,7 @@ def main(argv: Sequence[str]) -> None:
       print(converters.format_summary(summary), flush=True)
       if summary["status"] != "ok":
         failed.append(summary)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # Missing or unreadable files, bad flag values.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   for summary in failed:

@@ -78,6 +78,13 @@ class ConvertOptions:
   num_frames: int = 8
   holdout_every: int = 1000
 
+  def __post_init__(self):
+    if not self.raw_dir:
+      raise ValueError("raw_dir: give the folder of the data set's raw files")
+    for key in ("num_frames", "holdout_every"):
+      if getattr(self, key) < 1:
+        raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+
 
 class Converter(abc.ABC):
   """Reads one data set's raw format and yields schema records (see module doc)."""

@@ -127,14 +127,22 @@ def _skip_json(reason: str, where: str) -> str:
 
 
 def _list_unit(unit: Any, plan: SplitPlan):
-  """expand_unit as a FlatMap: items (or grouped parts) out, `Skipped` tagged."""
+  """expand_unit as a FlatMap: items (or grouped parts) out, `Skipped` tagged.
+
+  A unit whose file cannot be read or parsed at all (ValueError, OSError: the readers'
+  errors for bad input) is tagged `errors`; `convert` raises it after the run, so the
+  user gets one message naming the file rather than a worker's traceback.
+  """
   import apache_beam as beam
 
-  for out in plan.converter.expand_unit(plan.split, unit):
-    if isinstance(out, base.Skipped):
-      yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
-    else:
-      yield out
+  try:
+    for out in plan.converter.expand_unit(plan.split, unit):
+      if isinstance(out, base.Skipped):
+        yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
+      else:
+        yield out
+  except (ValueError, OSError) as e:
+    yield beam.pvalue.TaggedOutput("errors", str(e))
 
 
 def _combine_group(element: tuple[str, Iterable[Any]], plan: SplitPlan):
@@ -147,6 +155,13 @@ def _combine_group(element: tuple[str, Iterable[Any]], plan: SplitPlan):
     yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
   elif out is not None:
     yield out
+
+
+def _first_errors(messages: Iterable[Any]) -> list[str]:
+  out: set[str] = set()
+  for m in messages:
+    out.update(m if isinstance(m, list) else [m])
+  return sorted(out)[:EXAMPLES_PER_REASON]
 
 
 def _load_state(shard_file: str) -> ShardResult | None:
@@ -268,7 +283,7 @@ def _merge_examples(skips: Iterable[Any]) -> dict:
 
 
 def _write_run_file(_, plan: SplitPlan, num_items: int, num_shards: int, totals: dict,
-                    examples: dict) -> None:
+                    examples: dict, errors: list[str]) -> None:
   path = fs.join(schema.split_dir(plan.out_dir, plan.converter.name, plan.split),
                  STATE_DIR, RUN_FILE)
   fs.makedirs(os.path.dirname(path))
@@ -276,7 +291,7 @@ def _write_run_file(_, plan: SplitPlan, num_items: int, num_shards: int, totals:
     json.dump({"items": num_items, "num_shards": num_shards,
                "written": totals["written"], "shards": totals["shards"],
                "shards_resumed": totals["resumed"], "labels": sorted(totals["labels"]),
-               "skips": examples}, f)
+               "skips": examples, "errors": errors}, f)
 
 
 def build_pipeline(pipeline, plan: SplitPlan, units: list[Any]) -> None:
@@ -288,7 +303,8 @@ def build_pipeline(pipeline, plan: SplitPlan, units: list[Any]) -> None:
   listed = (pipeline
             | "Units" >> beam.Create(units)
             | "SpreadUnits" >> beam.Reshuffle()
-            | "List" >> beam.FlatMap(_list_unit, plan).with_outputs("skipped", main="items"))
+            | "List" >> beam.FlatMap(_list_unit, plan).with_outputs(
+                "skipped", "errors", main="items"))
   items, skip_parts = listed.items, [listed.skipped]
   if conv.grouped:
     combined = (items
@@ -321,11 +337,12 @@ def build_pipeline(pipeline, plan: SplitPlan, units: list[Any]) -> None:
            fs.join(split_dir, SKIPPED_FILE), num_shards=1, shard_name_template=""))
   totals = written.results | "Totals" >> beam.CombineGlobally(_merge_totals)
   examples = skips | "Examples" >> beam.CombineGlobally(_merge_examples)
+  errors = listed.errors | "Errors" >> beam.CombineGlobally(_first_errors)
   _ = (pipeline
        | "Once" >> beam.Create([None])
        | "RunFile" >> beam.Map(_write_run_file, plan, pvalue.AsSingleton(num_items),
                                shards_view, pvalue.AsSingleton(totals),
-                               pvalue.AsSingleton(examples)))
+                               pvalue.AsSingleton(examples), pvalue.AsSingleton(errors)))
 
 
 # -------------------------------------------------------------------------- driver
@@ -438,6 +455,11 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
   import apache_beam as beam
 
   converter.check_split(split)
+  if records_per_shard < 1 or (num_shards is not None and num_shards < 1):
+    raise ValueError(f"num_shards and records_per_shard must be at least 1, got "
+                     f"{num_shards} and {records_per_shard}")
+  if not 0 <= max_skip_fraction <= 1:
+    raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
   start = time.time()
   dataset = converter.name
   split_dir = schema.split_dir(out_dir, dataset, split)
@@ -457,6 +479,8 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
 
   with fs.open_file(fs.join(split_dir, STATE_DIR, RUN_FILE), "r") as f:
     run = json.load(f)
+  if run["errors"]:
+    raise ValueError(f"{dataset}/{split}: unreadable input: " + "; ".join(run["errors"]))
   removed = [p for p in _existing_shards(out_dir, dataset, split)
              if not p.endswith(f"-of-{run['num_shards']:05d}")]
   for path in removed:  # Shards of an earlier plan, now replaced.
