@@ -20,7 +20,6 @@ records or skipped more than --max_skip_fraction of its items, 2 for bad input.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Sequence
@@ -66,10 +65,19 @@ def _parse(argv: list[str]) -> list[str]:
   return flags.FLAGS(argv, known_only=True)
 
 
+def _report(failed: list[dict]) -> None:
+  """One `error:` line per failed split: what went wrong and an example file."""
+  for summary in failed:
+    top = summary["top_skips"][0] if summary["top_skips"] else None
+    why = (f"; top reason {top['reason']} ({top['count']}), e.g. {top['examples'][0]}"
+           if top and top["examples"] else "")
+    print(f"error: {summary['dataset']}/{summary['split']} "
+          f"{' and '.join(summary['problems'])}{why}; see "
+          f"{os.path.join(_OUT_DIR.value, summary['dataset'], summary['split'])}/"
+          "skipped.jsonl", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str]) -> None:
-  # A user error raised inside a pipeline step reaches us and becomes one `error:` line;
-  # Beam would log its traceback first. Bugs still end in a traceback (not caught).
-  logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
   positional = [a for a in argv[1:] if not a.startswith("-")]
   beam_args = [a for a in argv[1:] if a.startswith("-")]
   if len(positional) != 1:
@@ -83,12 +91,12 @@ def main(argv: Sequence[str]) -> None:
   beam_args += [f"--runner={_RUNNER.value}",
                 f"--direct_running_mode={_DIRECT_RUNNING_MODE.value}",
                 f"--direct_num_workers={_DIRECT_NUM_WORKERS.value or os.cpu_count() or 1}"]
+  failed = []
   try:
     options = converters.ConvertOptions(
         raw_dir=_RAW_DIR.value, image_dir=_IMAGE_DIR.value, num_frames=_NUM_FRAMES.value,
         holdout_every=_HOLDOUT_EVERY.value)
     converter = converters.get_converter(positional[0], options)
-    failed = []
     for split in _SPLIT.value or converter.splits:
       summary = converters.convert(
           converter, split, _OUT_DIR.value, num_shards=_NUM_SHARDS.value,
@@ -98,16 +106,10 @@ def main(argv: Sequence[str]) -> None:
       if summary["status"] != "ok":
         failed.append(summary)
   except (OSError, ValueError) as e:  # Missing or unreadable files, bad flag values.
+    _report(failed)
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  for summary in failed:
-    top = summary["top_skips"][0] if summary["top_skips"] else None
-    why = (f"; top reason {top['reason']} ({top['count']}), e.g. {top['examples'][0]}"
-           if top and top["examples"] else "")
-    print(f"error: {summary['dataset']}/{summary['split']} "
-          f"{' and '.join(summary['problems'])}{why}; see "
-          f"{os.path.join(_OUT_DIR.value, summary['dataset'], summary['split'])}/"
-          "skipped.jsonl", file=sys.stderr, flush=True)
+  _report(failed)
   if failed:
     sys.exit(1)
 
