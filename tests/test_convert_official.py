@@ -177,12 +177,14 @@ def test_video_qa_decodes_official_video_files(tmp_path):
   write(str(raw / "test.csv"),
         "video_id,start,end,question,answer1,answer2,answer3,answer4,answer5\n"
         "abc_DEF-123,10,20,what is in the bowl?,rice,rice,rice,noodles,rice\n"
-        "xyz,1.0,5.0,what tool?,knife,,knife,,\n")
+        "xyz,1.0,5.0,what tool?,knife,,knife,,\n"
+        "qqq,3,9,what colour?,red,,,,\n")
   write_video(str(raw / "video/abc_DEF-123_10_20.mp4"), levels[:4])
   write_video(str(raw / "video/xyz_1.0_5.0.webm"), levels[:4], codec="libvpx")
+  write_video(str(raw / "video/qqq_3.4_9.6.mp4"), levels[:4])  # qqq's only clip.
   summary, recs = run("ivqa", raw, tmp_path / "out", "test", num_frames=2)
   assert summary["status"] == "ok"
-  assert sorted(by_id(recs)) == ["ivqa:abc_DEF-123_10_20", "ivqa:xyz_1_5"]
+  assert sorted(by_id(recs)) == ["ivqa:abc_DEF-123_10_20", "ivqa:qqq_3_9", "ivqa:xyz_1_5"]
 
 
 def test_cc12m_failed_downloads_counted_once_across_splits(tmp_path):

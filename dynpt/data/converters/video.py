@@ -233,8 +233,9 @@ def _clip_time(value: str) -> float | None:
 class IVQA(VideoQA):
   """iVQA (Just Ask release): `<split>.csv` with video_id, start, end, question,
   answer1..answer5. Clips are `video/<video_id>_<start>_<end>.<ext>` (the release's
-  naming; start and end match as numbers, so `_4_32` and `_4.0_32.0` agree), or
-  frame folders of the same name, or `<video_id>` alone."""
+  naming; start and end match as numbers, so `_4_32` and `_4.0_32.0` agree; a video's
+  only clip matches whatever its times), or frame folders of the same name, or
+  `<video_id>` alone."""
 
   name = "ivqa"
   namespace = "ivqa"
@@ -253,10 +254,12 @@ class IVQA(VideoQA):
       raise ValueError(f"{unit}: missing columns {missing} (header {header})")
     index = self.index_videos()
     clips = {}  # (video_id, start, end) -> name, for clips named with other number forms.
+    per_video: dict[str, list[str]] = {}  # video_id -> its clips' names.
     for name in index:
       parts = name.rsplit("_", 2)
       if len(parts) == 3 and None not in (times := tuple(map(_clip_time, parts[1:]))):
         clips.setdefault((parts[0], *times), name)
+        per_video.setdefault(parts[0], []).append(name)
     col = {c: header.index(c) for c in self.columns}
     for line, row in rows:
       where = f"{unit}:{line}"
@@ -279,5 +282,7 @@ class IVQA(VideoQA):
       if video is None and start and end:
         name = clips.get((get["video_id"], float(get["start"]), float(get["end"])))
         video = index.get(name) if name else None
+      if video is None and len(per_video.get(get["video_id"], ())) == 1:
+        video = index[per_video[get["video_id"]][0]]  # The video's only clip.
       yield {"question": get["question"], "answers": answers, "names": names,
              "video": video}
