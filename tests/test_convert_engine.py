@@ -39,6 +39,18 @@ def test_item_keys_are_canonical_and_shards_in_range(item, num_shards):
   assert 0 <= engine.shard_of(engine.item_key(item), num_shards) < num_shards
 
 
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.text(max_size=3)),
+                max_size=30), st.integers(1, 5), st.randoms())
+def test_skip_examples_merge_in_any_grouping(skips, parts, rng):
+  shuffled = list(skips)
+  rng.shuffle(shuffled)
+  chunks = [engine._merge_examples(shuffled[i::parts]) for i in range(parts)]
+  assert engine._merge_examples(chunks) == engine._merge_examples(skips)
+  for reason, (count, examples) in engine._merge_examples(skips).items():
+    assert count == sum(r == reason for r, _ in skips)
+    assert examples == sorted({w for r, w in skips if r == reason})[:3]
+
+
 def test_default_num_shards():
   assert engine.default_num_shards(0, 10) == 1
   assert engine.default_num_shards(21, 10) == 3

@@ -256,23 +256,21 @@ def _count_skip(skip: tuple[str, str]) -> str:
 
 
 def _merge_totals(results: Iterable[dict]) -> dict:
+  """Sums shard results (or partial sums: Beam merges in any order and grouping)."""
   out = {"written": 0, "shards": 0, "resumed": 0, "labels": set()}
   for r in results:
-    if "shards" in r:  # An accumulator from another bundle.
-      out["written"] += r["written"]
-      out["shards"] += r["shards"]
-      out["resumed"] += r["resumed"]
-      out["labels"] |= set(r["labels"])
-    else:
-      out["written"] += r["written"]
-      out["shards"] += 1
-      out["resumed"] += r["resumed"]
-      out["labels"] |= set(r["labels"])
+    out["written"] += r["written"]
+    out["shards"] += r.get("shards", 1)  # A partial sum counts its shards.
+    out["resumed"] += r["resumed"]
+    out["labels"] |= set(r["labels"])
   return out
 
 
 def _merge_examples(skips: Iterable[Any]) -> dict:
-  """{reason: [count, first few `where`s in sorted order]} of (reason, where) pairs."""
+  """{reason: [count, first few `where`s in sorted order]} of (reason, where) pairs.
+
+  Also merges its own outputs, in any order and grouping (a Beam combiner).
+  """
   out: dict[str, list] = {}
   for s in skips:
     parts = s.items() if isinstance(s, dict) else [(s[0], [1, [s[1]]])]
