@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dynpt.data.converters import base
-from tests.test_convert_helpers import (by_id, jpeg_bytes, run, skipped_lines, texts, write,
-                                        write_json, write_jpeg)
+from tests.test_convert_helpers import (by_id, jpeg_bytes, roundtrip, run, skipped_lines,
+                                        texts, write, write_json, write_jpeg)
 
 
 def _tar(path, members):
@@ -96,6 +96,7 @@ def test_open_images_official_tarball_layout_with_boxes(tmp_path):
   assert texts(recs["oi:fbbb"]["objects/label"]) == ["Dog"]  # A box, no verified label.
   np.testing.assert_allclose(recs["oi:fbbb"]["objects/bbox"], [[8, 2, 12, 6]])
   assert (tmp_path / "out/oi/labels.txt").read_text() == "Ball\nCat\nDog\n"
+  roundtrip("oi_list_objects", tmp_path / "out", "train", 2)
 
 
 def test_localized_narratives_find_official_open_images_folders(tmp_path):

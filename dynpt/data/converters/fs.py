@@ -54,10 +54,6 @@ def exists(path: str) -> bool:
   return _gfile().exists(path) if is_url(path) else os.path.exists(path)
 
 
-def isdir(path: str) -> bool:
-  return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
-
-
 def listdir(path: str) -> list[str]:
   """Names in folder `path`, sorted (no trailing slashes); [] if it does not exist."""
   if is_url(path):
