@@ -190,8 +190,26 @@ def test_doremi_reference_errors_name_the_file(tmp_path):
     s.update(step, [1.0, 1.0])
   with pytest.raises(ValueError, match=f"{tmp_path}.*covers steps up to 4.*step 5"):
     s.update(5, [1.0, 1.0])
+  with pytest.raises(ValueError, match=f"{tmp_path}.*covers steps up to 4.*num_steps=6"):
+    mixing.make_sampler("doremi", TASKS[:2], 40, reference_run_dir=str(tmp_path), num_steps=6)
+  mixing.make_sampler("doremi", TASKS[:2], 40, reference_run_dir=str(tmp_path), num_steps=5)
   with pytest.raises(ValueError, match="reference_run_dir"):
     mixing.make_sampler("doremi", TASKS, 40)
+
+
+def test_doremi_reference_interpolates_skips_gaps_and_keeps_the_last_duplicate(tmp_path):
+  hist = tmp_path / mixing.HISTORY_FILENAME
+  lines = [mixing.history_record(0, ["a", "b"], [0.5, 0.5], [2, 0], [4.0, np.nan]),
+           mixing.history_record(10, ["a", "b"], [0.5, 0.5], [1, 1], [2.0, 3.0]),
+           mixing.history_record(10, ["a", "b"], [0.5, 0.5], [1, 1], [1.0, 5.0]),
+           mixing.history_record(20, ["a", "b"], [0.5, 0.5], [1, 1], [0.0, 1.0])]
+  hist.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  ref = mixing.doremi.ReferenceLosses(str(hist), ["a", "b"])  # The file itself works too.
+  np.testing.assert_allclose(ref.at(5), [2.5, 5.0])     # b: before its first record.
+  np.testing.assert_allclose(ref.at(15), [0.5, 3.0])
+  np.testing.assert_allclose(ref.at(29), [0.0, 1.0])    # Within one history interval.
+  with pytest.raises(ValueError, match="covers steps up to 29"):
+    ref.at(30)
 
 
 # ---- ODM -------------------------------------------------------------------
@@ -234,6 +252,17 @@ def test_odm_single_draw_is_the_papers_bandit():
   expected = np.zeros(2)
   expected[i] = 0.5 * [2.0, 4.0][i] / pi[i]
   np.testing.assert_allclose(s.state_dict()["reward"], expected, rtol=1e-12)
+
+
+def test_update_learns_from_the_counts_the_batch_had():
+  """A trainer that draws batch s+1 before update(s) passes the batch's counts."""
+  s = mixing.make_sampler("odm", ["a", "b", "c"], 12, min_per_task=2)
+  pi = s.shares(0)
+  s.update(0, [3.0, 2.0, 1.0], task_count=[2, 8, 2])  # Only b won draws, whatever counts(0).
+  np.testing.assert_allclose(s.state_dict()["reward"], [0.0, 0.1 * 2.0 / pi[1], 0.0])
+  a = mixing.make_sampler("ado", ["a", "b"], 10, min_per_task=1)
+  a.update(0, [3.0, np.nan], task_count=[10, 0])
+  np.testing.assert_array_equal(a.state_dict()["examples_seen"], [10, 0])
 
 
 def test_odm_favours_the_high_loss_task_and_explores():

@@ -37,7 +37,7 @@ import numpy as np
 from dynpt.mixing import base
 
 _GRID = 64          # eps candidates in [0, min loss) before the refinement
-_GOLDEN_STEPS = 60  # golden-section iterations (interval shrinks by 0.618 each)
+_GOLDEN_STEPS = 45  # golden-section iterations: the bracket shrinks by 0.618^45 ~ 4e-10
 
 
 def _fit_given_eps(log_n: np.ndarray, log_loss: np.ndarray, loss: np.ndarray,
@@ -51,6 +51,19 @@ def _fit_given_eps(log_n: np.ndarray, log_loss: np.ndarray, loss: np.ndarray,
   log_beta = y_mean + alpha * x_mean
   pred = np.log(eps + np.exp(log_beta - alpha * log_n))
   return math.exp(log_beta), alpha, float(np.sum((log_loss - pred) ** 2))
+
+
+def _grid_errors(log_n: np.ndarray, log_loss: np.ndarray, loss: np.ndarray,
+                 eps: np.ndarray) -> np.ndarray:
+  """`_fit_given_eps`'s SSE for every eps of a grid at once: [G] from [P] points."""
+  y = np.log(loss[None, :] - eps[:, None])  # [G, P]
+  x = log_n - np.mean(log_n)
+  var = np.sum(x * x)
+  slope = (y @ x) / var if var > 0 else np.zeros(len(eps))
+  alpha = np.maximum(-slope, 0.0)
+  log_beta = np.mean(y, axis=1) + alpha * np.mean(log_n)
+  pred = np.log(eps[:, None] + np.exp(log_beta[:, None] - alpha[:, None] * log_n[None, :]))
+  return np.sum((log_loss[None, :] - pred) ** 2, axis=1)
 
 
 def fit_power_law(examples: Sequence[float] | np.ndarray,
@@ -82,7 +95,7 @@ def fit_power_law(examples: Sequence[float] | np.ndarray,
   log_n, log_loss, top = np.log(n), np.log(loss), float(np.min(loss))
   sse = lambda q: _fit_given_eps(log_n, log_loss, loss, q * top)[2]
   grid = np.arange(_GRID) / _GRID  # q = eps / min(loss) in [0, 1).
-  errors = [sse(q) for q in grid]
+  errors = _grid_errors(log_n, log_loss, loss, grid * top)
   j = int(np.argmin(errors))
   lo, hi = grid[max(j - 1, 0)], (grid[j + 1] if j + 1 < _GRID else 1.0 - 1e-9)
   ratio = (math.sqrt(5.0) - 1.0) / 2.0
@@ -216,9 +229,11 @@ class AdoSampler(base.Sampler):
     return {t: (None if np.isnan(p[0]) else tuple(float(x) for x in p))
             for t, p in zip(self.task_names, self._state["params"])}
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del step
     st = self._state
-    st["examples_seen"] = st["examples_seen"] + self.counts(step)
+    st["examples_seen"] = st["examples_seen"] + counts
     st["loss_sum"] = st["loss_sum"] + np.where(valid, loss, 0.0)
     st["loss_steps"] = st["loss_steps"] + valid.astype(np.int64)
     st["window_steps"] = np.asarray(int(st["window_steps"]) + 1, np.int64)

@@ -23,6 +23,10 @@ How this differs from the paper:
   alpha, then trains the real model offline on the time-averaged alpha.
   Here alpha is the online sampling mixture; its time average is kept too
   (`average_weights`) for the paper's offline use.
+* The paper's proxy and reference are different models. A reference run
+  with this run's seed on the uniform mixture replays this run's first
+  batch exactly (alpha starts uniform), so the excess is 0 and alpha never
+  moves: give the reference run another seed.
 
 Reference loss at step s: linear interpolation between the reference's
 recorded steps for that task (records with a null loss are skipped); before
@@ -81,21 +85,21 @@ class ReferenceLosses:
     except ValueError as e:
       raise ValueError(f"doremi sampler: reference run: {e}") from e
     self.path = file
-    self._steps, self._losses = [], []
-    missing = []
-    for t in task_names:
-      pairs = [(r["step"], r["task_loss"][t]) for r in records
-               if t in r["task_loss"] and np.isfinite(r["task_loss"][t])]
-      if not pairs:
-        missing.append(t)
-        continue
-      steps, losses = zip(*pairs)
-      self._steps.append(np.asarray(steps, np.float64))
-      self._losses.append(np.asarray(losses, np.float64))
+    # One row per step; a step written twice (a history copied across a resume) keeps
+    # its last line (records are sorted stably by step).
+    rows = {r["step"]: r["task_loss"] for r in records}
+    all_steps = np.asarray(sorted(rows), np.int64)
+    nan = float("nan")
+    table = np.asarray([[rows[k].get(t, nan) for t in task_names] for k in all_steps],
+                       np.float64).reshape(len(all_steps), len(task_names))  # [steps, tasks]
+    recorded = np.isfinite(table)
+    missing = [t for t, ok in zip(task_names, recorded.any(axis=0)) if not ok]
     if missing:
       raise ValueError(f"reference run {file} has no recorded loss for tasks {missing}; "
                        "train the reference run on the same mixture")
-    all_steps = np.asarray(sorted({r["step"] for r in records}), np.int64)
+    self._steps = [all_steps[recorded[:, i]].astype(np.float64)
+                   for i in range(len(task_names))]
+    self._losses = [table[recorded[:, i], i] for i in range(len(task_names))]
     interval = int(np.min(np.diff(all_steps))) if all_steps.size > 1 else 1
     self.first_step = int(all_steps[0])
     self.last_step = int(all_steps[-1]) + interval - 1  # Covered until the next record.
@@ -120,7 +124,10 @@ class DoReMiSampler(base.Sampler):
     task_names: tasks in task-id order.
     global_batch_size: B.
     reference_run_dir: an earlier dynpt run on the same tasks (its directory
-      or its `mixture_history.jsonl`), at least as long as this run.
+      or its `mixture_history.jsonl`), at least as long as this run; the
+      paper's reference is trained on the uniform mixture.
+    num_steps: optional length of this run, to check at build time that the
+      reference covers it (otherwise the first step past it raises).
     eta: step size of the exponentiated update (1.0 in the paper).
     smoothing: c, the uniform mixture weight (1e-3 in the paper).
     window: K, steps whose excess is averaged before one update (1, every
@@ -131,8 +138,8 @@ class DoReMiSampler(base.Sampler):
   name = "doremi"
 
   def __init__(self, task_names: Sequence[str], global_batch_size: int, *,
-               reference_run_dir: str, eta: float = 1.0, smoothing: float = 1e-3,
-               window: int = 1, min_per_task: int = 4):
+               reference_run_dir: str, num_steps: int | None = None, eta: float = 1.0,
+               smoothing: float = 1e-3, window: int = 1, min_per_task: int = 4):
     super().__init__(task_names, global_batch_size, min_per_task=min_per_task)
     if not np.isfinite(eta) or eta <= 0:
       raise ValueError(f"{self.name} sampler: eta must be > 0, got {eta!r}")
@@ -145,6 +152,10 @@ class DoReMiSampler(base.Sampler):
                        f"got {reference_run_dir!r}")
     self.eta, self.smoothing, self.window = float(eta), float(smoothing), int(window)
     self.reference = ReferenceLosses(reference_run_dir, self.task_names)
+    if num_steps is not None and num_steps - 1 > self.reference.last_step:
+      raise ValueError(f"{self.name} sampler: reference run {self.reference.path} covers "
+                       f"steps up to {self.reference.last_step}, shorter than this run's "
+                       f"num_steps={num_steps}; use a reference run at least as long")
     n = self.num_tasks
     self._state.update({
         "weights": np.full(n, 1.0 / n),            # alpha, the current shares
@@ -164,7 +175,9 @@ class DoReMiSampler(base.Sampler):
     k = int(self._state["num_updates"])
     return self.shares(0) if k == 0 else self._state["weights_sum"] / k
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del counts
     st = self._state
     excess = np.maximum(np.where(valid, loss, 0.0) - self.reference.at(step), 0.0)
     st["excess_sum"] = st["excess_sum"] + np.where(valid, excess, 0.0)

@@ -126,9 +126,11 @@ class OnlineDataMixingSampler(base.Sampler):
   def counts(self, step: int) -> np.ndarray:
     return self.min_per_task + self.drawn(step)
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
-    drawn = np.where(valid, self.drawn(step), 0)
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del valid  # A drawn task had examples, so it has a loss.
+    drawn = np.maximum(counts - self.min_per_task, 0)  # The rows the bandit chose.
     st = self._state
-    st["reward"] = odm_rewards(st["reward"], np.where(valid, loss, 0.0), drawn,
+    st["reward"] = odm_rewards(st["reward"], np.where(drawn > 0, loss, 0.0), drawn,
                                self.shares(step), self.reward_decay)
     st["rounds"] = np.asarray(int(st["rounds"]) + 1, np.int64)

@@ -78,6 +78,7 @@ class SoftmaxSampler(base.Sampler):
       return np.full(self.num_tasks, 1.0 / self.num_tasks)
     return softmax_shares(self._state["difficulty"], self.temperature)
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
-    del step
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del step, counts
     self.tracker.observe(self._state, loss, valid)
