@@ -8,10 +8,11 @@ still gets wrong is worth more data). At round t (t = 1, 2, ...):
   draw a task from pi_t, train on it, observe its loss L
   R_i   <- a R_i + (1 - a) L / pi_t(i)   for the drawn task i only
 
-The importance weight 1/pi makes the reward estimate unbiased although only
-the drawn arm is observed; the moving average `a` (`reward_decay`) lets the
-estimate follow a loss that falls during training; the exploration rate eps
-decays as in the paper, so every task keeps at least eps_t of the draws.
+The importance weight 1/pi (EXP3's) raises the reward of an arm that is
+rarely drawn, so a task that looked easy early is not starved; the moving
+average `a` (`reward_decay`) lets the estimate follow a loss that falls during
+training; the exploration rate eps decays as in the paper, and every task
+keeps at least eps_t of the draws.
 
 Mapping to a fixed global batch B with a per-task floor m: every task gets m
 examples (so every loss stays measured, as in the paper's dynamic sampler),
@@ -22,9 +23,9 @@ after a resume. Every task that won at least one draw gets the paper's
 update with its step loss, L_i / pi_i; tasks not drawn keep their R (their
 floor rows still train, but they were not the bandit's choice). With F = 1
 this is the paper's bandit exactly; with F > 1 a task is chosen with
-probability 1 - (1 - pi_i)^F rather than pi_i, so the estimate leans towards
-rarely drawn tasks less than a strict importance weight would. Rounds are
-steps: the paper updates every step and has no K-step refresh.
+probability 1 - (1 - pi_i)^F > pi_i, so 1/pi favours rarely drawn tasks more
+than in the single-draw bandit and the mixture stays closer to uniform.
+Rounds are steps: the paper updates every step and has no K-step refresh.
 """
 
 from __future__ import annotations
