@@ -138,6 +138,9 @@ def test_softmax_follows_its_rule_by_hand():
   # Softmax sees differences only: +10 nats on every task changes nothing.
   np.testing.assert_allclose(mixing.softmax.softmax_shares([11.5, 13.5, 12.0], 0.5),
                              w / w.sum(), rtol=1e-12)
+  # A tiny temperature is a hard argmax, never NaN.
+  np.testing.assert_array_equal(mixing.softmax.softmax_shares([1.0, 3.0, 2.0], 1e-300),
+                                [0.0, 1.0, 0.0])
 
 
 # ---- DoReMi ----------------------------------------------------------------
@@ -203,7 +206,8 @@ def test_doremi_reference_interpolates_skips_gaps_and_keeps_the_last_duplicate(t
            mixing.history_record(10, ["a", "b"], [0.5, 0.5], [1, 1], [2.0, 3.0]),
            mixing.history_record(10, ["a", "b"], [0.5, 0.5], [1, 1], [1.0, 5.0]),
            mixing.history_record(20, ["a", "b"], [0.5, 0.5], [1, 1], [0.0, 1.0])]
-  hist.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  bad = dict(lines[1], step=5, task_loss={"a": "oops", "b": 1.0})  # Skipped as corrupt.
+  hist.write_text("".join(json.dumps(r) + "\n" for r in lines + [bad]))
   ref = mixing.doremi.ReferenceLosses(str(hist), ["a", "b"])  # The file itself works too.
   np.testing.assert_allclose(ref.at(5), [2.5, 5.0])     # b: before its first record.
   np.testing.assert_allclose(ref.at(15), [0.5, 3.0])

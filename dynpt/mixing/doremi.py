@@ -147,11 +147,11 @@ class DoReMiSampler(base.Sampler):
       raise ValueError(f"{self.name} sampler: smoothing must be in [0, 1), got {smoothing!r}")
     if int(window) != window or window < 1:
       raise ValueError(f"{self.name} sampler: window must be a positive integer, got {window!r}")
-    if not isinstance(reference_run_dir, str) or not reference_run_dir:
+    if not isinstance(reference_run_dir, (str, os.PathLike)) or not str(reference_run_dir):
       raise ValueError(f"{self.name} sampler: reference_run_dir must name an earlier run, "
                        f"got {reference_run_dir!r}")
     self.eta, self.smoothing, self.window = float(eta), float(smoothing), int(window)
-    self.reference = ReferenceLosses(reference_run_dir, self.task_names)
+    self.reference = ReferenceLosses(os.fspath(reference_run_dir), self.task_names)
     if num_steps is not None and num_steps - 1 > self.reference.last_step:
       raise ValueError(f"{self.name} sampler: reference run {self.reference.path} covers "
                        f"steps up to {self.reference.last_step}, shorter than this run's "

@@ -39,8 +39,7 @@ def softmax_shares(losses: Sequence[float] | np.ndarray, temperature: float) -> 
                      f"got {x.tolist()}")
   if not np.isfinite(temperature) or temperature <= 0:
     raise ValueError(f"softmax_shares: temperature must be finite and > 0, got {temperature!r}")
-  z = x / float(temperature)
-  w = np.exp(z - np.max(z))  # Shifted: never overflows, the largest weight is 1.
+  w = np.exp((x - np.max(x)) / float(temperature))  # Shifted first: never overflows.
   return w / np.sum(w)
 
 
