@@ -23,7 +23,12 @@ OPTIONS = {
     "dsg": {"task_sizes": SIZES},
     "curriculum": {"window": 3, "group_size": 2, "first_phase_steps": 4},
     "anti_curriculum": {"window": 3, "group_size": 2, "first_phase_steps": 4},
+    "odm": {"seed": 7},
+    "ado": {"window": 2, "ignore_windows": 0, "buffer_size": 4},
+    "softmax": {"window": 3},
 }
+# "doremi" needs a reference run on disk; tests/test_mixing_online.py covers it.
+FILE_BACKED = {"doremi"}
 _SETTINGS = settings(max_examples=40, deadline=None)
 
 
@@ -42,7 +47,7 @@ def _drive(sampler, steps, seed=0, start=0):
 
 
 def test_factory_names_are_exactly_the_spec():
-  assert set(mixing.SAMPLERS) == set(OPTIONS)
+  assert set(mixing.SAMPLERS) == set(OPTIONS) | FILE_BACKED
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))

@@ -1,8 +1,9 @@
-"""Task mixing: the dynamic difficulty sampler and every baseline sampler.
+"""Task mixing: the dynamic difficulty sampler, every baseline and the online mixers.
 
 See docs/mixing.md for the algorithm, the options and the state format.
 """
 
+from dynpt.mixing.ado import AdoSampler
 from dynpt.mixing.allocation import allocate_counts
 from dynpt.mixing.allocation import difficulty_shares
 from dynpt.mixing.base import Sampler
@@ -10,6 +11,7 @@ from dynpt.mixing.difficulty import DynamicSampler
 from dynpt.mixing.difficulty import EasiestSampler
 from dynpt.mixing.difficulty import HardestSampler
 from dynpt.mixing.difficulty import LossReweightSampler
+from dynpt.mixing.doremi import DoReMiSampler
 from dynpt.mixing.factory import SAMPLERS
 from dynpt.mixing.factory import make_sampler
 from dynpt.mixing.history import HISTORY_FILENAME
@@ -20,6 +22,8 @@ from dynpt.mixing.hosts import host_counts
 from dynpt.mixing.hosts import host_slices
 from dynpt.mixing.hosts import host_task_ids
 from dynpt.mixing.hosts import task_row_ranges
+from dynpt.mixing.odm import OnlineDataMixingSampler
+from dynpt.mixing.softmax import SoftmaxSampler
 from dynpt.mixing.static import FixedSampler
 from dynpt.mixing.static import SizeSampler
 from dynpt.mixing.static import TemperatureSampler

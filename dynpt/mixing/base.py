@@ -99,10 +99,12 @@ class Sampler(abc.ABC):
       task_loss: [num_tasks] mean token cross-entropy per task in this step
         (globally reduced, so identical on every host). A task with no examples
         (or no target tokens) in the step has no loss: pass NaN for it.
-      task_count: optional [num_tasks] examples (or target tokens) each task
-        had in this step. NaN is accepted exactly where it is 0. When omitted,
-        `self.counts(step)` is used, which is why `update` must come before any
-        other state change (such as `update_validation`).
+      task_count: optional [num_tasks] examples each task had in this step
+        (the counts its batch was drawn with). NaN is accepted exactly where
+        it is 0. When omitted, `self.counts(step)` is used, which is why
+        `update` must then come before any other state change (such as
+        `update_validation`, or the update of the step before, for samplers
+        whose mixture moves every step).
 
     Raises:
       ValueError: naming the step and task for a wrong shape, a negative or
@@ -136,12 +138,19 @@ class Sampler(abc.ABC):
         raise ValueError(
             f"{self.name} sampler: task_loss for task '{self.task_names[t]}' at step {step} "
             f"is {float(value)!r}; losses must be finite and >= 0")
-    self._observe(step, loss, ~np.isnan(loss))
+    self._observe(step, loss, ~np.isnan(loss), count.astype(np.int64))
     self._state["last_step"] = np.asarray(step, np.int64)
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
-    """Hook: learn from a validated step. `loss[~valid]` is NaN. Default: nothing."""
-    del step, loss, valid
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    """Hook: learn from a validated step. Default: nothing.
+
+    `loss[~valid]` is NaN; `counts` are the examples each task had in the step
+    (`task_count`, else `counts(step)`): samplers that count examples read them
+    here rather than calling `counts(step)`, which a trainer that draws the
+    next batch before this update may already have moved on from.
+    """
+    del step, loss, valid, counts
 
   # ---- State ---------------------------------------------------------------
 

@@ -171,8 +171,9 @@ class DynamicSampler(base.Sampler):
     del step  # Shares change only when a window closes, inside `update`.
     return self.tracker.shares(self._state, self.temperature)
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
-    del step
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del step, counts
     self.tracker.observe(self._state, loss, valid)
 
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from dynpt.mixing import ado
 from dynpt.mixing import base
 from dynpt.mixing import difficulty
+from dynpt.mixing import doremi
+from dynpt.mixing import odm
+from dynpt.mixing import softmax
 from dynpt.mixing import static
 from dynpt.mixing import stop_and_go
 
@@ -30,6 +34,10 @@ SAMPLERS: dict[str, type[base.Sampler]] = {
     "dsg": stop_and_go.StopAndGoSampler,
     "curriculum": stop_and_go.CurriculumSampler,
     "anti_curriculum": stop_and_go.AntiCurriculumSampler,
+    "odm": odm.OnlineDataMixingSampler,
+    "doremi": doremi.DoReMiSampler,
+    "ado": ado.AdoSampler,
+    "softmax": softmax.SoftmaxSampler,
 }
 
 
@@ -40,11 +48,13 @@ def make_sampler(name: str, task_names: Sequence[str], global_batch_size: int,
   Args:
     name: one of `SAMPLERS` ("dynamic", "uniform", "size", "temperature",
       "fixed", "easiest", "hardest", "loss_reweight", "dsg", "curriculum",
-      "anti_curriculum").
+      "anti_curriculum", and the online mixers of the literature "odm",
+      "doremi", "ado", "softmax").
     task_names: tasks in task-id order.
     global_batch_size: B, summed over all hosts.
     **options: the sampler's keyword options (see each class); for example
-      `task_sizes=` for "size" and "temperature", `weights=` for "fixed".
+      `task_sizes=` for "size" and "temperature", `weights=` for "fixed",
+      `reference_run_dir=` for "doremi".
 
   Raises:
     ValueError: for an unknown name or an option the sampler does not take,

@@ -47,9 +47,12 @@ def append_record(path: str, record: dict[str, Any]) -> None:
 def _valid(record: Any) -> bool:
   if not isinstance(record, dict) or any(k not in record for k in _KEYS):
     return False
-  if not isinstance(record["step"], int):
+  if not isinstance(record["step"], int) or isinstance(record["step"], bool):
     return False
-  return all(isinstance(record[k], dict) for k in _KEYS[1:])
+  if not all(isinstance(record[k], dict) for k in _KEYS[1:]):
+    return False
+  return all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+             for v in record["task_loss"].values())
 
 
 def read_history(path: str) -> tuple[list[dict[str, Any]], int]:

@@ -110,9 +110,10 @@ class StopAndGoSampler(base.Sampler):
     return allocation.allocate_counts(self.shares(step), self.global_batch_size, 0,
                                       tie_break_offset=int(step))
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
-    del loss, valid
-    self._state["examples_seen"] = self._state["examples_seen"] + self.counts(step)
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
+    del step, loss, valid
+    self._state["examples_seen"] = self._state["examples_seen"] + counts
 
   # ---- Validation ----------------------------------------------------------
 
@@ -268,9 +269,10 @@ class CurriculumSampler(StopAndGoSampler):
     return allocation.allocate_counts(self.shares(step), self.global_batch_size,
                                       self.min_per_task, tie_break_offset=int(step))
 
-  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray) -> None:
+  def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
+               counts: np.ndarray) -> None:
     p = self.phase(step)
-    super()._observe(step, loss, valid)
+    super()._observe(step, loss, valid, counts)
     if p == 0 and self.tracker.observe(self._state, loss, valid):
       order = np.argsort(self._state["difficulty"], kind="stable")
       if self.hardest_first:

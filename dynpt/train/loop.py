@@ -263,7 +263,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       reporter.consume(*pending)
       pending = None
 
-  future = mixture_input.prefetch(sampler.counts(start)) if start < last else None
+  future = mixture_input.prefetch(reporter.draw(start)) if start < last else None
   sync_dispatch = _dispatch_is_synchronous()
   t_start = time.time()
   step = start
@@ -288,7 +288,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
           # step's losses now and start assembling the next batch, so that assembly
           # runs beside the step. Same sampler inputs as the order below.
           flush()
-          future = mixture_input.prefetch(sampler.counts(done))
+          future = mixture_input.prefetch(reporter.draw(done))
         state, metrics = p_step(state, batch, weights)
         flush()
         pending = (step, metrics)
@@ -304,7 +304,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
         if stop:
           break
         if not drawn_early:
-          future = mixture_input.prefetch(sampler.counts(done))
+          future = mixture_input.prefetch(reporter.draw(done))
       flush()
     finally:
       ckpt.close()
@@ -337,6 +337,9 @@ class _Reporter:
     self._acc_n = 0
     self._acc_task_sum = np.zeros(len(task_names))
     self._acc_task_tokens = np.zeros(len(task_names))
+    # step -> (shares, counts) its batch was drawn with. The batch of step s+1 is drawn
+    # before update(s), which may change the mixture (every step for online mixers).
+    self._drawn: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._last_time = time.time()
     self.final_task_loss: dict[str, float] = {}
     self.examples = 0
@@ -352,6 +355,12 @@ class _Reporter:
                        unit="step", dynamic_ncols=True)
     return rng
 
+  def draw(self, step: int) -> np.ndarray:
+    """The counts for `step`'s batch, remembered for its update and history line."""
+    counts = np.asarray(self.sampler.counts(step))
+    self._drawn[step] = (np.asarray(self.sampler.shares(step), np.float64), counts)
+    return counts
+
   def consume(self, step: int, metrics) -> None:
     m = jax.device_get(metrics)
     loss = float(m["loss"])
@@ -359,12 +368,13 @@ class _Reporter:
       raise TrainingDivergedError(
           f"loss is {loss} at step {step}; stopping. The last good checkpoint "
           f"is kept in {self.cfg.run_dir}/checkpoints")
-    counts = np.asarray(self.sampler.counts(step))
+    shares, counts = self._drawn.pop(step, None) or (
+        np.asarray(self.sampler.shares(step), np.float64),
+        np.asarray(self.sampler.counts(step)))
     tokens = np.asarray(m["task_tokens"], np.float64)
     sums = np.asarray(m["task_loss_sum"], np.float64)
     task_loss = np.where(tokens > 0, sums / np.maximum(tokens, 1), np.nan)
-    shares = np.asarray(self.sampler.shares(step), np.float64)
-    self.sampler.update(step, task_loss)
+    self.sampler.update(step, task_loss, task_count=counts)
     self.examples += int(counts.sum())
     if self._first_done is None:
       self._first_done = (time.time(), self.examples)
