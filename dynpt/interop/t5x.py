@@ -104,16 +104,16 @@ def read(path: str, max_distance: int = 128) -> tuple[Any, dict[str, Any], int |
   """
   target, step = read_target(path)
   source = os.path.join(checkpoint_dir(path), CHECKPOINT_FILE)
-  named = {p: "target/" + p for p in traverse_util.flatten_dict(target, sep="/")}
   tower = text_tower.text_tower_of(target, source)
   extra = sorted(set(target) - set(text_tower.TEXT_TOWER_KEYS))
   if extra:
     raise CheckpointMismatchError(f"{source}: target/{extra[0]} is not part of a T5 1.1 "
                                   "encoder-decoder")
-  sizes, vocab_size = text_tower.infer_sizes(tower, source, max_distance)
+  sizes, vocab_size = text_tower.infer_sizes(tower, source, max_distance,
+                                                 prefix="target/")
   cfg = text_tower.t5_config(sizes, vocab_size)
   tower = text_tower.as_float32(tower)
-  text_tower.check_text_tower(tower, cfg, source, named)
+  text_tower.check_text_tower(tower, cfg, source, prefix="target/")
   return cfg, tower, step
 
 

@@ -50,7 +50,7 @@ def expected_shapes(cfg: configs.T5Config) -> dict[str, tuple[int, ...]]:
 
 
 def check_text_tower(params: Mapping[str, Any], cfg: configs.T5Config, source: str,
-                     names: Mapping[str, str] | None = None) -> None:
+                     names: Mapping[str, str] | None = None, prefix: str = "") -> None:
   """Raises `CheckpointMismatchError` unless `params` has exactly the model's shapes.
 
   Args:
@@ -58,12 +58,13 @@ def check_text_tower(params: Mapping[str, Any], cfg: configs.T5Config, source: s
     cfg: the config it must fit.
     source: the checkpoint, for the message.
     names: dynpt path -> the tensor's name in the checkpoint, for the message.
+    prefix: else the name is prefix + the dynpt path.
   """
   names = names or {}
   have = traverse_util.flatten_dict(dict(params), sep="/")
   want = expected_shapes(cfg)
   for path, shape in want.items():
-    name = names.get(path, path)
+    name = names.get(path, prefix + path)
     if path not in have:
       raise CheckpointMismatchError(f"{source}: tensor {name!r} is missing")
     if tuple(np.shape(have[path])) != shape:
@@ -73,7 +74,7 @@ def check_text_tower(params: Mapping[str, Any], cfg: configs.T5Config, source: s
   extra = sorted(set(have) - set(want))
   if extra:
     raise CheckpointMismatchError(
-        f"{source}: tensor {names.get(extra[0], extra[0])!r} is not part of a T5 v1.1 "
+        f"{source}: tensor {names.get(extra[0], prefix + extra[0])!r} is not part of a T5 v1.1 "
         "text tower of this config")
 
 
@@ -85,8 +86,8 @@ def _layer_count(flat: Mapping[str, Any], stack: str) -> int:
   return len(found)
 
 
-def infer_sizes(params: Mapping[str, Any], source: str,
-                max_distance: int = 128) -> tuple[dict[str, int], int]:
+def infer_sizes(params: Mapping[str, Any], source: str, max_distance: int = 128,
+                prefix: str = "") -> tuple[dict[str, int], int]:
   """(T5 sizes, vocab size) read off the shapes of a text tower in dynpt's names.
 
   Formats without a config (T5X checkpoints, dynpt exports) carry every size in their
@@ -97,7 +98,7 @@ def infer_sizes(params: Mapping[str, Any], source: str,
 
   def shape(path: str) -> tuple[int, ...]:
     if path not in flat:
-      raise CheckpointMismatchError(f"{source}: tensor {path!r} is missing (not a T5 v1.1 "
+      raise CheckpointMismatchError(f"{source}: tensor {prefix + path!r} is missing (not a T5 v1.1 "
                                     "text tower)")
     return tuple(np.shape(flat[path]))
 
@@ -106,8 +107,8 @@ def infer_sizes(params: Mapping[str, Any], source: str,
   joined = shape("encoder/layers_0/attention/query/kernel")[1]
   if joined % num_heads:
     raise CheckpointMismatchError(
-        f"{source}: encoder/layers_0/attention/query/kernel width {joined} is not a "
-        f"multiple of the {num_heads} heads of encoder/relpos_bias/rel_embedding")
+        f"{source}: {prefix}encoder/layers_0/attention/query/kernel width {joined} is not "
+        f"a multiple of the {num_heads} heads of {prefix}encoder/relpos_bias/rel_embedding")
   sizes = dict(emb_dim=emb_dim, num_heads=num_heads, head_dim=joined // num_heads,
                mlp_dim=shape("encoder/layers_0/mlp/wi_0/kernel")[1],
                num_encoder_layers=_layer_count(flat, "encoder"),
