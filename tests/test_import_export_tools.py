@@ -121,3 +121,26 @@ def test_pretraining_starts_from_an_import_with_a_frozen_encoder(imported, toy_d
   moved = np.abs(trained["decoder"]["logits_dense"]["kernel"]
                  - start["decoder"]["logits_dense"]["kernel"])
   assert 0 < moved.max() < 0.05  # Trained from the import, not from a fresh init.
+
+
+def test_an_export_with_another_vocabulary_is_refused(imported, tmp_path):
+  from dynpt.train import finetune, model_setup
+  from dynpt.train.config import DataConfig, ModelConfig
+
+  other = str(tmp_path / "other.model")
+  with open(os.path.join(imported, "spiece.model"), "rb") as f:
+    data = f.read()
+  with open(other, "wb") as f:
+    f.write(data + b"\0")  # Another file (the check compares contents).
+  data_cfg = DataConfig(image_size=32, vocabulary_path=other)
+  model = model_setup.build_model(ModelConfig("tiny"), pipeline.get_vocabulary(),
+                                  data_cfg.image_size)
+  with pytest.raises(ValueError, match="trained with the vocabulary"):
+    finetune.load_init_params(imported, model, data_cfg)
+
+
+def test_t5_overrides_must_name_t5_sizes():
+  cfg = configs.get_config("tiny", t5_overrides={"num_decoder_layers": 3})
+  assert cfg.t5.num_decoder_layers == 3 and cfg.resnet.depth == 26
+  with pytest.raises(ValueError, match="unknown keys \\['depth'\\]"):
+    configs.get_config("tiny", t5_overrides={"depth": 50})
