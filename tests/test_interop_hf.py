@@ -217,3 +217,15 @@ def test_a_mismatch_names_the_tensor_and_writes_nothing(hf_model, tmp_path, chan
   with pytest.raises(CheckpointMismatchError, match=message):
     importer.import_checkpoint("hf", bad, out_dir, model="tiny")
   assert not os.path.exists(out_dir)
+
+
+def test_a_bfloat16_checkpoint_imports(tmp_path):
+  """Checkpoints saved in bfloat16 (numpy has no such dtype) widen to float32 exactly."""
+  import torch
+
+  model16 = _random_t5(tie=False).to(torch.bfloat16)
+  model16.save_pretrained(str(tmp_path))
+  cfg, tower = hf.read(str(tmp_path))
+  want = model16.encoder.block[1].layer[1].DenseReluDense.wo.weight.detach().float().numpy().T
+  np.testing.assert_array_equal(tower["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], want)
+  assert tower["decoder"]["logits_dense"]["kernel"].dtype == np.float32

@@ -117,6 +117,37 @@ def read_config(folder: str) -> tuple[configs.T5Config, bool]:
   return text_tower.t5_config(sizes, get("vocab_size")), scaled
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                      "I64": np.int64, "I32": np.int32}
+
+
+def _load_with_bfloat16(file: str) -> dict[str, np.ndarray]:
+  """Reads a safetensors file whose tensors numpy cannot name (BF16 checkpoints).
+
+  The format is an 8-byte little-endian header length, a JSON header {name: {dtype,
+  shape, data_offsets}} and the raw little-endian data; BF16 is read through
+  ml_dtypes (a JAX dependency) and widened to float32.
+  """
+  import ml_dtypes
+
+  dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
+  with open(file, "rb") as f:
+    header_len = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(header_len))
+    data = f.read()
+  out = {}
+  for name, entry in header.items():
+    if name == "__metadata__":
+      continue
+    if entry["dtype"] not in dtypes:
+      raise CheckpointMismatchError(f"{file}: tensor {name!r} has dtype "
+                                    f"{entry['dtype']}, which is not read")
+    begin, end = entry["data_offsets"]
+    value = np.frombuffer(data[begin:end], dtype=np.dtype(dtypes[entry["dtype"]]))
+    out[name] = value.reshape(entry["shape"]).astype(np.float32)
+  return out
+
+
 def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
@@ -134,8 +165,11 @@ def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
   tensors = {}
   for file in files:
     try:
-      tensors.update(load_file(file))
-    except (SafetensorError, OSError) as e:
+      try:
+        tensors.update(load_file(file))
+      except TypeError:  # numpy has no bfloat16: "data type 'bfloat16' not understood".
+        tensors.update(_load_with_bfloat16(file))
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
       raise CheckpointMismatchError(f"{file}: not a readable safetensors file ({e})") from e
   return tensors
 
