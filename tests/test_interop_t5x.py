@@ -23,7 +23,7 @@ def tower():
   return jax.tree.map(np.asarray, jax.device_get(nn.meta.unbox(params)))
 
 
-def _write_t5x_layout(folder, tree, inline=(), gcs=(), step=7):
+def _write_t5x_layout(folder, tree, inline=(), gcs=(), old=(), step=7):
   """A checkpoint as t5x's Checkpointer.save writes it, written here independently:
   zarr arrays under dotted names (`inline` paths go into the msgpack instead, as t5x
   does for unpartitioned leaves; `gcs` ones carry a gcs kvstore), plus Adafactor-like
@@ -49,6 +49,9 @@ def _write_t5x_layout(folder, tree, inline=(), gcs=(), step=7):
                if path in gcs else {"driver": "file", "path": name})
     written[path] = {"driver": "zarr", "dtype": value.dtype.name, "kvstore": kvstore,
                      "metadata": metadata}
+    if path in old:  # tensorstore < 0.1.14: the path beside the kvstore.
+      written[path]["kvstore"] = {"driver": "gcs", "bucket": "t5x-dummy-bucket"}
+      written[path]["path"] = name
   states = {k: np.zeros(2, np.float32) for k in flat}
   contents = {"version": 3, "optimizer": {
       "target": traverse_util.unflatten_dict(written, sep="/")["target"],
@@ -68,7 +71,7 @@ def _equal(a, b):
     np.testing.assert_array_equal(np.asarray(fa[k], np.float32), fb[k], err_msg=k)
 
 
-def test_reads_t5x_layout_with_inline_gcs_and_bfloat16_leaves(tower, tmp_path):
+def test_reads_t5x_layout_with_inline_gcs_old_and_bfloat16_leaves(tower, tmp_path):
   tree = dict(tower)
   tree["encoder"] = jax.tree.map(lambda x: x, tower["encoder"])
   tree["encoder"]["encoder_norm"] = {
@@ -76,7 +79,8 @@ def test_reads_t5x_layout_with_inline_gcs_and_bfloat16_leaves(tower, tmp_path):
   model_dir = tmp_path / "model"
   _write_t5x_layout(str(model_dir / "checkpoint_7"), tree,
                     inline=("target/decoder/decoder_norm/scale",),
-                    gcs=("target/token_embedder/embedding",))
+                    gcs=("target/token_embedder/embedding",),
+                    old=("target/decoder/logits_dense/kernel",))
   cfg, got, step = t5x.read(str(model_dir))  # The latest checkpoint_<step> is found.
   assert step == 7 and cfg == CFG
   want = jax.tree.map(lambda x: np.asarray(x, np.float32), tree)

@@ -5,7 +5,8 @@ A folder (e.g. `t5_1_1_base/checkpoint_1000000/`) holds one msgpack file, `check
 leaf is either the array itself (small, unpartitioned ones) or a TensorStore spec
 ({'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': 'target.encoder.layers_0...'},
 'metadata': {...}}) whose zarr array sits in the folder under that relative path (a
-'gcs' kvstore names the same relative path). T5X's T5 1.1 param names are dynpt's
+'gcs' kvstore names the same relative path; specs written with tensorstore < 0.1.14 keep
+`path` beside the kvstore). T5X's T5 1.1 param names are dynpt's
 (`dynpt.models.t5`), so the text tower is `optimizer/target` as it is.
 
 The writer stores every param as a gzip'd zarr array and the step; it writes no
@@ -56,8 +57,9 @@ def _read_array(spec: Mapping[str, Any], folder: str, name: str) -> np.ndarray:
   import tensorstore as ts
 
   spec = dict(spec)
-  kvstore = dict(spec["kvstore"])
-  relative = kvstore.get("path")
+  kvstore = spec["kvstore"] if isinstance(spec["kvstore"], dict) else {}
+  # tensorstore >= 0.1.14 keeps the path in the kvstore; older t5x specs beside it.
+  relative = kvstore.get("path") or spec.pop("path", None)
   if not relative:
     raise CheckpointMismatchError(f"{folder}: tensor {name!r} has no kvstore path")
   spec["kvstore"] = {"driver": "file", "path": os.path.join(folder, relative)}
