@@ -109,6 +109,7 @@ def test_pretraining_starts_from_an_import_with_a_frozen_encoder(imported, toy_d
       "config.TrainConfig.progress_bar=False", "config.TrainConfig.async_checkpoints=False",
       "config.TrainConfig.checkpoint_every=2"])
   try:
+    dynpt_main.write_config(run_dir)
     dynpt_main.run_mode("pretrain")
   finally:
     gin.clear_config()
@@ -121,6 +122,20 @@ def test_pretraining_starts_from_an_import_with_a_frozen_encoder(imported, toy_d
   moved = np.abs(trained["decoder"]["logits_dense"]["kernel"]
                  - start["decoder"]["logits_dense"]["kernel"])
   assert 0 < moved.max() < 0.05  # Trained from the import, not from a fresh init.
+  # The run's text tower, straight to Hugging Face.
+  hf_dir = str(tmp_path / "hf")
+  proc = _tool("export_checkpoint.py", "--format=hf", f"--run_dir={run_dir}",
+               f"--out_dir={hf_dir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from dynpt.interop import hf
+
+  cfg, tower = hf.read(hf_dir)
+  assert cfg.num_decoder_layers == 2
+  np.testing.assert_array_equal(tower["decoder"]["logits_dense"]["kernel"],
+                                trained["decoder"]["logits_dense"]["kernel"])
+  with open(os.path.join(hf_dir, "spiece.model"), "rb") as a, open(
+      os.path.join(imported, "spiece.model"), "rb") as b:
+    assert a.read() == b.read()  # The run's vocabulary, not the toy default.
 
 
 def test_an_export_with_another_vocabulary_is_refused(imported, tmp_path):
