@@ -18,10 +18,13 @@ from dynpt.train import export
 FORMATS = ("hf", "t5x")
 
 
-def _vocabulary_path(info: dict[str, Any]) -> str:
+def _vocabulary_path(info: dict[str, Any]) -> str | None:
+  """The export's sentencepiece model; None for an import that recorded none."""
   path = info.get("vocabulary_path")
   if path:
     return path
+  if info.get("vocabulary_recorded") is False:
+    return None
   from dynpt.data import pipeline  # The toy vocabulary, the default of every run.
 
   return pipeline.default_vocab_path()
@@ -49,7 +52,10 @@ def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]
   step = int(info.get("step") or 0)
   if fmt == "hf":
     spm_path = _vocabulary_path(info)
-    if not os.path.isfile(spm_path):
+    if spm_path is None:
+      logging.warning("%s was imported without its sentencepiece model: no spiece.model "
+                      "is written beside the Hugging Face model", export_dir)
+    elif not os.path.isfile(spm_path):
       raise FileNotFoundError(f"{export_dir}/export_info.json names the vocabulary "
                               f"{spm_path}, which does not exist")
     files = hf.write(out_dir, tower, cfg, spm_path)

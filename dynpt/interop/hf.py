@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Mapping
 
 import numpy as np
@@ -255,8 +256,7 @@ def write(out_dir: str, params: Mapping[str, Any], cfg: configs.T5Config,
   with open(written["config"], "w") as f:
     json.dump(hf_config(cfg), f, indent=1)
   if spm_path:
-    import shutil
-
     written["vocabulary"] = os.path.join(out_dir, SPM_FILE)
-    shutil.copyfile(spm_path, written["vocabulary"])
+    if os.path.abspath(spm_path) != os.path.abspath(written["vocabulary"]):
+      shutil.copyfile(spm_path, written["vocabulary"])
   return written

@@ -15,6 +15,7 @@ import os
 import shutil
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
@@ -86,8 +87,6 @@ def build_params(vl_cfg: configs.VLConfig, tower: dict, resnet_params: dict | No
   the import replaces is never computed; the result is checked against the shapes
   of the whole model.
   """
-  import flax.linen as nn
-
   model = vl_model.VLModel(vl_cfg)
   size = vl_cfg.image_size
   image = np.zeros((1, size, size, 3), np.float32)
@@ -139,9 +138,10 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   vl_cfg = configs.get_config(name, vocab_size=cfg.vocab_size, image_size=image_size,
                               t5_overrides=overrides)
   spm_path = _vocabulary(fmt, path, vocabulary)
-  if spm_path is not None and padded_vocab_size(spm_path) != cfg.vocab_size:
+  rows = None if spm_path is None else padded_vocab_size(spm_path)
+  if rows is not None and rows != cfg.vocab_size:
     raise CheckpointMismatchError(
-        f"{spm_path}: gives {padded_vocab_size(spm_path)} token rows (pieces + "
+        f"{spm_path}: gives {rows} token rows (pieces + "
         f"{_EXTRA_IDS} extra ids, padded to 128) but the checkpoint's vocabulary has "
         f"{cfg.vocab_size}")
   resnet_params = None
@@ -170,6 +170,8 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
           "t5": sizes, "t5_overrides": overrides, "vocab_size": cfg.vocab_size,
           "image_size": vl_cfg.image_size, "input_length": input_length,
           "target_length": target_length, "vocabulary_path": vocabulary_path,
+          # None alone means "the toy vocabulary" in a run's export; here it is unknown.
+          "vocabulary_recorded": vocabulary_path is not None,
           "visual": os.path.abspath(visual.partition(":")[2]) if visual else None}
   export.write_export(out_dir, params, info)
   logging.info("imported %s checkpoint %s to %s", fmt, path, out_dir)

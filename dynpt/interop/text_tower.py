@@ -10,6 +10,7 @@ the model.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping
 
@@ -40,8 +41,10 @@ def t5_sizes(cfg: configs.T5Config) -> dict[str, int]:
   return {k: int(getattr(cfg, k)) for k in configs.T5_SIZE_FIELDS}
 
 
+@functools.lru_cache(maxsize=16)
 def expected_shapes(cfg: configs.T5Config) -> dict[str, tuple[int, ...]]:
-  """{'encoder/layers_0/attention/query/kernel': shape, ...} of the text tower."""
+  """{'encoder/layers_0/attention/query/kernel': shape, ...} of the text tower (cached
+  per config: treat the result as read-only)."""
   tokens = jnp.ones((1, 2), jnp.int32)
   model = t5.T5Transformer(cfg)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens))

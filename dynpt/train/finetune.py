@@ -252,6 +252,8 @@ def _check_vocabulary(info: dict, data_cfg: DataConfig, source: str) -> None:
   """
   from dynpt.data import pipeline
 
+  if info.get("vocabulary_recorded") is False:
+    return  # An import given no sentencepiece model (docs/model.md).
   theirs = info.get("vocabulary_path") or pipeline.default_vocab_path()
   ours = data_cfg.vocabulary_path or pipeline.default_vocab_path()
   if "://" in theirs or "://" in ours or not os.path.isfile(theirs):
