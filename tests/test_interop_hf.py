@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynpt.interop import exporter, hf, importer
 from dynpt.interop.text_tower import CheckpointMismatchError
@@ -230,3 +232,40 @@ def test_a_bfloat16_checkpoint_imports(tmp_path):
   want = model16.encoder.block[1].layer[1].DenseReluDense.wo.weight.detach().float().numpy().T
   np.testing.assert_array_equal(tower["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], want)
   assert tower["decoder"]["logits_dense"]["kernel"].dtype == np.float32
+
+
+@settings(max_examples=6, deadline=None)
+@given(layers=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       heads=st.integers(1, 3), head_dim=st.sampled_from([2, 4]),
+       emb_dim=st.sampled_from([4, 6]), mlp_dim=st.integers(1, 5),
+       buckets=st.sampled_from([8, 32]), max_distance=st.sampled_from([16, 128]),
+       vocab=st.integers(2, 40))
+def test_write_then_read_is_the_identity_for_any_size(layers, heads, head_dim, emb_dim,
+                                                      mlp_dim, buckets, max_distance,
+                                                      vocab):
+  """hf.write's names and transposes are hf.read's inverse, and config.json carries
+  every size (no mapping entry left out or doubled)."""
+  import tempfile
+
+  from flax import traverse_util
+
+  from dynpt.interop import text_tower
+
+  sizes = dict(emb_dim=emb_dim, num_heads=heads, head_dim=head_dim, mlp_dim=mlp_dim,
+               num_encoder_layers=layers[0], num_decoder_layers=layers[1],
+               relative_attention_num_buckets=buckets,
+               relative_attention_max_distance=max_distance)
+  cfg = text_tower.t5_config(sizes, vocab)
+  rng = np.random.default_rng(0)
+  shapes = text_tower.expected_shapes(cfg)
+  assert sorted(hf.name_map(cfg)) == sorted(shapes)
+  assert len({n for n, _ in hf.name_map(cfg).values()}) == len(shapes)
+  tower = traverse_util.unflatten_dict(
+      {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}, sep="/")
+  with tempfile.TemporaryDirectory() as folder:
+    hf.write(folder, tower, cfg)
+    got_cfg, got = hf.read(folder)
+  assert got_cfg == cfg
+  flat = traverse_util.flatten_dict(got, sep="/")
+  for k, v in traverse_util.flatten_dict(tower, sep="/").items():
+    np.testing.assert_array_equal(flat[k], v, err_msg=k)
