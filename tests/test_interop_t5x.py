@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import serialization, traverse_util
 
-from dynpt.interop import exporter, importer, t5x, text_tower
+from dynpt.interop import bit, exporter, importer, t5x, text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
 from dynpt.models import configs, t5
+from dynpt.train import export
 
 CFG = configs.T5Config(vocab_size=640, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
                        num_encoder_layers=2, num_decoder_layers=1, dropout_rate=0.0)
@@ -101,11 +102,25 @@ def test_write_then_read_round_trips(tower, tmp_path):
   _equal(tower, got)
 
 
+def _bit_npz(path, seed=0):
+  """A big_vision-layout BiT file for the tiny model's ResNet; returns its params."""
+  shapes = bit.expected_shapes(configs.get_config("tiny").resnet)
+  rng = np.random.default_rng(seed)
+  flat = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  np.savez(path, **flat)
+  return flat
+
+
 def test_import_and_export_keep_the_tower(tower, tmp_path):
   src = t5x.write(str(tmp_path / "src"), tower, step=5)
+  resnet = _bit_npz(str(tmp_path / "bit.npz"))
   info = importer.import_checkpoint("t5x", os.path.dirname(src), str(tmp_path / "exp"),
-                                    model="tiny")
+                                    model="tiny", visual=f"bit:{tmp_path / 'bit.npz'}")
   assert info["step"] == 5 and info["t5_overrides"] == text_tower.t5_sizes(CFG)
+  params, _ = export.load_export(str(tmp_path / "exp"))
+  got = traverse_util.flatten_dict(params["resnet"], sep="/")
+  for k, v in resnet.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
   exporter.export_text_tower("t5x", str(tmp_path / "exp"), str(tmp_path / "out"))
   _, got, step = t5x.read(str(tmp_path / "out"))
   assert step == 5
@@ -131,6 +146,15 @@ def test_a_broken_checkpoint_names_the_tensor_and_writes_nothing(tower, tmp_path
   with pytest.raises(CheckpointMismatchError, match=message):
     importer.import_checkpoint("t5x", folder, str(tmp_path / "out"), model="tiny")
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_bit_file_that_does_not_fit_writes_nothing(tower, tmp_path):
+  src = t5x.write(str(tmp_path / "src"), tower)
+  np.savez(str(tmp_path / "bit.npz"), **{"conv_root/kernel": np.zeros((7, 7, 3, 9))})
+  with pytest.raises(CheckpointMismatchError, match="bit.npz: tensor for 'block1/unit1/"):
+    importer.import_checkpoint("t5x", os.path.dirname(src), str(tmp_path / "exp"),
+                               model="tiny", visual=f"bit:{tmp_path / 'bit.npz'}")
+  assert not os.path.exists(tmp_path / "exp")
 
 
 def test_not_a_checkpoint_folder(tmp_path):
