@@ -209,6 +209,7 @@ def _copy_with(folder, dst, tensors=None, config=None):
      "'encoder.block.1.layer.0.SelfAttention.q.weight' has shape"),
     (dict(config={"d_ff": 64}), "DenseReluDense.wi_0.weight' has shape"),
     (dict(config={"feed_forward_proj": "relu"}), "feed_forward_proj='relu'"),
+    (dict(config={"model_type": "umt5"}), "model_type 'umt5' is not a T5 v1.1"),
     (dict(tensors={"encoder.embed_tokens.weight": np.zeros((VOCAB, 32), np.float32)}),
      "'encoder.embed_tokens.weight' differs from 'shared.weight'"),
 ])

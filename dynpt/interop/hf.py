@@ -94,8 +94,10 @@ def read_config(folder: str) -> tuple[configs.T5Config, bool]:
       raise CheckpointMismatchError(f"{path}: key {key!r} is missing")
     return hf.get(key, default)
 
-  if hf.get("model_type", "t5") != "t5":
-    raise CheckpointMismatchError(f"{path}: model_type {hf['model_type']!r} is not 't5'")
+  # mT5 is T5 v1.1 with a larger vocabulary; umT5 (a bias table per layer) is not.
+  if hf.get("model_type", "t5") not in ("t5", "mt5"):
+    raise CheckpointMismatchError(f"{path}: model_type {hf['model_type']!r} is not a "
+                                  "T5 v1.1 ('t5' or 'mt5')")
   ff = hf.get("feed_forward_proj", "relu")
   if ff != "gated-gelu":
     raise CheckpointMismatchError(
