@@ -86,6 +86,8 @@ def read_target(path: str) -> tuple[dict[str, Any], int | None]:
     raise CheckpointMismatchError(f"{file}: no 'optimizer/target' params (keys: "
                                   f"{sorted(state) if isinstance(state, dict) else state})")
   step = state.get("state", {}).get("step") if isinstance(state.get("state"), dict) else None
+  if _is_spec(step):
+    step = _read_array(step, folder, "state/step")
   flat = traverse_util.flatten_dict(state["target"], sep="/",
                                     is_leaf=lambda _, v: _is_spec(v))
   arrays = {k: _read_array(v, folder, "target/" + k) if _is_spec(v) else np.asarray(v)
