@@ -30,6 +30,7 @@ def test_big_vision_layout_maps_one_to_one(shapes, tmp_path):
             for k, v in flat.items()}  # Old linen: GN params [1, 1, 1, C].
   stored["params/block4/unit1/conv1/kernel"] = np.zeros((1, 1, 32, 64), np.float32)
   stored["params/head/kernel"] = np.zeros((128, 10), np.float32)
+  stored["opt/1/0/mu/conv_root/kernel"] = np.zeros_like(flat["conv_root/kernel"])
   path = str(tmp_path / "bv.npz")
   np.savez(path, **stored)
   got = traverse_util.flatten_dict(bit.read(path, CFG), sep="/")

@@ -65,11 +65,13 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 def _from_big_vision(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
   """dynpt path -> array for big_vision's names (any prefix before `conv_root`)."""
   roots = [k for k in tensors if k == "conv_root/kernel" or k.endswith("/conv_root/kernel")]
-  if len(roots) != 1:
+  if not roots:
     raise CheckpointMismatchError(
-        f"{path}: neither big_vision's BiT layout (one 'conv_root/kernel') nor the BiT "
+        f"{path}: neither big_vision's BiT layout ('conv_root/kernel') nor the BiT "
         f"release ('{_RELEASE_ROOT}'); found {sorted(tensors)[:5]}...")
-  prefix = roots[0][:-len("conv_root/kernel")]
+  # A training checkpoint also holds optimizer trees ('opt/.../conv_root/kernel'):
+  # the params are the shallowest tree.
+  prefix = min(roots, key=lambda k: (k.count("/"), k))[:-len("conv_root/kernel")]
   out = {}
   for key, value in tensors.items():
     if not key.startswith(prefix):
