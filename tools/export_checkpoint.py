@@ -1,39 +1,78 @@
 r"""Exports a run's checkpoint: params only, the gin config, the vocabulary
-path, and the T5X-layout text tower (see `dynpt.train.export`).
+path, and the T5X-layout text tower (see `dynpt.train.export`); or writes the
+text tower of a run or an export for Hugging Face or T5X (`dynpt.interop`).
 
   python tools/export_checkpoint.py --run_dir=runs/demo [--out_dir=...] [--step=N]
+  python tools/export_checkpoint.py --format=hf --run_dir=runs/demo --out_dir=hf/
+  python tools/export_checkpoint.py --format=t5x --export_dir=exports/x --out_dir=t5x/
 
-The model/data settings are read from `<run_dir>/config.gin`.
+The model/data settings of a run are read from `<run_dir>/config.gin`.
+`--format=hf` writes config.json, model.safetensors and spiece.model, which
+`T5ForConditionalGeneration.from_pretrained` loads; `--format=t5x` writes a T5X
+checkpoint folder (msgpack `checkpoint` + zarr arrays).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory.", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: <run_dir>/export.")
+_FORMAT = flags.DEFINE_enum("format", "dynpt", ["dynpt", "hf", "t5x"],
+                            "dynpt: the export finetuning reads; hf / t5x: the text "
+                            "tower for Hugging Face / T5X.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "An existing export (or import); "
+                                  "--format=hf|t5x only.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Default (dynpt): <run_dir>/export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default latest.")
+
+
+def _export_run(run_dir: str, out_dir: str | None, step: int | None):
+  from dynpt import main as dynpt_main
+
+  config = os.path.join(run_dir, "config.gin")
+  if not os.path.exists(config):
+    sys.exit(f"error: {config} not found: is {run_dir} a dynpt run dir?")
+  bindings = [f"RUN_DIR='{run_dir}'"]
+  if out_dir:
+    bindings.append(f"export.export.out_dir='{out_dir}'")
+  if step is not None:
+    bindings.append(f"export.export.step={step}")
+  try:
+    dynpt_main.parse_gin([os.path.abspath(config)], bindings)
+    return dynpt_main.run_mode("export")
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
 
 
 def main(argv) -> None:
   del argv
-  from dynpt import main as dynpt_main
+  fmt, run_dir, export_dir = _FORMAT.value, _RUN_DIR.value, _EXPORT_DIR.value
+  if fmt == "dynpt":
+    if not run_dir or export_dir:
+      sys.exit("error: the dynpt export needs --run_dir (and takes no --export_dir)")
+    print(_export_run(run_dir, _OUT_DIR.value, _STEP.value))
+    return
+  if bool(run_dir) == bool(export_dir):
+    sys.exit(f"error: --format={fmt} needs exactly one of --run_dir and --export_dir")
+  if not _OUT_DIR.value:
+    sys.exit(f"error: --format={fmt} needs --out_dir")
+  from dynpt.interop import exporter
 
-  config = os.path.join(_RUN_DIR.value, "config.gin")
-  if not os.path.exists(config):
-    sys.exit(f"error: {config} not found: is {_RUN_DIR.value} a dynpt run dir?")
-  bindings = [f"RUN_DIR='{_RUN_DIR.value}'"]
-  if _OUT_DIR.value:
-    bindings.append(f"export.export.out_dir='{_OUT_DIR.value}'")
-  if _STEP.value is not None:
-    bindings.append(f"export.export.step={_STEP.value}")
-  dynpt_main.parse_gin([os.path.abspath(config)], bindings)
-  print(dynpt_main.run_mode("export"))
+  with tempfile.TemporaryDirectory() as tmp:
+    if run_dir:
+      export_dir = os.path.join(tmp, "export")
+      _export_run(run_dir, export_dir, _STEP.value)
+    try:
+      result = exporter.export_text_tower(fmt, export_dir, _OUT_DIR.value)
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f"error: {e}")
+  print(result)
 
 
 if __name__ == "__main__":

@@ -107,11 +107,17 @@ _SIZES = {
               dict(depth=101, width=1.0, num_groups=32), 224),
 }
 MODEL_NAMES = tuple(_SIZES)
+# The T5 sizes a checkpoint may set beside a named size (`get_config(t5_overrides=...)`):
+# imported T5 v1.1 checkpoints of any size, not only the named ones.
+T5_SIZE_FIELDS = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
+                  'num_decoder_layers', 'relative_attention_num_buckets',
+                  'relative_attention_max_distance')
 
 
 def get_config(name: str, *, vocab_size: int | None = None, image_size: int | None = None,
                dtype: str | None = None, remat: bool | None = None,
-               dropout_rate: float | None = None) -> VLConfig:
+               dropout_rate: float | None = None,
+               t5_overrides: dict | None = None) -> VLConfig:
   """Returns the named model size with optional overrides.
 
   Args:
@@ -121,6 +127,8 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
     dtype: compute dtype for both towers ('float32' or 'bfloat16').
     remat: per-layer rematerialisation for both towers.
     dropout_rate: T5 dropout rate (default 0.1).
+    t5_overrides: T5 sizes (keys of `T5_SIZE_FIELDS`) replacing the named size's, e.g.
+      those of an imported checkpoint; the ResNet stays the named size's.
 
   Returns:
     A frozen `VLConfig`.
@@ -133,6 +141,10 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
   t5_kw, resnet_kw, default_image_size = _SIZES[name]
   t5_kw = dict(t5_kw, vocab_size=T5_VOCAB_SIZE if vocab_size is None else vocab_size)
   resnet_kw = dict(resnet_kw)
+  unknown = sorted(set(t5_overrides or {}) - set(T5_SIZE_FIELDS))
+  if unknown:
+    raise ValueError(f't5_overrides has unknown keys {unknown}; known: {T5_SIZE_FIELDS}')
+  t5_kw.update({k: int(v) for k, v in (t5_overrides or {}).items()})
   if dropout_rate is not None:
     t5_kw['dropout_rate'] = dropout_rate
   for key, value in (('dtype', dtype), ('remat', remat)):

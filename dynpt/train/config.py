@@ -45,6 +45,9 @@ class ModelConfig:
   dtype: str | None = None
   remat: bool | None = None
   dropout_rate: float | None = None
+  # T5 sizes of an imported checkpoint that no named size has (its export_info.json
+  # `t5_overrides`); None: the named size's.
+  t5_overrides: dict[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 `<out_dir>/` receives:
   params/             params only (orbax), what `finetune` starts from;
   config.gin          the config the run used (copied from the run dir);
-  export_info.json    model size, image size, vocabulary path, source step;
+  export_info.json    model size (and T5 sizes), image size, vocabulary path,
+                      source step;
   t5x_text_tower/     the text tower ({'target': {token_embedder, encoder,
                       decoder}}) in T5X's T5 1.1 parameter layout, so T5X
                       checkpoint tools can read it.
@@ -18,6 +19,7 @@ from typing import Any
 
 from absl import logging
 
+from dynpt.models import configs as model_configs
 from dynpt.train import checkpoints
 from dynpt.train.config import DataConfig, ModelConfig
 
@@ -39,8 +41,11 @@ def export(run_dir: str = "runs/default", out_dir: str | None = None,
   """Writes the export of `run_dir` (latest checkpoint unless `step`)."""
   out_dir = out_dir or os.path.join(run_dir, "export")
   params, step = checkpoints.restore_params(run_dir, step)
+  t5 = model_configs.get_config(model_cfg.name, t5_overrides=model_cfg.t5_overrides).t5
   info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
-          "model": model_cfg.name, "image_size": data_cfg.image_size,
+          "model": model_cfg.name, "t5_overrides": model_cfg.t5_overrides,
+          "t5": {k: getattr(t5, k) for k in model_configs.T5_SIZE_FIELDS},
+          "image_size": data_cfg.image_size,
           "input_length": data_cfg.input_length,
           "target_length": data_cfg.target_length,
           "vocabulary_path": data_cfg.vocabulary_path}

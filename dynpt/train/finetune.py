@@ -189,20 +189,7 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
   vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
-  init_params = None
-  if init_from or frozen_patterns:
-    abstract = abstract_params(model, data_cfg)
-  if init_from:
-    init_params, info = export.load_export(init_from)
-    logging.info("finetuning from %s (pretrained step %s)", init_from,
-                 info.get("step"))
-    init_params = resize_visual_positions(abstract, init_params, init_from)
-    _check_params_match(abstract, init_params, init_from)
-  if frozen_patterns:
-    labels = jax.tree.leaves(optim.frozen_labels(abstract, frozen_patterns))
-    if "frozen" not in labels:
-      raise ValueError(f"frozen_patterns {frozen_patterns} match no parameter "
-                       "(see `python tools/model_summary.py --paths`)")
+  init_params = load_init_params(init_from, model, data_cfg, frozen_patterns)
   keeper = _BestKeeper(task_names, model, vocab, data_cfg, eval_cfg,
                        train_cfg.run_dir)
   summary = loop.train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
@@ -211,6 +198,73 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
                        eval_every=eval_cfg.every)
   summary.update(eval=keeper.last, best=keeper.best)
   return summary
+
+
+def load_init_params(init_from: str | None, model, data_cfg: DataConfig,
+                     frozen_patterns: tuple[str, ...] = ()) -> Any:
+  """An export's params fitted to `model`, or None without `init_from`.
+
+  The visual position tables are resampled to the image size, every other param must
+  match (the first mismatch is named), the export's vocabulary must be the run's, and
+  `frozen_patterns` must match some param. Shared by finetuning and by pretraining
+  from an export (`pretrain_init_params`).
+  """
+  if not init_from and not frozen_patterns:
+    return None
+  abstract = abstract_params(model, data_cfg)
+  init_params = None
+  if init_from:
+    init_params, info = export.load_export(init_from)
+    logging.info("starting from %s (pretrained step %s)", init_from, info.get("step"))
+    _check_vocabulary(info, data_cfg, init_from)
+    init_params = resize_visual_positions(abstract, init_params, init_from)
+    _check_params_match(abstract, init_params, init_from)
+  if frozen_patterns:
+    labels = jax.tree.leaves(optim.frozen_labels(abstract, frozen_patterns))
+    if "frozen" not in labels:
+      raise ValueError(f"frozen_patterns {frozen_patterns} match no parameter "
+                       "(see `python tools/model_summary.py --paths`)")
+  return init_params
+
+
+def pretrain_init_params(init_from: str | None = None,
+                         model_cfg: ModelConfig = ModelConfig(),
+                         data_cfg: DataConfig = DataConfig(),
+                         frozen_patterns: tuple[str, ...] = ()) -> Any:
+  """`loop.train`'s `init_params` when pretraining starts from an export.
+
+  Bound in runs/pretrain.gin (INIT_FROM, FROZEN): params only, the optimizer starts
+  fresh, as in finetuning; a run that resumes from its own checkpoint ignores them.
+  """
+  if not init_from and not frozen_patterns:
+    return None
+  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  return load_init_params(init_from, model, data_cfg, tuple(frozen_patterns))
+
+
+def _check_vocabulary(info: dict, data_cfg: DataConfig, source: str) -> None:
+  """Fails when the export was trained with another sentencepiece model than the run's.
+
+  Same-sized vocabularies would otherwise load silently and map every id to another
+  piece. An export without a recorded vocabulary (or whose file has moved) is not
+  checked.
+  """
+  from dynpt.data import pipeline
+
+  if info.get("vocabulary_recorded") is False:
+    return  # An import given no sentencepiece model (docs/model.md).
+  theirs = info.get("vocabulary_path") or pipeline.default_vocab_path()
+  ours = data_cfg.vocabulary_path or pipeline.default_vocab_path()
+  if "://" in theirs or "://" in ours or not os.path.isfile(theirs):
+    return
+  if not os.path.isfile(ours):
+    return  # The run's own vocabulary check names it.
+  with open(theirs, "rb") as a, open(ours, "rb") as b:
+    if a.read() != b.read():
+      raise ValueError(f"export {source} was trained with the vocabulary {theirs}, the "
+                       f"run uses {ours}: set VOCABULARY (DataConfig.vocabulary_path) to "
+                       "the export's")
 
 
 # The visual position tables whose length follows the image size (one row per grid cell).
