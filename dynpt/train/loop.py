@@ -52,7 +52,11 @@ _BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
 
 
 class TrainingDivergedError(RuntimeError):
-  """Raised when the loss becomes NaN/inf; the last good checkpoint is kept."""
+  """The loss or the state became NaN/inf; the message names the step kept.
+
+  Checkpoints never hold non-finite values (`Checkpointer.save` refuses
+  them), so the newest checkpoint is the last good one.
+  """
 
 
 class _Preemption:
@@ -185,20 +189,22 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       run_dir, keep=train_cfg.keep_checkpoints,
       save_every=train_cfg.checkpoint_every,
       async_save=train_cfg.async_checkpoints)
-  latest = ckpt.latest_step()
   mixer_state = data_state = None
-  if latest is not None:
-    logging.info("resuming from checkpoint step %d in %s", latest, run_dir)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
   tx = optim.make_optimizer(dataclasses.replace(
       optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps),
       frozen_patterns)
   init_fn = model_setup.init_params_fn(model, data_cfg)
-  if latest is not None:
+  restored = None
+  if ckpt.all_steps():
     abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules,
                                                     train_cfg.seed)
-    state, mixer_state, data_state = ckpt.restore(latest, abstract, shardings)
+    # The newest step that restores; damaged ones are logged and moved aside.
+    restored = ckpt.restore_latest_good(abstract, shardings)
+  if restored is not None:
+    latest, state, mixer_state, data_state = restored
+    logging.info("resuming from checkpoint step %d in %s", latest, run_dir)
     sampler.load_state_dict(mixer_state)
   else:
     state, shardings = state_lib.create_train_state(init_fn, tx, mesh, rules,
@@ -306,6 +312,9 @@ def train(train_cfg: TrainConfig = TrainConfig(),
         if not drawn_early:
           future = mixture_input.prefetch(sampler.counts(done))
       flush()
+    except (TrainingDivergedError, checkpoints.NonFiniteStateError) as e:
+      ckpt.wait()
+      raise TrainingDivergedError(f"{e}. {_kept_checkpoint(ckpt)}") from None
     finally:
       ckpt.close()
       writer.flush()
@@ -321,6 +330,16 @@ def train(train_cfg: TrainConfig = TrainConfig(),
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
   return summary
+
+
+def _kept_checkpoint(ckpt: checkpoints.Checkpointer) -> str:
+  """Which checkpoint a diverged run leaves, for its error message."""
+  kept = ckpt.latest_step()
+  if kept is None:
+    return f"No checkpoint was written in {ckpt.directory}."
+  return (f"The newest checkpoint, step {kept} in {ckpt.directory}, holds "
+          "finite values; a restart resumes from it and diverges again unless "
+          "the config changes (e.g. a lower LEARNING_RATE).")
 
 
 class _Reporter:
@@ -356,9 +375,7 @@ class _Reporter:
     m = jax.device_get(metrics)
     loss = float(m["loss"])
     if not np.isfinite(loss):
-      raise TrainingDivergedError(
-          f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-          f"is kept in {self.cfg.run_dir}/checkpoints")
+      raise TrainingDivergedError(f"loss is {loss} at step {step}; stopping")
     counts = np.asarray(self.sampler.counts(step))
     tokens = np.asarray(m["task_tokens"], np.float64)
     sums = np.asarray(m["task_loss_sum"], np.float64)
