@@ -40,7 +40,8 @@ from jax.experimental import multihost_utils
 
 from dynpt import mixing
 from dynpt.train import batching, checkpoints, memory, model_setup, optim
-from dynpt.train import partitioning
+from dynpt.train import config as config_lib
+from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
@@ -166,11 +167,27 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       the checkpoint's S when resuming and the process count divides it,
       else one per process.
 
-  Everything that can be wrong with the configuration (unknown task or
-  sampler, batch too small for the per-task minimum, missing data) fails
-  here before the model is built.
+  Everything that can be wrong with the configuration (a field of the wrong
+  type or range, unknown task or sampler, batch too small for the per-task
+  minimum, missing data, an unwritable run directory) fails here before the
+  model is built. The run directory is locked for the whole run
+  (`run_lock.RunLock`): a second trainer on it is refused.
   """
-  train_cfg.validate()
+  config_lib.validate_configs(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
+                              model_cfg)
+  with run_lock.RunLock(train_cfg.run_dir):
+    preflight.check_writable(train_cfg.run_dir)
+    return _train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
+                  init_params, frozen_patterns, eval_fn, eval_every,
+                  num_data_shards)
+
+
+def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
+           sampler_cfg: SamplerConfig, optimizer_cfg: optim.OptimizerConfig,
+           model_cfg: ModelConfig, init_params: Any, frozen_patterns,
+           eval_fn: Any, eval_every: int,
+           num_data_shards: int | None) -> dict[str, Any]:
+  """`train` once its configs are valid and its run directory is held."""
   run_dir = train_cfg.run_dir
   os.makedirs(run_dir, exist_ok=True)
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
