@@ -240,7 +240,8 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
       task_names, sequence_length=data_cfg.sequence_length,
       image_size=data_cfg.image_size, seed=data_cfg.seed,
       data_dir=data_cfg.data_dir, split=data_cfg.split, vocabulary=vocab,
-      positions=data_state, num_data_shards=num_data_shards)
+      positions=data_state, num_data_shards=num_data_shards,
+      max_damaged_fraction=data_cfg.max_damaged_fraction)
   logging.info("model %s: %d params; %d tasks; mesh %s; %d data shards over "
                "%d processes", model_cfg.name,
                state_lib.count_params(state.params), num_tasks,
@@ -277,7 +278,8 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
   last = train_cfg.num_steps
   if start >= last:
     logging.info("run already complete at step %d", start)
-  reporter = _Reporter(writer, task_names, train_cfg, sampler, history)
+  reporter = _Reporter(writer, task_names, train_cfg, sampler, history,
+                       skip_counts=mixture_input.skipped_by_task)
   pending = None  # (step, metrics on device) of the previous step.
 
   def flush():
@@ -342,6 +344,7 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
   summary.update(run_dir=run_dir, preempted=preemption.requested,
                  compilations=p_step._cache_size(),
                  skipped_records=mixture_input.skipped,
+                 skipped_records_by_task=mixture_input.skipped_by_task(),
                  checkpoints=ckpt.directory)
   if is_chief:
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
@@ -363,8 +366,9 @@ class _Reporter:
   """Host-side bookkeeping of step metrics: sampler update, logs, history."""
 
   def __init__(self, writer, task_names, train_cfg: TrainConfig, sampler,
-               history: MixtureHistory):
+               history: MixtureHistory, skip_counts=None):
     self.writer = writer
+    self.skip_counts = skip_counts  # () -> {task: records skipped so far}.
     self.task_names = task_names
     self.cfg = train_cfg
     self.sampler = sampler
@@ -429,6 +433,9 @@ class _Reporter:
         scalars[f"train/task/{name}/loss"] = float(task_loss[i])
         self.final_task_loss[name] = float(task_loss[i])
       scalars[f"train/task/{name}/share"] = float(shares[i])
+    if self.skip_counts is not None:
+      for name, count in self.skip_counts().items():
+        scalars[f"train/task/{name}/skipped_records"] = float(count)
     self.writer.write_scalars(step + 1, scalars)
     self._last_time = now
     self._acc_loss, self._acc_n = 0.0, 0
