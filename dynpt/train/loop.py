@@ -39,7 +39,8 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from dynpt import mixing
-from dynpt.train import batching, checkpoints, memory, model_setup, optim
+from dynpt.train import batching, checkpoints, events, memory, model_setup
+from dynpt.train import optim
 from dynpt.train import config as config_lib
 from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
@@ -268,6 +269,9 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
       out_shardings=(shardings, repl), donate_argnums=(0,))
 
   is_chief = jax.process_index() == 0
+  if is_chief:  # A killed attempt's summaries after the checkpoint go.
+    events.truncate_after(os.path.join(run_dir, "tensorboard"),
+                          int(jax.device_get(state.step)))
   writer = metric_writers.create_default_writer(
       os.path.join(run_dir, "tensorboard"), just_logging=not is_chief,
       asynchronous=True)
