@@ -27,6 +27,7 @@ import shutil
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -74,6 +75,12 @@ def _from_jsonable(tree: Any) -> Any:
   return tree
 
 
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> list[jax.Array]:
+  """[all(isfinite(x)) for x in leaves]; compiled once per state structure."""
+  return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
 def _non_finite_leaves(tree: Any) -> list[str]:
   """Paths of floating-point leaves of `tree` holding NaN or inf.
 
@@ -82,12 +89,11 @@ def _non_finite_leaves(tree: Any) -> list[str]:
   """
   leaves = [(jax.tree_util.keystr(path), leaf)
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-            if hasattr(leaf, "dtype") and jax.numpy.issubdtype(
-                leaf.dtype, jax.numpy.inexact)]
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype,
+                                                         jnp.inexact)]
   if not leaves:
     return []
-  finite = jax.jit(lambda xs: [jax.numpy.all(jax.numpy.isfinite(x))
-                               for x in xs])([x for _, x in leaves])
+  finite = _finite_flags([x for _, x in leaves])
   return [name for (name, _), ok in zip(leaves, finite) if not bool(ok)]
 
 

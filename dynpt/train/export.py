@@ -19,7 +19,7 @@ from typing import Any
 from absl import logging
 
 from dynpt.train import checkpoints
-from dynpt.train.config import DataConfig, ModelConfig
+from dynpt.train.config import DataConfig, ModelConfig, validate_configs
 
 TEXT_TOWER_KEYS = ("token_embedder", "encoder", "decoder")
 
@@ -36,7 +36,12 @@ def text_tower(params: dict) -> dict:
 def export(run_dir: str = "runs/default", out_dir: str | None = None,
            step: int | None = None, model_cfg: ModelConfig = ModelConfig(),
            data_cfg: DataConfig = DataConfig()) -> dict[str, Any]:
-  """Writes the export of `run_dir` (latest checkpoint unless `step`)."""
+  """Writes the export of `run_dir` (newest usable checkpoint unless `step`).
+
+  A damaged or non-finite newest checkpoint is logged and an older one
+  exported (`checkpoints.restore_params`); the info names the step used.
+  """
+  validate_configs(model_cfg, data_cfg)
   out_dir = out_dir or os.path.join(run_dir, "export")
   params, step = checkpoints.restore_params(run_dir, step)
   info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
