@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from dynpt import main as dynpt_main
-from dynpt.train import config, loop, model_setup, optim
+from dynpt.train import config, finetune, loop, model_setup, optim
 from dynpt.train.config import (ConfigError, DataConfig, ModelConfig,
                                 SamplerConfig, TrainConfig)
 
@@ -85,13 +85,16 @@ def test_bad_type_fails_before_the_model_or_run_dir_exists(tmp_path,
   assert not run_dir.exists()
 
 
-def test_every_shipped_pretrain_config_validates():
-  for path in sorted(glob.glob(os.path.join(ROOT, "gin_configs/pretrain/*.gin"))):
+def test_every_shipped_config_validates():
+  paths = sorted(glob.glob(os.path.join(ROOT, "gin_configs/pretrain/*.gin"))
+                 + glob.glob(os.path.join(ROOT, "gin_configs/finetune/*.gin")))
+  for path in paths:
     gin.clear_config()
-    dynpt_main.parse_gin([path], ["RUN_DIR='/tmp/x'"])
+    dynpt_main.parse_gin([path], ["RUN_DIR='/tmp/x'"] + (
+        ["INIT_FROM='/tmp/e'"] if "finetune" in path else []))
     cfgs = [gin.get_configurable(c)() for c in (
         TrainConfig, DataConfig, SamplerConfig, optim.OptimizerConfig,
-        ModelConfig)]
+        ModelConfig, finetune.EvalConfig)]
     config.validate_configs(*cfgs)
   gin.clear_config()
 
@@ -127,7 +130,7 @@ def test_main_reports_a_wrong_type_as_one_error_line(tmp_path):
 def test_every_config_field_has_a_checked_type():
   # A new field must use an annotation `check_fields` understands.
   for cls in (TrainConfig, DataConfig, SamplerConfig, ModelConfig,
-              optim.OptimizerConfig):
+              optim.OptimizerConfig, finetune.EvalConfig):
     for field in dataclasses.fields(cls):
       bad = object()
       with pytest.raises(ConfigError, match=f"{cls.__name__}.{field.name}"):

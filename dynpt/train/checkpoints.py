@@ -76,9 +76,10 @@ def _from_jsonable(tree: Any) -> Any:
 
 
 @jax.jit
-def _finite_flags(leaves: list[jax.Array]) -> list[jax.Array]:
-  """[all(isfinite(x)) for x in leaves]; compiled once per state structure."""
-  return [jnp.all(jnp.isfinite(x)) for x in leaves]
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+  """[all(isfinite(x)) for x in leaves] as one bool vector (one transfer);
+  compiled once per state structure."""
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
 def _non_finite_leaves(tree: Any) -> list[str]:
@@ -93,7 +94,7 @@ def _non_finite_leaves(tree: Any) -> list[str]:
                                                          jnp.inexact)]
   if not leaves:
     return []
-  finite = _finite_flags([x for _, x in leaves])
+  finite = np.asarray(_finite_flags([x for _, x in leaves]))
   return [name for (name, _), ok in zip(leaves, finite) if not bool(ok)]
 
 

@@ -23,14 +23,14 @@ class ConfigError(ValueError):
   """A config field has the wrong type or is out of range; names the key."""
 
 
-# Ranges of numeric fields, by config class name: field -> (low, high), both
-# inclusive unless the bound is wrapped in `_Open`. Fields of configs defined
-# elsewhere (`optim.OptimizerConfig`) are listed here too, so that all range
-# rules sit in one table.
 class _Open(float):
-  """An exclusive bound."""
+  """An exclusive bound of `_RANGES`."""
 
 
+# Ranges of numeric fields, by config class name: field -> (low, high), both
+# inclusive unless the bound is an `_Open`. Configs defined elsewhere
+# (`optim.OptimizerConfig`, `finetune.EvalConfig`) are listed here too, so
+# that all range rules sit in one table.
 _RANGES: dict[str, dict[str, tuple[Any, Any]]] = {
     "TrainConfig": {
         "num_steps": (1, None), "global_batch_size": (1, None),
@@ -41,6 +41,9 @@ _RANGES: dict[str, dict[str, tuple[Any, Any]]] = {
         "input_length": (1, None), "target_length": (1, None),
         "image_size": (1, None), "max_damaged_fraction": (0.0, 1.0)},
     "ModelConfig": {"dropout_rate": (0.0, _Open(1.0))},
+    "EvalConfig": {"max_examples": (1, None), "batch_size": (1, None),
+                   "beam_size": (1, None), "max_decode_length": (1, None),
+                   "every": (0, None), "answer_vocab_size": (1, None)},
     "OptimizerConfig": {
         "learning_rate": (_Open(0.0), None), "warmup_steps": (0, None),
         "total_steps": (0, None), "end_learning_rate_factor": (0.0, None),
