@@ -187,9 +187,9 @@ def main(argv) -> None:
                       os.environ[ENV_CPU_COLLECTIVES])
   from dynpt.train import distributed
 
-  distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                     _PROCESS_ID.value)
   try:
+    distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                       _PROCESS_ID.value)
     parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   except ValueError as e:
     _exit_with_error(e)
@@ -238,8 +238,12 @@ def exit_code_for(error: BaseException) -> int | None:
 
 
 def _exit_with_error(error: BaseException, code: int = EXIT_ERROR) -> None:
-  """Logs, then prints one `error:` line to stderr and exits with `code`."""
+  """Logs, then prints one `error:` line to stderr and exits with `code`.
+
+  The traceback goes to the debug log only (`--verbosity=1` shows it).
+  """
   message = " ".join(str(error).split())
+  logging.debug("traceback of the error below", exc_info=error)
   logging.error("%s", message)
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
