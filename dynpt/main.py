@@ -9,7 +9,8 @@ parsed and checked before anything is built; a bad binding fails with gin's
 message naming the configurable and parameter, and a `--gin.NAME=` binding of
 a macro that no config references (a typo such as `--gin.NUM_STEP=2`) is
 refused. The config that ran is written to `<run_dir>/config.gin` while the
-run directory is locked (pretrain and finetune; `dynpt.train.run_lock`).
+run directory is locked (pretrain and finetune; `dynpt.train.run_lock`);
+eval and export write it only where there is none.
 
 Exit codes (docs/troubleshooting.md): 0 finished; 1 a mistake the user can
 fix, reported as one `error:` line naming the file, task or key; 3 the run
@@ -196,7 +197,10 @@ def main(argv) -> None:
   run_dir = gin.query_parameter("%RUN_DIR") if _has_macro("RUN_DIR") else None
   try:
     with _run_dir_held(run_dir, _MODE.value):
-      if run_dir and jax.process_index() == 0:
+      if run_dir and jax.process_index() == 0 and (
+          _MODE.value in LOCKED_MODES
+          or not os.path.exists(os.path.join(run_dir, "config.gin"))):
+        # eval/export keep the trainer's config.gin (a trainer may be running).
         logging.info("config written to %s", write_config(run_dir))
       result = run_mode(_MODE.value)
   except Exception as e:  # pylint: disable=broad-except
