@@ -40,6 +40,9 @@ LOCKED_MODES = ("pretrain", "finetune")  # Modes that write the run directory.
 EXIT_ERROR = 1
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
+# gin appends "In call to configurable 'train' (<function train at 0x...>)" to
+# errors raised inside a configurable; the key is already in the message.
+_GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 ENV_CPU_COLLECTIVES = "DYNPT_CPU_COLLECTIVES"
 
@@ -246,7 +249,7 @@ def _exit_with_error(error: BaseException, code: int = EXIT_ERROR) -> None:
 
   The traceback goes to the debug log only (`--verbosity=1` shows it).
   """
-  message = " ".join(str(error).split())
+  message = _GIN_CALL_NOTE.sub("", " ".join(str(error).split())).strip()
   logging.debug("traceback of the error below", exc_info=error)
   logging.error("%s", message)
   print(f"error: {message}", file=sys.stderr, flush=True)
