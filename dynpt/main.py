@@ -6,13 +6,25 @@ r"""dynpt's entry point: gin-configured pretraining, finetuning, eval, export.
 Flags (t5x-style): `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable,
 rewritten to `--gin_bindings`), `--gin_search_paths`, `--mode`. The config is
 parsed and checked before anything is built; a bad binding fails with gin's
-message naming the configurable and parameter. The config that ran is
-written to `<run_dir>/config.gin`.
+message naming the configurable and parameter, and a `--gin.NAME=` binding of
+a macro that no config references (a typo such as `--gin.NUM_STEP=2`) is
+refused. The config that ran is written to `<run_dir>/config.gin` while the
+run directory is locked (pretrain and finetune; `dynpt.train.run_lock`);
+eval and export write it only where there is none.
+
+Exit codes (docs/troubleshooting.md): 0 finished; 1 a mistake the user can
+fix, reported as one `error:` line naming the file, task or key; 3 the run
+diverged (NaN/inf; the message names the checkpoint kept); 75 (EX_TEMPFAIL)
+preempted: SIGTERM arrived, a checkpoint was saved, run it again to resume.
+Any other failure is a bug and prints a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import re
 import sys
 
 # Keep TensorFlow (input pipeline only) off accelerators and quiet.
@@ -24,6 +36,14 @@ from absl import app, flags, logging  # noqa: E402
 from dynpt import hostalloc  # noqa: E402
 
 MODES = ("pretrain", "finetune", "eval", "export")
+LOCKED_MODES = ("pretrain", "finetune")  # Modes that write the run directory.
+EXIT_ERROR = 1
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
+# gin appends "In call to configurable 'train' (<function train at 0x...>)" to
+# errors raised inside a configurable; the key is already in the message.
+_GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 ENV_CPU_COLLECTIVES = "DYNPT_CPU_COLLECTIVES"
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
@@ -99,6 +119,45 @@ def parse_gin(gin_files, bindings, search_paths=()) -> None:
                                         finalize_config=True)
   except (ValueError, IOError, TypeError, NameError) as e:
     raise ValueError(f"bad gin configuration: {e}") from e
+  check_macro_bindings(bindings)
+
+
+def _referenced_macros(value, found: set[str]) -> set[str]:
+  """Names of the macros (`%NAME`) that `value` refers to, added to `found`."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      found.add(value.scoped_selector.rsplit("/", 1)[0])
+  elif isinstance(value, dict):
+    for v in value.values():
+      _referenced_macros(v, found)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      _referenced_macros(v, found)
+  return found
+
+
+def check_macro_bindings(bindings) -> None:
+  """Refuses a `NAME=VALUE` binding of a macro that no config references.
+
+  Such a binding is a typo (`NUM_STEP=2` for `NUM_STEPS`): gin accepts it as
+  a new macro, and the run silently uses the default.
+
+  Raises:
+    ValueError: naming the binding and the closest referenced macros.
+  """
+  referenced: set[str] = set()
+  for params in gin.config._CONFIG.values():  # No public API lists them.
+    _referenced_macros(params, referenced)
+  for binding in bindings:
+    for line in str(binding).splitlines():
+      match = _MACRO_BINDING.match(line)
+      if match and match.group(1) not in referenced:
+        name = match.group(1)
+        close = difflib.get_close_matches(name, sorted(referenced), n=3)
+        hint = (f"; did you mean {', '.join(close)}?" if close else
+                f"; macros in use: {', '.join(sorted(referenced))}")
+        raise ValueError(f"--gin.{name}=...: no config uses the macro "
+                         f"%{name}, so the binding would do nothing{hint}")
 
 
 def write_config(run_dir: str) -> str:
@@ -132,22 +191,69 @@ def main(argv) -> None:
                       os.environ[ENV_CPU_COLLECTIVES])
   from dynpt.train import distributed
 
-  distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                     _PROCESS_ID.value)
   try:
+    distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                       _PROCESS_ID.value)
     parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   except ValueError as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+    _exit_with_error(e)
   run_dir = gin.query_parameter("%RUN_DIR") if _has_macro("RUN_DIR") else None
-  if run_dir and jax.process_index() == 0:
-    logging.info("config written to %s", write_config(run_dir))
   try:
-    result = run_mode(_MODE.value)
-  except (ValueError, FileNotFoundError) as e:
-    logging.exception("%s failed", _MODE.value)
-    sys.exit(f"error: {e}")
+    with _run_dir_held(run_dir, _MODE.value):
+      if run_dir and jax.process_index() == 0 and (
+          _MODE.value in LOCKED_MODES
+          or not os.path.exists(os.path.join(run_dir, "config.gin"))):
+        # eval/export keep the trainer's config.gin (a trainer may be running).
+        logging.info("config written to %s", write_config(run_dir))
+      result = run_mode(_MODE.value)
+  except Exception as e:  # pylint: disable=broad-except
+    code = exit_code_for(e)
+    if code is None:
+      raise  # A bug: the traceback is what helps.
+    _exit_with_error(e, code)
   logging.info("%s finished: %s", _MODE.value, result)
+  if isinstance(result, dict) and result.get("preempted"):
+    logging.warning("preempted: checkpoint of step %s saved; exiting with %d "
+                    "so that a wrapper restarts the run", result.get("end_step"),
+                    EXIT_PREEMPTED)
+    sys.exit(EXIT_PREEMPTED)
+
+
+def _run_dir_held(run_dir: str | None, mode: str):
+  """The run directory's lock for modes that write it, else nothing."""
+  if not run_dir or mode not in LOCKED_MODES:
+    return contextlib.nullcontext()
+  from dynpt.train import run_lock
+
+  return run_lock.RunLock(run_dir)
+
+
+def exit_code_for(error: BaseException) -> int | None:
+  """The exit code of an error a user can cause or fix; None for a bug.
+
+  Users cause: bad config values and names (ValueError, including gin's and
+  `ConfigError`), missing or unwritable files (OSError), a run directory in
+  use, and divergence. Everything else is a bug in dynpt.
+  """
+  from dynpt.train import loop, run_lock
+
+  if isinstance(error, loop.TrainingDivergedError):
+    return EXIT_DIVERGED
+  if isinstance(error, (ValueError, OSError, run_lock.RunDirInUseError)):
+    return EXIT_ERROR
+  return None
+
+
+def _exit_with_error(error: BaseException, code: int = EXIT_ERROR) -> None:
+  """Logs, then prints one `error:` line to stderr and exits with `code`.
+
+  The traceback goes to the debug log only (`--verbosity=1` shows it).
+  """
+  message = _GIN_CALL_NOTE.sub("", " ".join(str(error).split())).strip()
+  logging.debug("traceback of the error below", exc_info=error)
+  logging.error("%s", message)
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def _has_macro(name: str) -> bool:

@@ -113,7 +113,7 @@ def test_all_records_bad_raises(tmp_path, toy_vocab):
   with schema.ShardedWriter(str(tmp_path), "cc3m", "train") as writer:
     writer.write({"image/id": "a", "image/encoded": b"bad", "text/captions": ["x"]})
   it = _it("cc3m_cap", str(tmp_path), toy_vocab)
-  with pytest.raises(RuntimeError, match="cc3m_cap.*every record"):
+  with pytest.raises(pipeline.DataDamageError, match="cc3m_cap.*every record"):
     it.take(1)
 
 

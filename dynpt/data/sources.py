@@ -30,7 +30,9 @@ data path) so it never competes with JAX for device memory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 from typing import Sequence
 
@@ -40,7 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 from dynpt.data import preprocessors as pp
-from dynpt.data import schema
+from dynpt.data import record_integrity, schema
 
 
 def _keep_tensorflow_on_cpu() -> None:
@@ -101,15 +103,57 @@ def _files_key(files: Sequence[str]) -> tuple:
 
 
 @functools.lru_cache(maxsize=512)
-def _count(files_key: tuple) -> int:
+def _scan(files_key: tuple) -> tuple[int, tuple[record_integrity.Damage, ...]]:
+  """(readable records, damage of each damaged file) of `files_key`'s files.
+
+  One fast TensorFlow pass counts the records; only when it meets damage
+  (`DataLossError`) is each file checked frame by frame
+  (`record_integrity.scan_file`) to find how many records precede it.
+  """
   files = [f for f, _ in files_key]
   ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
-  return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+  try:
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1)), ()
+  except tf.errors.DataLossError:
+    pass
+  total, damaged, sound_bytes, sound_records = 0, [], 0, 0
+  for path, size in files_key:
+    count, damage = record_integrity.scan_file(path)
+    total += count
+    if damage is None:
+      sound_bytes, sound_records = sound_bytes + size, sound_records + count
+    else:
+      damaged.append(damage)
+  if sound_records:  # Where a file's framing broke, size its loss by the sound files.
+    mean = sound_bytes / sound_records
+    damaged = [d if d.exact else dataclasses.replace(
+        d, lost=max(1, math.ceil((size - d.offset) / mean)))
+        for d, size in zip(damaged, [dict(files_key)[d.path] for d in damaged])]
+  return total, tuple(damaged)
 
 
 def count_records(files: Sequence[str]) -> int:
-  """Records in `files`, counted once per process (files' sizes key the cache)."""
-  return _count(_files_key(files)) if files else 0
+  """Readable records in `files` (those before any damage), counted once per
+  process (files' sizes key the cache)."""
+  return _scan(_files_key(files))[0] if files else 0
+
+
+def damaged_files(files: Sequence[str]) -> tuple[record_integrity.Damage, ...]:
+  """The damage found in `files` (empty when all are sound); cached with the count."""
+  return _scan(_files_key(files))[1] if files else ()
+
+
+def _readable_limits(files: Sequence[str]) -> list[int]:
+  """Records to read of each file: all (-1), or those before its damage."""
+  readable = {d.path: d.readable for d in damaged_files(files)}
+  return [readable.get(f, -1) for f in files]
+
+
+def readable_records(files: Sequence[str]) -> tf.data.Dataset:
+  """Raw records of `files` in order, each damaged file cut before its damage."""
+  return tf.data.Dataset.from_tensor_slices(
+      (list(files), tf.constant(_readable_limits(files), tf.int64))).flat_map(
+          lambda path, limit: tf.data.TFRecordDataset(path).take(limit))
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,7 +179,7 @@ def label_vocabulary(data_dir: str, dataset: str) -> tuple[str, ...]:
       raise FileNotFoundError(f"label vocabulary of dataset {dataset!r}: no {path} and no "
                               f"records under {os.path.join(data_dir, dataset)}")
     spec = {"objects/label": tf.io.VarLenFeature(tf.string)}
-    ds = tf.data.TFRecordDataset(files).map(
+    ds = readable_records(files).map(
         lambda r: tf.io.parse_single_example(r, spec)["objects/label"].values)
     labels = set()
     for batch in ds.unbatch().batch(4096).as_numpy_iterator():
@@ -153,12 +197,15 @@ def _record_stream(files: Sequence[str], *, seed: int, shuffle: bool, shard_inde
            else np.arange(len(files)))
   file_ids = tf.constant(order, tf.int64)
   paths = tf.constant([files[i] for i in order])
+  limits = _readable_limits(files)
+  limits = tf.constant([limits[i] for i in order], tf.int64)
 
-  def read(file_id, path):
-    return tf.data.TFRecordDataset(path).enumerate().map(
+  def read(file_id, path, limit):
+    # A damaged file is read up to its damage only (`take(-1)` reads all).
+    return tf.data.TFRecordDataset(path).take(limit).enumerate().map(
         _no_autograph(lambda i, raw: (file_id * _FILE_KEY_SHIFT + i, raw)))
 
-  ds = tf.data.Dataset.from_tensor_slices((file_ids, paths)).interleave(
+  ds = tf.data.Dataset.from_tensor_slices((file_ids, paths, limits)).interleave(
       _no_autograph(read), cycle_length=min(len(files), 16), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if shuffle:
@@ -207,6 +254,30 @@ class SchemaDataSource(seqio.DataSource):
 
   def num_records(self, split: str, data_dir: str | None = None) -> int:
     return count_records(self.files(split, data_dir))
+
+  def damage(self, split: str, data_dir: str | None = None
+             ) -> tuple[record_integrity.Damage, ...]:
+    """Damaged files of `split` (whose records after the damage are not read)."""
+    return damaged_files(self.files(split, data_dir))
+
+  def record_location(self, split: str, *, data_dir: str | None, seed: int, epoch: int,
+                      shuffle: bool, shard_index: int, num_shards: int, index: int,
+                      buffer_size: int = DEFAULT_SHUFFLE_BUFFER) -> tuple[str, int]:
+    """(file, record index in that file) of record `index` of an epoch's shard.
+
+    Replays the raw record order up to `index` (bytes only, no parsing), so
+    it costs a fraction of an epoch's reading: meant for naming the few
+    records a run had to skip, not for every record.
+    """
+    data_dir = schema.get_data_dir(data_dir)
+    files = self.files(split, data_dir)
+    ds = _record_stream(files, seed=derive_seed(seed, epoch, 0), shuffle=shuffle,
+                        shard_index=shard_index, num_shards=num_shards, offset=index,
+                        buffer_size=buffer_size).take(1)
+    for key, _ in ds.as_numpy_iterator():
+      return files[int(key) // _FILE_KEY_SHIFT], int(key) % _FILE_KEY_SHIFT
+    raise IndexError(f"{self!r}: split {split!r} shard {shard_index}/{num_shards} has no "
+                     f"record {index} in epoch {epoch}")
 
   def num_input_examples(self, split: str) -> int | None:
     files = list_files(schema.get_data_dir(), self.dataset, split)

@@ -53,6 +53,7 @@ class MixtureInput:
       checkpoint, or None for a fresh run; re-split when S0 != S.
     num_data_shards: S, the logical data shards (default: one per process);
       must be divisible by `process_count`.
+    max_damaged_fraction: passed to every `TaskIterator`.
 
   Raises:
     ValueError: if `num_data_shards` is not a positive multiple of the
@@ -65,7 +66,8 @@ class MixtureInput:
                process_index: int | None = None,
                process_count: int | None = None,
                positions: dict | None = None,
-               num_data_shards: int | None = None):
+               num_data_shards: int | None = None,
+               max_damaged_fraction: float = 0.01):
     self.task_names = list(task_names)
     self.process_index = (jax.process_index() if process_index is None
                           else process_index)
@@ -92,7 +94,8 @@ class MixtureInput:
             name, task_id=i, sequence_length=sequence_length,
             image_size=image_size, seed=seed, split=split, data_dir=data_dir,
             shard_index=k, num_shards=self.num_data_shards,
-            start_position=int(positions[name][k]), vocabulary=vocabulary)
+            start_position=int(positions[name][k]), vocabulary=vocabulary,
+            max_damaged_fraction=max_damaged_fraction)
         for i, name in enumerate(self.task_names)] for k in self.shard_indices]
     self._executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="batch_assembly")
@@ -127,8 +130,18 @@ class MixtureInput:
 
   @property
   def skipped(self) -> int:
-    return int(sum(getattr(it, "skipped", 0)
-                   for its in self.iterators for it in its))
+    return int(sum(self.skipped_by_task().values()))
+
+  def skipped_by_task(self) -> dict[str, int]:
+    """{task: records this process skipped}: unreadable records, plus (on the
+    process reading logical shard 0) the records lost to damaged files."""
+    counts = {}
+    for i, name in enumerate(self.task_names):
+      its = [shard[i] for shard in self.iterators]
+      damaged = (getattr(its[0], "damaged_records", 0)
+                 if self.shard_indices[0] == 0 else 0)
+      counts[name] = int(sum(getattr(it, "skipped", 0) for it in its) + damaged)
+    return counts
 
   def close(self) -> None:
     self._executor.shutdown(wait=True)

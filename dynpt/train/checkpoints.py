@@ -7,6 +7,14 @@ all-or-nothing:
   mixer  — the sampler's state (plain numpy arrays, a few of length |T|);
   data   — per-task data positions (JSON: a few integers per task).
 Saving is asynchronous: the step does not wait for the write.
+
+What goes wrong on real clusters is handled here (docs/troubleshooting.md):
+- `save` refuses a state with NaN/inf (`NonFiniteStateError`), so a diverged
+  run never leaves a poisoned checkpoint to resume into;
+- `restore_latest_good` takes the newest step that validates (see
+  `dynpt.train.checkpoint_validation`): damaged newer steps are logged and
+  moved to `<run_dir>/corrupt_checkpoints/`, never deleted; when none is
+  good it fails naming them all (`NoUsableCheckpointError`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from dynpt.train.checkpoint_validation import (CORRUPT_DIR, CheckpointProblem,
+                                               NoUsableCheckpointError,
+                                               move_aside, non_finite_leaves,
+                                               restore_with_fallback)
+
+__all__ = ["CORRUPT_DIR", "Checkpointer", "NoUsableCheckpointError",
+           "NonFiniteStateError", "load_params", "restore_params",
+           "save_params"]
+
+
+class NonFiniteStateError(ValueError):
+  """A state to be saved holds NaN/inf; it was not saved."""
 
 
 def _jsonable(tree: Any) -> Any:
@@ -50,6 +71,7 @@ class Checkpointer:
 
   def __init__(self, run_dir: str, *, keep: int = 3, save_every: int = 1000,
                async_save: bool = True):
+    self.run_dir = os.path.abspath(run_dir)
     self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
@@ -70,7 +92,17 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, mixer_state: dict,
            data_state: dict) -> None:
-    """Saves asynchronously; returns once device buffers are copied."""
+    """Saves asynchronously; returns once device buffers are copied.
+
+    Raises:
+      NonFiniteStateError: naming the step and the first bad leaves, when the
+        state holds NaN/inf (nothing is written).
+    """
+    bad = non_finite_leaves(state)
+    if bad:
+      raise NonFiniteStateError(
+          f"the state after step {step} holds NaN/inf in {len(bad)} arrays "
+          f"(e.g. {', '.join(bad[:3])}); checkpoint {step} was not written")
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         mixer=ocp.args.JsonSave(_jsonable(mixer_state)),
@@ -90,6 +122,42 @@ class Checkpointer:
     return (restored["state"], _from_jsonable(restored["mixer"]),
             _from_jsonable(restored["data"]))
 
+  def restore_latest_good(self, abstract_state: Any, shardings: Any
+                          ) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, mixer, data) of the newest usable checkpoint, or None.
+
+    A step that fails `check_step_files`, fails to restore or holds NaN/inf
+    is logged (step, file, reason) and the next older one is tried; once one
+    restores, the bad newer ones are moved to
+    `<run_dir>/corrupt_checkpoints/<step>` (never deleted).
+
+    Raises:
+      NoUsableCheckpointError: when checkpoints exist but none is usable.
+    """
+    def restore_step(step):
+      restored = self.restore(step, abstract_state, shardings)
+      bad = non_finite_leaves(restored[0])
+      if bad:
+        raise CheckpointProblem(
+            f"state holds NaN/inf in {len(bad)} arrays (e.g. {bad[0]})")
+      return restored
+
+    def set_aside(step, folder):
+      dest = move_aside(self.run_dir, folder)
+      logging.warning("moved the unusable checkpoint of step %d to %s", step,
+                      dest)
+
+    found = restore_with_fallback(self.all_steps(), self._step_dir,
+                                  restore_step, set_aside)
+    self._manager.reload()
+    if found is None:
+      return None
+    step, (state, mixer, data) = found
+    return step, state, mixer, data
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
@@ -99,30 +167,57 @@ class Checkpointer:
 
 
 def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
-  """Params (host numpy arrays) of a run's checkpoint; latest by default.
+  """Params (host numpy arrays) of a run's checkpoint; latest good by default.
 
   Reads only what was saved (no optimizer or model config needed), so export
   works whatever optimizer the run used. The arrays are restored onto this
   process's first device, whatever topology saved them (a checkpoint of a
-  multi-host run can be exported on one machine).
+  multi-host run can be exported on one machine). Without `step`, a damaged
+  or non-finite newest checkpoint is logged and the next older one is used;
+  nothing is moved (export may run beside a trainer; the trainer moves bad
+  steps aside when it next starts).
+
+  Raises:
+    FileNotFoundError: when there is no checkpoint (or no step `step`).
+    NoUsableCheckpointError: naming each step tried, when none is usable.
   """
   directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_names=("state",),
       item_handlers={"state": ocp.StandardCheckpointHandler()})
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = list(manager.all_steps())
+  if step is not None:
+    if step not in steps:
+      manager.close()
+      raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; "
+                              f"steps there: {sorted(steps)}")
+    steps = [step]
+  if not steps:
+    manager.close()
     raise FileNotFoundError(f"no checkpoint in {directory}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      manager.item_metadata(step)["state"])
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))
-  manager.close()
-  params = jax.tree.map(np.asarray, restored["state"]["params"])
-  return params, int(step)
+
+  def restore_step(s):
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(s)["state"])
+    restored = manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+    params = restored["state"]["params"]
+    bad = non_finite_leaves(params)
+    if bad:
+      raise CheckpointProblem(
+          f"params hold NaN/inf in {len(bad)} arrays (e.g. {bad[0]})")
+    return jax.tree.map(np.asarray, params)
+
+  try:
+    found_step, params = restore_with_fallback(
+        steps, lambda s: os.path.join(directory, str(s)), restore_step,
+        items=("state",))
+  finally:
+    manager.close()
+  return params, int(found_step)
 
 
 def save_params(directory: str, params: Any) -> None:

@@ -1,16 +1,133 @@
 """Plain dataclasses that gin binds (library code never imports gin).
 
 A gin file sets their fields (`config.TrainConfig.num_steps = 1000`) and
-passes instances to `dynpt.train.loop.train`. Validation happens in
-`validate()`, before any model is built or step is run.
+passes instances to `dynpt.train.loop.train`. `validate_configs` checks every
+field of every config (type against its annotation, then range) before any
+model is built or step is run, so `NUM_STEPS='three'` or
+`checkpoint_every='2'` fail at once with a `ConfigError` naming the key and
+the value, not at the first step with a `TypeError` naming neither.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Any
 
 from dynpt.train import losses, partitioning
+
+
+class ConfigError(ValueError):
+  """A config field has the wrong type or is out of range; names the key."""
+
+
+class _Open(float):
+  """An exclusive bound of `_RANGES`."""
+
+
+# Ranges of numeric fields, by config class name: field -> (low, high), both
+# inclusive unless the bound is an `_Open`. Configs defined elsewhere
+# (`optim.OptimizerConfig`, `finetune.EvalConfig`) are listed here too, so
+# that all range rules sit in one table.
+_RANGES: dict[str, dict[str, tuple[Any, Any]]] = {
+    "TrainConfig": {
+        "num_steps": (1, None), "global_batch_size": (1, None),
+        "num_model_partitions": (1, None), "checkpoint_every": (0, None),
+        "keep_checkpoints": (1, None), "log_every": (1, None),
+        "history_every": (1, None), "label_smoothing": (0.0, _Open(1.0))},
+    "DataConfig": {
+        "input_length": (1, None), "target_length": (1, None),
+        "image_size": (1, None), "max_damaged_fraction": (0.0, 1.0)},
+    "ModelConfig": {"dropout_rate": (0.0, _Open(1.0))},
+    "EvalConfig": {"max_examples": (1, None), "batch_size": (1, None),
+                   "beam_size": (1, None), "max_decode_length": (1, None),
+                   "every": (0, None), "answer_vocab_size": (1, None)},
+    "OptimizerConfig": {
+        "learning_rate": (_Open(0.0), None), "warmup_steps": (0, None),
+        "total_steps": (0, None), "end_learning_rate_factor": (0.0, None),
+        "weight_decay": (0.0, None), "b1": (0.0, _Open(1.0)),
+        "b2": (0.0, _Open(1.0)), "eps": (_Open(0.0), None),
+        "grad_clip_norm": (0.0, None)},
+}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+  """Whether `value` fits the annotation `hint` (the subset configs use)."""
+  if hint is Any:
+    return True
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_matches(value, h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+  if hint is str:
+    return isinstance(value, str)
+  if origin is dict or hint is dict:
+    return isinstance(value, dict)
+  if origin in (tuple, list) or hint in (tuple, list):
+    return isinstance(value, (tuple, list))
+  return True  # Annotations configs do not use are not checked.
+
+
+def _describe(hint: Any) -> str:
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    return " or ".join(_describe(h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return "None"
+  if hint is float:
+    return "a finite number"
+  return getattr(hint, "__name__", str(hint))
+
+
+def check_fields(cfg: Any) -> None:
+  """Checks each field of the dataclass `cfg` against its type and range.
+
+  Raises:
+    ConfigError: `'<Class>.<field>=<value>: expected ...'` for the first bad
+      field.
+  """
+  cls = type(cfg)
+  hints = typing.get_type_hints(cls)
+  ranges = _RANGES.get(cls.__name__, {})
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    key = f"{cls.__name__}.{field.name}={value!r}"
+    if not _matches(value, hints[field.name]):
+      raise ConfigError(f"{key}: expected {_describe(hints[field.name])}, "
+                        f"got {type(value).__name__}")
+    if field.name not in ranges or value is None:
+      continue
+    low, high = ranges[field.name]
+    if low is not None and (value < low or
+                            (isinstance(low, _Open) and value == low)):
+      op = ">" if isinstance(low, _Open) else ">="
+      raise ConfigError(f"{key}: must be {op} {low:g}")
+    if high is not None and (value > high or
+                             (isinstance(high, _Open) and value == high)):
+      op = "<" if isinstance(high, _Open) else "<="
+      raise ConfigError(f"{key}: must be {op} {high:g}")
+
+
+def validate_configs(*cfgs: Any) -> None:
+  """`check_fields` on each config, then its own `validate()` if it has one.
+
+  Called first thing by `loop.train` (and export), before any data is read
+  or model built.
+  """
+  for cfg in cfgs:
+    check_fields(cfg)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+      validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +141,9 @@ class DataConfig:
   image_size: int = 224
   split: str = "train"
   seed: int = 0
+  # Damaged TFRecord shards: the records after the damage are skipped (and
+  # logged); more than this fraction of a task's split lost fails the run.
+  max_damaged_fraction: float = 0.01
 
   @property
   def sequence_length(self) -> dict[str, int]:
@@ -69,19 +189,12 @@ class TrainConfig:
   progress_bar: bool = True
 
   def validate(self) -> None:
+    check_fields(self)
     if self.loss_normalization not in losses.LOSS_NORMALIZATIONS:
-      raise ValueError(
+      raise ConfigError(
           f"TrainConfig.loss_normalization={self.loss_normalization!r}; known: "
           f"{losses.LOSS_NORMALIZATIONS}")
     if self.partition_mode not in partitioning.PARTITION_MODES:
-      raise ValueError(
+      raise ConfigError(
           f"TrainConfig.partition_mode={self.partition_mode!r}; known: "
           f"{partitioning.PARTITION_MODES}")
-    for name in ("num_steps", "global_batch_size", "log_every",
-                 "history_every", "keep_checkpoints", "num_model_partitions"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"TrainConfig.{name} must be >= 1, got "
-                         f"{getattr(self, name)}")
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got "
-                       f"{self.label_smoothing}")

@@ -21,7 +21,7 @@ from absl import logging
 
 from dynpt.models import configs as model_configs
 from dynpt.train import checkpoints
-from dynpt.train.config import DataConfig, ModelConfig
+from dynpt.train.config import DataConfig, ModelConfig, validate_configs
 
 TEXT_TOWER_KEYS = ("token_embedder", "encoder", "decoder")
 
@@ -38,7 +38,12 @@ def text_tower(params: dict) -> dict:
 def export(run_dir: str = "runs/default", out_dir: str | None = None,
            step: int | None = None, model_cfg: ModelConfig = ModelConfig(),
            data_cfg: DataConfig = DataConfig()) -> dict[str, Any]:
-  """Writes the export of `run_dir` (latest checkpoint unless `step`)."""
+  """Writes the export of `run_dir` (newest usable checkpoint unless `step`).
+
+  A damaged or non-finite newest checkpoint is logged and an older one
+  exported (`checkpoints.restore_params`); the info names the step used.
+  """
+  validate_configs(model_cfg, data_cfg)
   out_dir = out_dir or os.path.join(run_dir, "export")
   params, step = checkpoints.restore_params(run_dir, step)
   t5 = model_configs.get_config(model_cfg.name, t5_overrides=model_cfg.t5_overrides).t5

@@ -22,7 +22,8 @@ from absl import logging
 
 from dynpt.models import decoding
 from dynpt.train import checkpoints, export, loop, model_setup, optim
-from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
+from dynpt.train.config import (DataConfig, ModelConfig, SamplerConfig, TrainConfig,
+                                validate_configs)
 
 # Ground-truth features each kind of task keeps for its metric.
 _PASSTHROUGH = {"refcoco": ("gt_box", "image_wh"),
@@ -186,6 +187,8 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   Returns:
     the train summary plus `eval` (last evaluation) and `best` (its score).
   """
+  validate_configs(train_cfg, data_cfg, optimizer_cfg, model_cfg, sampler_cfg,
+                   eval_cfg)
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
   vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)

@@ -39,8 +39,10 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from dynpt import mixing
-from dynpt.train import batching, checkpoints, memory, model_setup, optim
-from dynpt.train import partitioning
+from dynpt.train import batching, checkpoints, events, memory, model_setup
+from dynpt.train import optim
+from dynpt.train import config as config_lib
+from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
@@ -52,7 +54,11 @@ _BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
 
 
 class TrainingDivergedError(RuntimeError):
-  """Raised when the loss becomes NaN/inf; the last good checkpoint is kept."""
+  """The loss or the state became NaN/inf; the message names the step kept.
+
+  Checkpoints never hold non-finite values (`Checkpointer.save` refuses
+  them), so the newest checkpoint is the last good one.
+  """
 
 
 class _Preemption:
@@ -162,11 +168,27 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       the checkpoint's S when resuming and the process count divides it,
       else one per process.
 
-  Everything that can be wrong with the configuration (unknown task or
-  sampler, batch too small for the per-task minimum, missing data) fails
-  here before the model is built.
+  Everything that can be wrong with the configuration (a field of the wrong
+  type or range, unknown task or sampler, batch too small for the per-task
+  minimum, missing data, an unwritable run directory) fails here before the
+  model is built. The run directory is locked for the whole run
+  (`run_lock.RunLock`): a second trainer on it is refused.
   """
-  train_cfg.validate()
+  config_lib.validate_configs(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
+                              model_cfg)
+  with run_lock.RunLock(train_cfg.run_dir):
+    preflight.check_writable(train_cfg.run_dir)
+    return _train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
+                  init_params, frozen_patterns, eval_fn, eval_every,
+                  num_data_shards)
+
+
+def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
+           sampler_cfg: SamplerConfig, optimizer_cfg: optim.OptimizerConfig,
+           model_cfg: ModelConfig, init_params: Any, frozen_patterns,
+           eval_fn: Any, eval_every: int,
+           num_data_shards: int | None) -> dict[str, Any]:
+  """`train` once its configs are valid and its run directory is held."""
   run_dir = train_cfg.run_dir
   os.makedirs(run_dir, exist_ok=True)
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
@@ -185,20 +207,22 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       run_dir, keep=train_cfg.keep_checkpoints,
       save_every=train_cfg.checkpoint_every,
       async_save=train_cfg.async_checkpoints)
-  latest = ckpt.latest_step()
   mixer_state = data_state = None
-  if latest is not None:
-    logging.info("resuming from checkpoint step %d in %s", latest, run_dir)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
   tx = optim.make_optimizer(dataclasses.replace(
       optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps),
       frozen_patterns)
   init_fn = model_setup.init_params_fn(model, data_cfg)
-  if latest is not None:
+  restored = None
+  if ckpt.all_steps():
     abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules,
                                                     train_cfg.seed)
-    state, mixer_state, data_state = ckpt.restore(latest, abstract, shardings)
+    # The newest step that restores; damaged ones are logged and moved aside.
+    restored = ckpt.restore_latest_good(abstract, shardings)
+  if restored is not None:
+    latest, state, mixer_state, data_state = restored
+    logging.info("resuming from checkpoint step %d in %s", latest, run_dir)
     sampler.load_state_dict(mixer_state)
   else:
     state, shardings = state_lib.create_train_state(init_fn, tx, mesh, rules,
@@ -217,7 +241,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       task_names, sequence_length=data_cfg.sequence_length,
       image_size=data_cfg.image_size, seed=data_cfg.seed,
       data_dir=data_cfg.data_dir, split=data_cfg.split, vocabulary=vocab,
-      positions=data_state, num_data_shards=num_data_shards)
+      positions=data_state, num_data_shards=num_data_shards,
+      max_damaged_fraction=data_cfg.max_damaged_fraction)
   logging.info("model %s: %d params; %d tasks; mesh %s; %d data shards over "
                "%d processes", model_cfg.name,
                state_lib.count_params(state.params), num_tasks,
@@ -244,6 +269,9 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       out_shardings=(shardings, repl), donate_argnums=(0,))
 
   is_chief = jax.process_index() == 0
+  if is_chief:  # A killed attempt's summaries after the checkpoint go.
+    events.truncate_after(os.path.join(run_dir, "tensorboard"),
+                          int(jax.device_get(state.step)))
   writer = metric_writers.create_default_writer(
       os.path.join(run_dir, "tensorboard"), just_logging=not is_chief,
       asynchronous=True)
@@ -254,7 +282,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   last = train_cfg.num_steps
   if start >= last:
     logging.info("run already complete at step %d", start)
-  reporter = _Reporter(writer, task_names, train_cfg, sampler, history)
+  reporter = _Reporter(writer, task_names, train_cfg, sampler, history,
+                       skip_counts=mixture_input.skipped_by_task)
   pending = None  # (step, metrics on device) of the previous step.
 
   def flush():
@@ -306,6 +335,9 @@ def train(train_cfg: TrainConfig = TrainConfig(),
         if not drawn_early:
           future = mixture_input.prefetch(reporter.draw(done))
       flush()
+    except (TrainingDivergedError, checkpoints.NonFiniteStateError) as e:
+      ckpt.wait()
+      raise TrainingDivergedError(f"{e}. {_kept_checkpoint(ckpt)}") from None
     finally:
       ckpt.close()
       writer.flush()
@@ -316,6 +348,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   summary.update(run_dir=run_dir, preempted=preemption.requested,
                  compilations=p_step._cache_size(),
                  skipped_records=mixture_input.skipped,
+                 skipped_records_by_task=mixture_input.skipped_by_task(),
                  checkpoints=ckpt.directory)
   if is_chief:
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
@@ -323,12 +356,23 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   return summary
 
 
+def _kept_checkpoint(ckpt: checkpoints.Checkpointer) -> str:
+  """Which checkpoint a diverged run leaves, for its error message."""
+  kept = ckpt.latest_step()
+  if kept is None:
+    return f"No checkpoint was written in {ckpt.directory}."
+  return (f"The newest checkpoint, step {kept} in {ckpt.directory}, holds "
+          "finite values; a restart resumes from it and diverges again unless "
+          "the config changes (e.g. a lower LEARNING_RATE).")
+
+
 class _Reporter:
   """Host-side bookkeeping of step metrics: sampler update, logs, history."""
 
   def __init__(self, writer, task_names, train_cfg: TrainConfig, sampler,
-               history: MixtureHistory):
+               history: MixtureHistory, skip_counts=None):
     self.writer = writer
+    self.skip_counts = skip_counts  # () -> {task: records skipped so far}.
     self.task_names = task_names
     self.cfg = train_cfg
     self.sampler = sampler
@@ -365,9 +409,7 @@ class _Reporter:
     m = jax.device_get(metrics)
     loss = float(m["loss"])
     if not np.isfinite(loss):
-      raise TrainingDivergedError(
-          f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-          f"is kept in {self.cfg.run_dir}/checkpoints")
+      raise TrainingDivergedError(f"loss is {loss} at step {step}; stopping")
     shares, counts = self._drawn.pop(step, None) or (
         np.asarray(self.sampler.shares(step), np.float64),
         np.asarray(self.sampler.counts(step)))
@@ -405,6 +447,9 @@ class _Reporter:
         scalars[f"train/task/{name}/loss"] = float(task_loss[i])
         self.final_task_loss[name] = float(task_loss[i])
       scalars[f"train/task/{name}/share"] = float(shares[i])
+    if self.skip_counts is not None:
+      for name, count in self.skip_counts().items():
+        scalars[f"train/task/{name}/skipped_records"] = float(count)
     self.writer.write_scalars(step + 1, scalars)
     self._last_time = now
     self._acc_loss, self._acc_n = 0.0, 0

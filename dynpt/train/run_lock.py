@@ -1,0 +1,148 @@
+"""One trainer per run directory: an advisory lock on `<run_dir>/.lock`.
+
+Two trainers on one RUN_DIR interleave the mixture history, overwrite each
+other's checkpoints and `config.gin`. The lock is `flock(2)` on a file in the
+run directory: the kernel drops it when the holder exits however it exits
+(`kill -9` included), so a crashed run never leaves a stale lock. The file
+keeps the holder's host, pid, start time and command line so the refusal
+names it.
+
+Works on local disks and on NFS (where flock is emulated with POSIX locks).
+Object stores (`gs://`, `s3://`) have no locks: there only the launcher can
+ensure that one job writes a run directory, and `acquire` says so in the log.
+Multi-host runs lock from process 0, and every process learns the answer.
+
+Holding is re-entrant within a process (`dynpt.main` holds the lock while it
+writes `config.gin`, then `loop.train` takes it again).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+LOCK_FILE = ".lock"
+
+_HELD: dict[str, list[int]] = {}  # real path of the lock file -> [fd, depth].
+_HELD_GUARD = threading.Lock()
+
+
+class RunDirInUseError(RuntimeError):
+  """Another process holds the run directory; the message names it."""
+
+
+def is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def _holder_info() -> dict:
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec="seconds"),
+          "command": " ".join(sys.argv)[:500]}
+
+
+def describe_holder(lock_path: str) -> str:
+  """'pid 123 on host h since t (command ...)', from the lock file's text."""
+  try:
+    with open(lock_path) as f:
+      info = json.load(f)
+    return (f"pid {info['pid']} on host {info['host']} since "
+            f"{info['started']} (command: {info['command']})")
+  except (OSError, ValueError, KeyError, TypeError):
+    return "a process that has not written its name yet"
+
+
+def _lock_locally(lock_path: str) -> str | None:
+  """Takes the lock (or deepens a hold); None, or the holder's description."""
+  key = os.path.realpath(lock_path)
+  with _HELD_GUARD:
+    if key in _HELD:
+      _HELD[key][1] += 1
+      return None
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        return describe_holder(lock_path)
+      raise
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(_holder_info()).encode())
+    os.fsync(fd)
+    _HELD[key] = [fd, 1]
+    return None
+
+
+def _unlock_locally(lock_path: str) -> None:
+  key = os.path.realpath(lock_path)
+  with _HELD_GUARD:
+    held = _HELD.get(key)
+    if held is None:
+      return
+    held[1] -= 1
+    if held[1] == 0:
+      fcntl.flock(held[0], fcntl.LOCK_UN)
+      os.close(held[0])
+      del _HELD[key]
+
+
+class RunLock:
+  """Context manager holding `run_dir` for this trainer.
+
+  Raises (on enter):
+    RunDirInUseError: naming the holder (pid, host, start, command) when
+      another process holds the directory.
+  """
+
+  def __init__(self, run_dir: str):
+    self.run_dir = run_dir
+    self.lock_path = os.path.join(os.path.abspath(run_dir), LOCK_FILE)
+    self._held = False
+
+  def acquire(self) -> None:
+    if not is_local(self.run_dir):
+      logging.warning(
+          "run directory %s is not on a local or NFS disk: it cannot be "
+          "locked, so make sure only one job writes it (one job per RUN_DIR "
+          "in the launcher)", self.run_dir)
+      return
+    holder = None
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
+      holder = _lock_locally(self.lock_path)
+    if jax.process_count() > 1:
+      refused = multihost_utils.broadcast_one_to_all(
+          np.asarray(holder is not None, np.int32))
+      if bool(refused) and holder is None:
+        holder = "another trainer (see the log of process 0)"
+    if holder is not None:
+      raise RunDirInUseError(
+          f"run directory {self.run_dir} is in use by {holder}; a second "
+          "trainer would corrupt its checkpoints and history. Wait for it to "
+          "finish, stop it, or choose another RUN_DIR")
+    self._held = jax.process_index() == 0
+
+  def release(self) -> None:
+    if self._held:
+      _unlock_locally(self.lock_path)
+      self._held = False
+
+  def __enter__(self) -> "RunLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *unused) -> None:
+    self.release()

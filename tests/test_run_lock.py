@@ -1,0 +1,128 @@
+"""One trainer per run directory; unwritable run directories fail before training."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dynpt.train import loop, model_setup, preflight, run_lock
+from dynpt.train.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def held_by_another_process(tmp_path):
+  """A child process holding tmp_path/run; yields (run_dir, child)."""
+  run_dir = tmp_path / "run"
+  code = textwrap.dedent(f"""
+      import sys, time
+      from dynpt.train import run_lock
+      with run_lock.RunLock({str(run_dir)!r}):
+        print("held", flush=True)
+        time.sleep(600)
+  """)
+  child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=ROOT),
+                           stdout=subprocess.PIPE, text=True)
+  assert child.stdout.readline().strip() == "held"
+  yield str(run_dir), child
+  if child.poll() is None:
+    child.kill()
+  child.wait()
+
+
+def test_a_second_trainer_is_refused_naming_the_holder(held_by_another_process):
+  run_dir, child = held_by_another_process
+  with pytest.raises(run_lock.RunDirInUseError) as err:
+    run_lock.RunLock(run_dir).acquire()
+  message = str(err.value)
+  assert f"pid {child.pid}" in message and run_dir in message
+  # The kernel drops the lock when the holder dies, even by kill -9.
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  with run_lock.RunLock(run_dir):
+    pass
+
+
+def test_train_refuses_before_building_anything(held_by_another_process,
+                                                monkeypatch):
+  run_dir, child = held_by_another_process
+
+  def must_not_build(*a, **k):
+    raise AssertionError("built the model of a refused run")
+
+  monkeypatch.setattr(model_setup, "build_model", must_not_build)
+  monkeypatch.setattr(model_setup, "resolve_task_names", must_not_build)
+  with pytest.raises(run_lock.RunDirInUseError, match=f"pid {child.pid}"):
+    loop.train(TrainConfig(run_dir=run_dir, num_steps=2,
+                           global_batch_size=4))
+  assert sorted(os.listdir(run_dir)) == [run_lock.LOCK_FILE]
+
+
+def test_main_refuses_a_second_trainer_and_keeps_its_config(
+    held_by_another_process):
+  run_dir, child = held_by_another_process
+  proc = subprocess.run(
+      [sys.executable, "-m", "dynpt.main", "--gin_file=pretrain/toy_cpu.gin",
+       f"--gin.RUN_DIR='{run_dir}'", "--gin.SEED=1"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+      text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: run directory") and f"pid {child.pid}" in last
+  assert "Traceback" not in proc.stderr
+  # The refused run wrote nothing: no config.gin of seed 1 beside the holder's run.
+  assert not os.path.exists(os.path.join(run_dir, "config.gin"))
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+  with run_lock.RunLock(str(tmp_path)):
+    with run_lock.RunLock(str(tmp_path)):
+      pass
+    # Still held by the outer one: another process would be refused.
+    assert run_lock._HELD
+  assert not run_lock._HELD
+
+
+def test_object_store_run_dirs_are_not_locked_but_warned(caplog):
+  with caplog.at_level("WARNING"):
+    with run_lock.RunLock("gs://bucket/run"):
+      pass
+  assert "cannot be locked" in caplog.text
+
+
+def test_a_file_where_checkpoints_go_fails_before_training(tmp_path,
+                                                           monkeypatch):
+  (tmp_path / "checkpoints").write_text("not a folder")
+
+  def must_not_build(*a, **k):
+    raise AssertionError("built the model of a run that cannot save")
+
+  monkeypatch.setattr(model_setup, "build_model", must_not_build)
+  monkeypatch.setattr(model_setup, "resolve_task_names", must_not_build)
+  with pytest.raises(preflight.NotWritableError,
+                     match=f"{tmp_path}/checkpoints is not a folder"):
+    loop.train(TrainConfig(run_dir=str(tmp_path), num_steps=2,
+                           global_batch_size=4))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only folders")
+def test_a_read_only_checkpoints_folder_is_found_before_training(tmp_path):
+  ckpt = tmp_path / "checkpoints"
+  ckpt.mkdir()
+  ckpt.chmod(0o555)
+  try:
+    with pytest.raises(preflight.NotWritableError, match="checkpoints"):
+      preflight.check_writable(str(tmp_path))
+  finally:
+    ckpt.chmod(0o755)
+
+
+def test_a_folder_where_a_run_file_goes_is_refused(tmp_path):
+  (tmp_path / "mixture_history.jsonl").mkdir()
+  with pytest.raises(preflight.NotWritableError, match="mixture_history.jsonl"):
+    preflight.check_writable(str(tmp_path))
+  assert not (tmp_path / "tensorboard").exists()  # Probing creates nothing.
