@@ -184,9 +184,11 @@ def build_step(size: Size, *, dtype: str | None = None, remat: bool | None = Non
   batch_sharding = partitioning.batch_sharding(mesh)
   repl = partitioning.replicated(mesh)
   p_step = jax.jit(
-      functools.partial(step_lib.train_step, model=model, num_tasks=NUM_TASKS,
-                        label_smoothing=0.1, loss_normalization="tokens",
-                        learning_rate_fn=optim.learning_rate_schedule(opt_cfg)),
+      partitioning.traced_under_rules(functools.partial(
+          step_lib.train_step, model=model, num_tasks=NUM_TASKS,
+          label_smoothing=0.1, loss_normalization="tokens",
+          learning_rate_fn=optim.learning_rate_schedule(opt_cfg)),
+          mesh, "data_parallel"),
       in_shardings=(shardings, batch_sharding, repl),
       out_shardings=(shardings, repl), donate_argnums=(0,))
   batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)

@@ -6,8 +6,9 @@ collection, allocated by a `decode=True` call on zeros), and a `lax.while_loop` 
 early once every row is finished. Ids: decoding starts from 0 (T5's BOS = pad), EOS is
 1, and positions after a row's EOS are 0.
 """
+import contextlib
 import functools
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import flax.linen as nn
 import jax
@@ -218,12 +219,17 @@ DECODE_MODES = ('greedy', 'beam')
 
 
 def make_batch_decoder(model: VLModel, *, mode: str = 'greedy', max_decode_length: int,
-                       beam_size: int = 4, alpha: float = 0.6):
+                       beam_size: int = 4, alpha: float = 0.6,
+                       trace_context: Callable[[], ContextManager] | None = None):
   """One jitted `(params, uint8 image, tokens) -> int32 [B, max_decode_length]` function.
 
   Images are normalised inside the program (`normalize_image`), so callers
   feed the pipeline's uint8 batches as they come. Call it with a fixed batch size
   (see `pad_batch`) so every call reuses one compilation.
+
+  `trace_context` (e.g. `dynpt.train.partitioning.trace_context(mesh, mode)`) is
+  entered while the program is traced, so the model's logical activation
+  constraints shard the decoding batch as they shard the train step's.
 
   Raises:
     ValueError: for a `mode` other than 'greedy' or 'beam'.
@@ -235,8 +241,13 @@ def make_batch_decoder(model: VLModel, *, mode: str = 'greedy', max_decode_lengt
                            beam_size=beam_size, alpha=alpha)
   else:
     raise ValueError(f'decode mode {mode!r}; choose from {DECODE_MODES}')
-  return jax.jit(lambda params, image, tokens: fn(
-      params, normalize_image(image), tokens))
+  context = trace_context or contextlib.nullcontext
+
+  def decode(params, image, tokens):
+    with context():
+      return fn(params, normalize_image(image), tokens)
+
+  return jax.jit(decode)
 
 
 def pad_batch(arrays: dict, size: int) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from dynpt.models import decoding
-from dynpt.train import checkpoints, export, loop, model_setup, optim
+from dynpt.train import checkpoints, export, loop, model_setup, optim, partitioning
 from dynpt.train.config import (DataConfig, ModelConfig, SamplerConfig, TrainConfig,
                                 validate_configs)
 
@@ -50,12 +50,14 @@ class EvalConfig:
 
 def evaluate_task(task_name: str, params: Any, model, vocab, *,
                   data_cfg: DataConfig, eval_cfg: EvalConfig = EvalConfig(),
-                  out_dir: str | None = None, step: int | None = None
-                  ) -> dict[str, float]:
+                  out_dir: str | None = None, step: int | None = None,
+                  trace_context=None) -> dict[str, float]:
   """Decodes `eval_cfg.split` of a downstream task and scores it.
 
   Returns the task's metrics (percent, as seqio metric_fns report them).
   Writes `<out_dir>/<task>.json` and `<out_dir>/<task>.predictions.jsonl`.
+  `trace_context`: `partitioning.trace_context(mesh, mode)` of the run, so
+  decoding shards its activations as the train step does.
   """
   from dynpt import metrics
   from dynpt.data import pipeline
@@ -72,7 +74,8 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
   max_len = eval_cfg.max_decode_length or data_cfg.target_length
   decode = decoding.make_batch_decoder(
       model, mode=eval_cfg.decode, max_decode_length=max_len,
-      beam_size=eval_cfg.beam_size, alpha=eval_cfg.beam_alpha)
+      beam_size=eval_cfg.beam_size, alpha=eval_cfg.beam_alpha,
+      trace_context=trace_context)
   predictions, targets, inputs = [], [], []
   remaining = eval_cfg.max_examples
   while remaining is None or remaining > 0:
@@ -134,9 +137,11 @@ def primary_metric(results: dict[str, float]) -> float:
 class _BestKeeper:
   """Evaluates every task; saves params to `run_dir/best` when the mean improves."""
 
-  def __init__(self, task_names, model, vocab, data_cfg, eval_cfg, run_dir):
+  def __init__(self, task_names, model, vocab, data_cfg, eval_cfg, run_dir,
+               trace_context=None):
     self.task_names, self.model, self.vocab = task_names, model, vocab
     self.data_cfg, self.eval_cfg, self.run_dir = data_cfg, eval_cfg, run_dir
+    self.trace_context = trace_context
     self.best_path = os.path.join(run_dir, "best.json")
     self.best = None
     if os.path.exists(self.best_path):
@@ -150,7 +155,7 @@ class _BestKeeper:
       res = evaluate_task(name, params, self.model, self.vocab,
                           data_cfg=self.data_cfg, eval_cfg=self.eval_cfg,
                           out_dir=os.path.join(self.run_dir, "eval", str(step)),
-                          step=step)
+                          step=step, trace_context=self.trace_context)
       per_task[name] = res
       for k, v in res.items():
         scalars[f"eval/{name}/{k}"] = v
@@ -193,8 +198,11 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   init_params = load_init_params(init_from, model, data_cfg, frozen_patterns)
-  keeper = _BestKeeper(task_names, model, vocab, data_cfg, eval_cfg,
-                       train_cfg.run_dir)
+  keeper = _BestKeeper(
+      task_names, model, vocab, data_cfg, eval_cfg, train_cfg.run_dir,
+      partitioning.trace_context(
+          partitioning.create_mesh(train_cfg.num_model_partitions),
+          train_cfg.partition_mode))
   summary = loop.train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
                        model_cfg, init_params=init_params,
                        frozen_patterns=tuple(frozen_patterns), eval_fn=keeper,

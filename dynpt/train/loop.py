@@ -258,13 +258,14 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
   batch_sharding = partitioning.batch_sharding(mesh)
   repl = partitioning.replicated(mesh)
   p_step = jax.jit(
-      functools.partial(
+      partitioning.traced_under_rules(functools.partial(
           step_lib.train_step, model=model, num_tasks=num_tasks,
           label_smoothing=train_cfg.label_smoothing,
           loss_normalization=train_cfg.loss_normalization,
           learning_rate_fn=optim.learning_rate_schedule(dataclasses.replace(
               optimizer_cfg,
               total_steps=optimizer_cfg.total_steps or train_cfg.num_steps))),
+          mesh, train_cfg.partition_mode),
       in_shardings=(shardings, batch_sharding, repl),
       out_shardings=(shardings, repl), donate_argnums=(0,))
 

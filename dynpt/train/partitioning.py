@@ -9,7 +9,9 @@ one argument.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+import functools
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -54,6 +56,53 @@ def logical_axis_rules(mode: str = "data_parallel") -> tuple:
   for name in _REPLICATED_AXES:
     rules.append((name, None))
   return tuple(rules)
+
+
+def activation_axis_rules(mode: str = "data_parallel") -> tuple:
+  """Logical-axis rules for the activations traced inside a step.
+
+  The same mapping as `logical_axis_rules` except for `embed`: under fsdp a
+  parameter's `embed` dim is split over `data`, but an activation's `batch` dim
+  already holds `data`, and its `embed` dim stays whole (ZeRO-3: weights are
+  gathered per layer, activations stay batch-sharded).
+
+  Raises:
+    ValueError: naming the mode when it is unknown.
+  """
+  return tuple((name, None) if name == "embed" else (name, axis)
+               for name, axis in logical_axis_rules(mode))
+
+
+def trace_context(mesh: Mesh, mode: str) -> Callable[[], ContextManager]:
+  """A factory of the context a sharded program must be traced in.
+
+  flax's `nn.with_logical_constraint` (in t5.py, vl_model.py, resnet.py) is a
+  no-op unless logical-axis rules are bound and an (abstract) mesh is set while
+  the program is traced, as t5x's partitioner and big_vision's train.py do. The
+  factory is entered inside the traced function (`traced_under_rules`), so the
+  constraints take effect wherever and however the function is jitted.
+  """
+  rules = activation_axis_rules(mode)
+
+  @contextlib.contextmanager
+  def context():
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+        nn.logical_axis_rules(rules):
+      yield
+
+  return context
+
+
+def traced_under_rules(fn: Callable, mesh: Mesh, mode: str) -> Callable:
+  """`fn`, traced under `mesh` and the activation rules of `mode` (jit it after)."""
+  context = trace_context(mesh, mode)
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with context():
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def create_mesh(num_model_partitions: int = 1,

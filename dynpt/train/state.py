@@ -75,9 +75,7 @@ def create_train_state(init_params_fn: Callable[[jax.Array], Any],
   _, shardings = state_shardings(init_params_fn, tx, mesh, rules, seed)
   init = jax.jit(lambda: nn.meta.unbox(_init_boxed(init_params_fn, tx, seed)),
                  out_shardings=shardings)
-  with mesh:
-    state = init()
-  return state, shardings
+  return init(), shardings
 
 
 def count_params(params: Any) -> int:
