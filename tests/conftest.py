@@ -36,3 +36,17 @@ def toy_vocab():
   from dynpt.data import pipeline
 
   return pipeline.get_vocabulary()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Every test starts and ends with an empty, unlocked gin config.
+
+  A test that fails between `parse_gin` (which finalises and locks the config)
+  and its own clean-up would otherwise fail every later gin test of its worker.
+  """
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()
