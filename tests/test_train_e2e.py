@@ -168,3 +168,18 @@ def test_main_rejects_unknown_task_before_training(toy_data_dir, tmp_path):
   assert proc.returncode != 0
   assert "bogus_task" in out
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_evaluate_restores_the_run_and_scores_every_task(uninterrupted, toy_data_dir):
+  from dynpt.train import evaluate
+
+  run_dir, _ = uninterrupted
+  cfgs = _cfgs(run_dir, toy_data_dir, 6)
+  out = evaluate.evaluate(run_dir, cfgs["data_cfg"], cfgs["model_cfg"], split="validation",
+                          examples_per_task=4, batch_size=4, train_cfg=cfgs["train_cfg"])
+  assert out["step"] == 6
+  assert sorted(out["tasks"]) == sorted(TASKS.split(","))
+  for result in out["tasks"].values():
+    assert np.isfinite(result["loss"]) and 0 <= result["token_accuracy"] <= 1
+  with open(os.path.join(run_dir, "eval_validation.json")) as f:
+    assert json.load(f)["mean_loss"] == pytest.approx(out["mean_loss"])

@@ -18,23 +18,36 @@ import numpy as np
 from absl import logging
 
 from dynpt.data import pipeline
-from dynpt.train import checkpoints, model_setup
+from dynpt.train import checkpoints, model_setup, partitioning
 from dynpt.train import step as step_lib
-from dynpt.train.config import DataConfig, ModelConfig
+from dynpt.train.config import DataConfig, ModelConfig, TrainConfig
 
 
 def evaluate(run_dir: str = "runs/default", data_cfg: DataConfig = DataConfig(),
              model_cfg: ModelConfig = ModelConfig(), split: str = "validation",
              examples_per_task: int = 64, batch_size: int = 32,
-             step: int | None = None, params: Any = None) -> dict[str, Any]:
-  """Per-task loss/accuracy; writes `<run_dir>/eval_<split>.json`."""
+             step: int | None = None, params: Any = None,
+             train_cfg: TrainConfig = TrainConfig()) -> dict[str, Any]:
+  """Per-task loss/accuracy; writes `<run_dir>/eval_<split>.json`.
+
+  The params are placed and the eval step traced as the run's train step
+  (`train_cfg.partition_mode` on `num_model_partitions`), so a model that
+  needed fsdp or model parallelism to train is evaluated the same way.
+  """
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
   vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   if params is None:
     params, step = checkpoints.restore_params(run_dir, step)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model,
-                                      num_tasks=len(task_names)))
+  mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
+  boxed = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
+                         jax.random.PRNGKey(0))
+  param_shardings = partitioning.param_shardings(
+      boxed, mesh, partitioning.logical_axis_rules(train_cfg.partition_mode))
+  params = jax.device_put(params, param_shardings)
+  eval_fn = jax.jit(partitioning.traced_under_rules(
+      functools.partial(step_lib.eval_step, model=model, num_tasks=len(task_names)),
+      mesh, train_cfg.partition_mode))
   results = {}
   for task_id, name in enumerate(task_names):
     it = pipeline.TaskIterator(
