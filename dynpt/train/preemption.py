@@ -83,7 +83,9 @@ class Preemption:
   def _start_reduction(self) -> jax.Array:
     """Dispatches the max of every process's flag; returns it unread."""
     if self._reduce is None:
-      mesh = Mesh(np.asarray(jax.devices()), ("devices",))
+      # Grouped by process, so that each process's devices hold one block.
+      devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+      mesh = Mesh(np.asarray(devices), ("devices",))
       self._flag_sharding = NamedSharding(mesh, PartitionSpec("devices"))
       self._reduce = jax.jit(
           jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
