@@ -9,9 +9,10 @@ same point of the loop, and all of them get the same answer.
 How they agree: each call starts a max-reduction of the local "SIGTERM seen"
 flag over all processes (one int32 per device, a single tiny jitted
 collective) and returns the result of the reduction started by the previous
-call. Reading it never waits for the device beyond what the loop already waits
-for (the previous step's metrics), so the agreement adds no stall; the price
-is that the stop comes one step later than on a single host (a SIGTERM during
+call. By then the loop has already waited for the previous step's metrics,
+which the device computed before that reduction, so reading it waits at most
+for the reduction's own round trip, not for a step; the price is that the
+stop comes one step later than on a single host (a SIGTERM during
 step s stops after step s+1 or s+2; TPU preemption notices leave ~30 s).
 A single process reads its own flag and runs no collective at all.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import signal
 import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
