@@ -15,7 +15,8 @@ eval and export write it only where there is none.
 Exit codes (docs/troubleshooting.md): 0 finished; 1 a mistake the user can
 fix, reported as one `error:` line naming the file, task or key; 3 the run
 diverged (NaN/inf; the message names the checkpoint kept); 75 (EX_TEMPFAIL)
-preempted: SIGTERM arrived, a checkpoint was saved, run it again to resume.
+preempted: SIGTERM arrived (on any host; every host saved the same step),
+run it again to resume.
 Any other failure is a bug and prints a traceback.
 """
 

@@ -10,11 +10,16 @@ logical data shards, so every run puts the same examples in the same rows:
 
 The multi-process and resumed runs must reproduce the reference: the same
 mixture counts, per-task losses to 1e-5 relative, and the same params.
+
+A fourth run (2 processes x 2 devices) gets SIGTERM on process 1 only: both
+processes must save the same step, exit with 75, and a resumed run continue.
 """
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -171,3 +176,57 @@ def test_resume_two_processes_on_one(runs, toy_data_dir, tmp_path):
   assert summary["end_step"] == TOTAL_STEPS
   _assert_same_history(_history(run_dir), _history(reference))
   _assert_same_params(run_dir, reference, TOTAL_STEPS)
+
+
+def _wait_all(procs, timeout_s=TIMEOUT_S) -> list[str]:
+  """Waits for every process to exit (whatever its code); returns the logs."""
+  deadline = time.time() + timeout_s
+  try:
+    for p, _ in procs:
+      p.wait(timeout=max(1.0, deadline - time.time()))
+  finally:
+    for p, _ in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(timeout=30)
+  return [open(log).read() for _, log in procs]
+
+
+def test_sigterm_on_one_process_stops_both_at_one_step(toy_data_dir, tmp_path):
+  from dynpt import main as dynpt_main
+  from dynpt.train import checkpoints
+
+  run_dir = tmp_path / "preempted"
+  args = _args(run_dir, toy_data_dir, 100000) + [
+      "--gin.config.TrainConfig.checkpoint_every=100000"]
+  procs = _launch(str(run_dir), args, 2, 2)
+  hist = run_dir / "mixture_history.jsonl"  # Written by process 0 only.
+  deadline = time.time() + TIMEOUT_S
+  while time.time() < deadline and all(p.poll() is None for p, _ in procs):
+    if hist.exists() and sum(1 for _ in open(hist)) >= 2:
+      break
+    time.sleep(0.2)
+  assert all(p.poll() is None for p, _ in procs), _wait_all(procs)
+  procs[1][0].send_signal(signal.SIGTERM)  # Process 0 is not told.
+  logs = _wait_all(procs)
+  for (p, _), log in zip(procs, logs):
+    assert p.returncode == dynpt_main.EXIT_PREEMPTED, log[-4000:]
+  saved = [int(re.search(r"preempted: checkpoint of step (\d+) saved", log)[1])
+           for log in logs]
+  assert saved[0] == saved[1] and 2 <= saved[0] < 100000, saved
+  step = saved[0]
+  ckpt = checkpoints.Checkpointer(str(run_dir))
+  assert ckpt.all_steps() == [step]  # Committed: orbax lists finished steps only.
+  ckpt.close()
+  _, restored_step = checkpoints.restore_params(str(run_dir), step)
+  assert restored_step == step
+  summary = json.load(open(run_dir / "train_summary.json"))
+  assert summary["preempted"] and summary["end_step"] == step
+
+  # The elastic resume (2 processes -> 1) continues from the agreed step.
+  args = _args(run_dir, toy_data_dir, step + 1, data_shards=None)
+  [log] = _wait(_launch(str(run_dir), args, 1, 2))
+  summary = json.load(open(run_dir / "train_summary.json"))
+  assert (summary["start_step"], summary["end_step"]) == (step, step + 1), log[-3000:]
+  assert not summary["preempted"]
+  assert [h["step"] for h in _history(run_dir)] == list(range(step + 1))

@@ -25,8 +25,6 @@ import functools
 import itertools
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -42,7 +40,7 @@ from dynpt import mixing
 from dynpt.train import batching, checkpoints, events, memory, model_setup
 from dynpt.train import optim
 from dynpt.train import config as config_lib
-from dynpt.train import partitioning, preflight, run_lock
+from dynpt.train import partitioning, preemption, preflight, run_lock
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
@@ -59,28 +57,6 @@ class TrainingDivergedError(RuntimeError):
   Checkpoints never hold non-finite values (`Checkpointer.save` refuses
   them), so the newest checkpoint is the last good one.
   """
-
-
-class _Preemption:
-  """Turns SIGTERM (TPU preemption, `kill`) into a save-and-exit request."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint, then exiting")
-    self.requested = True
-
-  def __exit__(self, *unused):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _make_sampler(sampler_cfg: SamplerConfig, task_names, batch_size,
@@ -297,7 +273,7 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
   sync_dispatch = _dispatch_is_synchronous()
   t_start = time.time()
   step = start
-  with _Preemption() as preemption, mesh:
+  with preemption.Preemption() as preempt, mesh:
     try:
       if future is not None and jax.process_count() > 1:
         # Inside `with mesh`: the mesh context is part of jit's cache key.
@@ -322,7 +298,9 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
         state, metrics = p_step(state, batch, weights)
         flush()
         pending = (step, metrics)
-        stop = preemption.requested or done == last
+        # Collective where there are several processes: SIGTERM on any host
+        # stops all of them after the same step (dynpt/train/preemption.py).
+        stop = preempt.should_stop() or done == last
         if stop or save_due:
           flush()
           ckpt.save(done, state, sampler.state_dict(),
@@ -346,7 +324,7 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
       mixture_input.close()
   elapsed = time.time() - t_start
   summary = reporter.summary(start, int(jax.device_get(state.step)), elapsed)
-  summary.update(run_dir=run_dir, preempted=preemption.requested,
+  summary.update(run_dir=run_dir, preempted=preempt.agreed,
                  compilations=p_step._cache_size(),
                  skipped_records=mixture_input.skipped,
                  skipped_records_by_task=mixture_input.skipped_by_task(),
