@@ -20,6 +20,7 @@ setup: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dynpt tasks tools tests bench
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --durations=15 tests $(PYTEST_ARGS)

@@ -7,13 +7,12 @@ from typing import Callable, Sequence
 import seqio
 import tensorflow as tf
 
-from dynpt.data import pipeline
 from dynpt.data import preprocessors as pp
 from dynpt.data import sources
+from dynpt.data import vocab as vocab_lib
 
 # Registration must not touch the disk: seqio loads the model on first use.
-VOCABULARY = seqio.SentencePieceVocabulary(pipeline.default_vocab_path(),
-                                           extra_ids=pipeline.EXTRA_IDS)
+VOCABULARY = vocab_lib.seqio_vocabulary()
 
 # Appended to every task: tokenise string features, then cut to length and add EOS.
 TOKENIZE = (seqio.preprocessors.tokenize,)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import seqio
 
+from dynpt.data import task_registry
 from tasks.pretraining import (CAPTION_SOURCES, GENERATED_TASKS, LABEL_SOURCES,
                                PRETRAINING_TASKS)
 
@@ -52,18 +53,8 @@ def size_rate(task: seqio.Task) -> float:
     return 1.0
 
 
-def mixture_task_names(name: str) -> list[str]:
-  """Ordered task names of a mixture (`task_id` order), or [name] for a task.
-
-  Raises:
-    ValueError: naming `name` and listing the known mixtures and tasks.
-  """
-  if name in MIXTURES:
-    return list(MIXTURES[name])
-  if name in seqio.TaskRegistry.names():
-    return [name]
-  raise ValueError(f"unknown task or mixture {name!r}; known mixtures: {sorted(MIXTURES)}; "
-                   f"known tasks: {sorted(seqio.TaskRegistry.names())}")
+# Ordered task names of a mixture (`task_id` order), or [name] for a task.
+mixture_task_names = task_registry.mixture_task_names
 
 
 def register() -> None:
@@ -72,3 +63,4 @@ def register() -> None:
     if name in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(name, [(t, size_rate) for t in members])
+    task_registry.add_mixture(name, members)

@@ -14,6 +14,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "dynpt-test-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# Registration is the entry point's job (library code never imports `tasks`);
+# for the tests, this file is the entry point.
+import tasks  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def toy_data_dir(tmp_path_factory) -> str:
@@ -33,9 +37,9 @@ def toy_data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def toy_vocab():
   """The shipped toy sentencepiece vocabulary, as a `seqio.SentencePieceVocabulary`."""
-  from dynpt.data import pipeline
+  from dynpt.data import vocab as vocab_lib
 
-  return pipeline.get_vocabulary()
+  return vocab_lib.get_vocabulary()
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,7 @@ def test_every_shipped_config_validates():
     gin.clear_config()
     dynpt_main.parse_gin([path], ["RUN_DIR='/tmp/x'"] + (
         ["INIT_FROM='/tmp/e'"] if "finetune" in path else []) + (
-        ["DOREMI_REFERENCE_RUN='/tmp/r'"] if "doremi" in path else []))
+        ["DOREMI_REFERENCE_RUN='/tmp/r'"] if path.endswith("sampler_doremi.gin") else []))
     cfgs = [gin.get_configurable(c)() for c in (
         TrainConfig, DataConfig, SamplerConfig, optim.OptimizerConfig,
         ModelConfig, finetune.EvalConfig)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dynpt.data import schema
+from dynpt.data import vocab as vocab_lib
 from dynpt.train import export, finetune, loop, optim
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 
@@ -139,11 +140,10 @@ def _constant_box_baseline(data_dir):
 
 
 def test_position_tables_are_resampled_for_another_image_size(pretrained_export):
-  from dynpt.data import pipeline
   from dynpt.train import model_setup
 
   params, _ = export.load_export(pretrained_export)  # pretrained at 32 px: 2 x 2 grid
-  model = model_setup.build_model(ModelConfig("tiny"), pipeline.get_vocabulary(), 64)
+  model = model_setup.build_model(ModelConfig("tiny"), vocab_lib.get_vocabulary(), 64)
   data_cfg = DataConfig(image_size=64, target_length=16)
   abstract = finetune.abstract_params(model, data_cfg)
   resized = finetune.resize_visual_positions(abstract, params, "test")

@@ -20,6 +20,8 @@ from dynpt.data import pipeline
 from dynpt.data import preprocessors as pp
 from dynpt.data import schema
 from dynpt.data import sources
+from dynpt.data import vocab as vocab_lib
+from dynpt.train import captioner as captioner_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TOOL = os.path.join(_ROOT, "tools", "generate_captions.py")
@@ -35,7 +37,7 @@ def tiny_export(tmp_path_factory) -> str:
   from dynpt.train import export, model_setup
   from dynpt.train.config import DataConfig, ModelConfig
 
-  vocab = model_setup.vocabulary(None)
+  vocab = vocab_lib.get_vocabulary(None)
   model = model_setup.build_model(ModelConfig("tiny"), vocab, 32)
   cfg = DataConfig(image_size=32, input_length=_SEQ["inputs"],
                    target_length=_SEQ["targets"])
@@ -132,7 +134,7 @@ def test_bad_sources_raise_naming_them(toy_data_dir, tmp_path):
 
 def test_export_captions_a_toy_split_read_by_gen_cap(tiny_export, toy_data_dir, toy_vocab,
                                                      tmp_path):
-  captioner = gc.Captioner.from_export(tiny_export, batch_size=4)
+  captioner = captioner_lib.load_captioner(tiny_export, batch_size=4)
   out = str(tmp_path)
   summary = gc.generate_captions(captioner, data_dir=toy_data_dir, dataset="cc3m",
                                  split="train", out_dir=out, max_examples=10,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from dynpt.data import pipeline
+from dynpt.data import vocab as vocab_lib
 from dynpt.interop import t5x
 from dynpt.models import configs, t5
 from dynpt.train import checkpoints, export
@@ -46,7 +46,7 @@ def imported(t5x_checkpoint, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp("import") / "export")
   proc = _tool("import_checkpoint.py", "--format=t5x", f"--path={folder}",
                f"--out_dir={out_dir}", "--image_size=32",
-               f"--vocabulary={pipeline.default_vocab_path()}")
+               f"--vocabulary={vocab_lib.default_vocab_path()}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return out_dir
 
@@ -148,7 +148,7 @@ def test_an_export_with_another_vocabulary_is_refused(imported, tmp_path):
   with open(other, "wb") as f:
     f.write(data + b"\0")  # Another file (the check compares contents).
   data_cfg = DataConfig(image_size=32, vocabulary_path=other)
-  model = model_setup.build_model(ModelConfig("tiny"), pipeline.get_vocabulary(),
+  model = model_setup.build_model(ModelConfig("tiny"), vocab_lib.get_vocabulary(),
                                   data_cfg.image_size)
   with pytest.raises(ValueError, match="trained with the vocabulary"):
     finetune.load_init_params(imported, model, data_cfg)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from dynpt.data import pipeline
 from dynpt.data import schema
+from dynpt.data import vocab as vocab_lib
 
 SEQ = {"inputs": 32, "targets": 16}
 
@@ -118,7 +119,7 @@ def test_all_records_bad_raises(tmp_path, toy_vocab):
 
 
 def test_get_vocabulary(tmp_path):
-  vocab = pipeline.get_vocabulary()
+  vocab = vocab_lib.get_vocabulary()
   assert vocab.extra_ids == 100 and vocab.eos_id == 1 and vocab.pad_id == 0
   with pytest.raises(FileNotFoundError, match="nope.model"):
-    pipeline.get_vocabulary(str(tmp_path / "nope.model"))
+    vocab_lib.get_vocabulary(str(tmp_path / "nope.model"))

@@ -40,13 +40,14 @@ _DEVICE_MEMORY = flags.DEFINE_float(
 
 def _vocab_size(vocabulary_path: str | None) -> int:
   from dynpt.models import configs
+  from dynpt.data import vocab as vocab_lib
   from dynpt.train import model_setup
 
   if _VOCAB_SIZE.value:
     return _VOCAB_SIZE.value
   if vocabulary_path and "://" in vocabulary_path:
     return configs.T5_VOCAB_SIZE  # A remote T5 vocabulary is not downloaded.
-  return model_setup.padded_vocab_size(model_setup.vocabulary(vocabulary_path))
+  return model_setup.padded_vocab_size(vocab_lib.get_vocabulary(vocabulary_path))
 
 
 def main(argv) -> int:

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dynpt import hostalloc  # noqa: E402
 from dynpt.data import generated_captions as gc  # noqa: E402
+from dynpt.train import captioner as captioner_lib  # noqa: E402
 from dynpt.data import preprocessors as pp  # noqa: E402
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Export of a trained captioner.",
@@ -55,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
   if _PROMPT.value != pp.CAPTION_PROMPT:
     logging.warning("prompt %r differs from the cap task's %r the model was trained with",
                     _PROMPT.value, pp.CAPTION_PROMPT)
-  captioner = gc.Captioner.from_export(
+  captioner = captioner_lib.load_captioner(
       _EXPORT_DIR.value, batch_size=_BATCH_SIZE.value, decode=_DECODE.value,
       beam_size=_BEAM_SIZE.value, beam_alpha=_BEAM_ALPHA.value, prompt=_PROMPT.value)
   summary = gc.generate_captions(

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # Run as a script: make `dynpt` and `tasks` impor
 
 from dynpt.data import boxes  # noqa: E402
 from dynpt.data import pipeline  # noqa: E402
+from dynpt.data import vocab as vocab_lib  # noqa: E402
 
 
 def _decode(vocab, ids: np.ndarray) -> str:
@@ -38,7 +39,7 @@ def collect(name: str, num: int, *, data_dir: str | None, split: str, image_size
   """Decoded examples: task, inputs, targets, image, image_wh and box (or None)."""
   import tasks  # Registers every task and mixture.
 
-  vocab = pipeline.get_vocabulary(vocab_path)
+  vocab = vocab_lib.get_vocabulary(vocab_path)
   out = []
   for task_id, task in enumerate(tasks.mixture_task_names(name)):
     it = pipeline.TaskIterator(

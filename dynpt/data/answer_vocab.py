@@ -16,6 +16,7 @@ import functools
 from absl import logging
 from google.protobuf import message
 
+from dynpt import metrics
 from dynpt.data import schema
 
 
@@ -65,8 +66,6 @@ def read_answers(data_dir: str, dataset: str, split: str = "train") -> list[str]
 def load_answer_vocab(data_dir: str, dataset: str, size: int,
                       split: str = "train") -> frozenset[str]:
   """The `size` most frequent normalised answers of `dataset`'s `split` (cached per run)."""
-  from dynpt import metrics
-
   answers = read_answers(data_dir, dataset, split)
   if not answers:
     raise ValueError(f"answer vocabulary: {dataset}/{split} under {data_dir} has no answers")

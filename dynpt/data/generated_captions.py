@@ -5,8 +5,8 @@ out-of-domain image set (Conceptual Captions) with it and pretrains on the
 result ("CC-Generated"): the images stay, the text moves towards the
 downstream domain. Here:
 
-- `Captioner` loads an export (`dynpt.train.export`) of a model trained on a
-  `*_cap` task and captions uint8 images, prompted with exactly the inputs the
+- `Captioner` runs a model trained on a `*_cap` task (built from an export by
+  `dynpt.train.captioner.load_captioner`) and captions uint8 images, prompted with exactly the inputs the
   `cap` preprocessor feeds (`preprocessors.CAPTION_PROMPT`, tokenised, trimmed
   and EOS-terminated as the task does). Batches have one fixed size (the last
   one is padded), so decoding compiles once.
@@ -34,9 +34,8 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
-import flax.linen as nn
 import jax
 import numpy as np
 import tensorflow as tf
@@ -122,34 +121,6 @@ class Captioner:
         alpha=beam_alpha)
     self._params = jax.device_put(params)
 
-  @classmethod
-  def from_export(cls, export_dir: str, **kwargs) -> "Captioner":
-    """Builds the model an export describes (`export_info.json`) and loads its params.
-
-    Raises:
-      FileNotFoundError: when `export_dir` is not an export.
-      ValueError: naming the first param whose shape does not fit the model.
-    """
-    from dynpt.train import export, model_setup
-    from dynpt.train.config import DataConfig, ModelConfig
-
-    params, info = export.load_export(export_dir)
-    missing = [k for k in ("model", "image_size", "input_length", "target_length")
-               if k not in info]
-    if missing:
-      raise ValueError(f"{export_dir}/export_info.json lacks {missing}")
-    vocab = model_setup.vocabulary(info.get("vocabulary_path"))
-    model = model_setup.build_model(ModelConfig(name=info["model"]), vocab,
-                                    info["image_size"])
-    data_cfg = DataConfig(image_size=info["image_size"], input_length=info["input_length"],
-                          target_length=info["target_length"])
-    _check_shapes(model_setup.init_params_fn(model, data_cfg), params, export_dir)
-    provenance = {"export_dir": os.path.abspath(export_dir), "step": info.get("step"),
-                  "model": info["model"], "image_size": info["image_size"]}
-    return cls(model, params, vocab, image_size=info["image_size"],
-               input_length=info["input_length"], target_length=info["target_length"],
-               info=provenance, **kwargs)
-
   def __call__(self, images: np.ndarray) -> list[str]:
     """uint8 [n, S, S, 3] with n <= batch_size -> n captions ("" when EOS comes first)."""
     n = len(images)
@@ -159,19 +130,6 @@ class Captioner:
     padded = decoding.pad_batch({"image": images.astype(np.uint8)}, self.batch_size)["image"]
     tokens = np.asarray(jax.device_get(self._decode(self._params, padded, self._tokens)))
     return [tokens_to_text(self.vocab, row) for row in tokens[:n]]
-
-
-def _check_shapes(init_fn: Callable[[jax.Array], Any], params: Any, source: str) -> None:
-  """Fails early, naming the first mismatching path, if the export does not fit."""
-  abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
-  want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
-          jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  have = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in
-          jax.tree_util.tree_flatten_with_path(params)[0]}
-  for path, shape in want.items():
-    if have.get(path) != shape:
-      raise ValueError(f"export {source} does not fit its model: {path} has shape "
-                       f"{have.get(path)}, the model needs {shape}")
 
 
 def load_image(encoded: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -272,7 +230,7 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
   """Captions `dataset/split` of `data_dir` and writes it as `out_dataset/split` of `out_dir`.
 
   Args:
-    captioner: images -> captions, e.g. `Captioner.from_export(...)`.
+    captioner: images -> captions, e.g. `dynpt.train.captioner.load_captioner(...)`.
     data_dir, dataset, split: the image set (any schema dataset with
       ``image/encoded``; video datasets are refused).
     out_dir: data dir to write into (may be `data_dir` itself, to train on the

@@ -32,8 +32,6 @@ examples are pulled in small batches from a prefetching tf.data pipeline, so
 from __future__ import annotations
 
 import functools
-import importlib
-import pathlib
 import re
 import time
 
@@ -46,8 +44,8 @@ from dynpt.data import feature_converter as fc
 from dynpt.data import preprocessors as pp
 from dynpt.data import schema
 from dynpt.data import sources
+from dynpt.data import task_registry
 
-EXTRA_IDS = 100
 _PULL_BATCH = 32  # Examples per tf.data batch; `take` slices and concatenates these.
 DIAGNOSED_SKIPS = 3  # Skipped records per iterator logged with file and error.
 SKIP_REPORT_SECONDS = 60.0  # After those, a count at most this often.
@@ -77,38 +75,17 @@ def _short_error(error: BaseException) -> str:
   return f"{type(error).__name__}: {line}"
 
 
-def default_vocab_path() -> str:
-  """The shipped toy vocabulary, ``dynpt/assets/vocab/toy_spm.model`` (absolute path)."""
-  return str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "vocab" / "toy_spm.model")
-
-
-def get_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
-  """SentencePiece vocabulary with T5 conventions and 100 extra ids.
-
-  Args:
-    path: a sentencepiece model; default: the shipped toy vocabulary.
-
-  Raises:
-    FileNotFoundError: naming the path, when it does not exist.
-  """
-  path = path or default_vocab_path()
-  if "://" not in path and not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"sentencepiece model {path} does not exist (the toy one is "
-                            "built by `python tools/train_vocab.py`)")
-  return seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
-
-
 def get_task(task_name: str) -> seqio.Task:
-  """The registered seqio task (importing `tasks` to register them if needed).
+  """The registered seqio task.
 
   Raises:
-    ValueError: naming the task and listing the known ones.
+    ValueError: naming the task, listing the known ones and saying how dynpt's
+      tasks are registered.
   """
-  if task_name not in seqio.TaskRegistry.names():
-    importlib.import_module("tasks")
   if task_name not in seqio.TaskRegistry.names():
     raise ValueError(f"unknown task {task_name!r}; known tasks: "
-                     f"{sorted(seqio.TaskRegistry.names())}")
+                     f"{sorted(seqio.TaskRegistry.names())}; "
+                     f"{task_registry.REGISTRATION_HINT}")
   task = seqio.TaskRegistry.get(task_name)
   if not isinstance(task.source, sources.SchemaDataSource):
     raise TypeError(f"task {task_name!r} must read a SchemaDataSource, got {task.source!r}")

@@ -1,4 +1,9 @@
-"""Trains sentencepiece vocabularies on the text of schema data sets.
+"""The vocabulary of every dynpt model, and how to train it on schema data sets.
+
+This is the one place that defines it: the shipped toy model
+(`default_vocab_path`), the seqio vocabulary built from a sentencepiece model
+(`get_vocabulary`), the extra ids and the padded embedding size. Tasks, the
+trainer and the checkpoint converters all import it from here.
 
 The model follows T5's conventions: pad 0, eos 1, unk 2 and no bos, so it
 plugs into `seqio.SentencePieceVocabulary(path, extra_ids=100)`; the 100
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
@@ -25,6 +31,48 @@ TEXT_FEATURES = ("text/captions", "objects/label", "question", "answers", "hypot
 NUMBER_PIECES = tuple(f"\u2581{i}" for i in range(100))
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DEFAULT_VOCAB_SIZE = 512
+EXTRA_IDS = 100  # seqio's sentinel ids, appended to every sentencepiece model.
+EMBED_MULTIPLE = 128  # Embedding rows are padded to this (MXU/TPU friendly, as T5).
+
+
+def default_vocab_path() -> str:
+  """The shipped toy vocabulary, ``dynpt/assets/vocab/toy_spm.model`` (absolute path)."""
+  return str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "vocab" / "toy_spm.model")
+
+
+def seqio_vocabulary(path: str | None = None):
+  """The seqio vocabulary of `path` (default: the toy one) without touching the disk.
+
+  seqio loads the model on first use, so task registration can build its
+  output features before any vocabulary file exists.
+  """
+  import seqio  # Loads TensorFlow; vocabulary training does not need it.
+
+  return seqio.SentencePieceVocabulary(path or default_vocab_path(), extra_ids=EXTRA_IDS)
+
+
+def get_vocabulary(path: str | None = None):
+  """SentencePiece vocabulary (a `seqio.SentencePieceVocabulary`) with T5 conventions
+  and 100 extra ids.
+
+  Args:
+    path: a sentencepiece model; default: the shipped toy vocabulary.
+
+  Raises:
+    FileNotFoundError: naming the path, when it does not exist.
+  """
+  import tensorflow as tf
+
+  path = path or default_vocab_path()
+  if "://" not in path and not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"sentencepiece model {path} does not exist (the toy one is "
+                            "built by `python tools/train_vocab.py`)")
+  return seqio_vocabulary(path)
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+  """Embedding rows for `vocab_size` ids (pieces plus extra ids), rounded up to 128."""
+  return -(-vocab_size // EMBED_MULTIPLE) * EMBED_MULTIPLE
 
 
 def _text_spec() -> dict:

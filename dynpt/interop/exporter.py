@@ -12,6 +12,7 @@ from typing import Any
 
 from absl import logging
 
+from dynpt.data import vocab as vocab_lib
 from dynpt.interop import hf, t5x, text_tower
 from dynpt.train import export
 
@@ -25,9 +26,7 @@ def _vocabulary_path(info: dict[str, Any]) -> str | None:
     return path
   if info.get("vocabulary_recorded") is False:
     return None
-  from dynpt.data import pipeline  # The toy vocabulary, the default of every run.
-
-  return pipeline.default_vocab_path()
+  return vocab_lib.default_vocab_path()  # The default of every run.
 
 
 def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]:

@@ -20,13 +20,13 @@ import jax
 import numpy as np
 from absl import logging
 
+from dynpt.data import vocab as vocab_lib
 from dynpt.interop import bit, hf, t5x, text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
 from dynpt.models import configs, vl_model
 from dynpt.train import export
 
 FORMATS = ("hf", "t5x")
-_EXTRA_IDS = 100  # seqio's sentinel ids, appended to every sentencepiece vocabulary.
 
 
 def read_text_tower(fmt: str, path: str) -> tuple[configs.T5Config, dict, int | None]:
@@ -41,7 +41,7 @@ def read_text_tower(fmt: str, path: str) -> tuple[configs.T5Config, dict, int | 
 
 def padded_vocab_size(spm_path: str) -> int:
   """Rows dynpt gives a sentencepiece model: pieces + 100 extra ids, rounded up to 128
-  (as `dynpt.train.model_setup.padded_vocab_size` does with the seqio vocabulary)."""
+  (`dynpt.data.vocab.padded_vocab_size`, as every dynpt model)."""
   import sentencepiece as spm
 
   processor = spm.SentencePieceProcessor()
@@ -49,7 +49,7 @@ def padded_vocab_size(spm_path: str) -> int:
     processor.Load(spm_path)
   except (OSError, RuntimeError) as e:
     raise CheckpointMismatchError(f"{spm_path}: not a sentencepiece model ({e})") from e
-  return -(-(processor.GetPieceSize() + _EXTRA_IDS) // 128) * 128
+  return vocab_lib.padded_vocab_size(processor.GetPieceSize() + vocab_lib.EXTRA_IDS)
 
 
 def _vocabulary(fmt: str, path: str, vocabulary: str | None) -> str | None:
@@ -142,7 +142,7 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   if rows is not None and rows != cfg.vocab_size:
     raise CheckpointMismatchError(
         f"{spm_path}: gives {rows} token rows (pieces + "
-        f"{_EXTRA_IDS} extra ids, padded to 128) but the checkpoint's vocabulary has "
+        f"{vocab_lib.EXTRA_IDS} extra ids, padded to 128) but the checkpoint's vocabulary has "
         f"{cfg.vocab_size}")
   resnet_params = None
   if visual:

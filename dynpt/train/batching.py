@@ -24,6 +24,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from dynpt import mixing
+
 
 def default_num_data_shards(saved_positions: dict | None, process_count: int,
                             global_batch_size: int) -> int:
@@ -102,8 +104,6 @@ class MixtureInput:
 
   def shard_counts(self, counts: np.ndarray) -> np.ndarray:
     """[shards of this process, tasks] examples each of its logical shards takes."""
-    from dynpt import mixing
-
     return mixing.host_counts(np.asarray(counts), self.num_data_shards)[
         self.shard_indices]
 

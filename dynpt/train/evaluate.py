@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from dynpt.data import pipeline
+from dynpt.data import vocab as vocab_lib
 from dynpt.train import checkpoints, model_setup, partitioning
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, TrainConfig
@@ -35,7 +36,7 @@ def evaluate(run_dir: str = "runs/default", data_cfg: DataConfig = DataConfig(),
   needed fsdp or model parallelism to train is evaluated the same way.
   """
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
-  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   if params is None:
     params, step = checkpoints.restore_params(run_dir, step)

@@ -20,16 +20,13 @@ import jax
 import numpy as np
 from absl import logging
 
+from dynpt import metrics
+from dynpt.data import answer_vocab, pipeline, schema, task_registry
+from dynpt.data import vocab as vocab_lib
 from dynpt.models import decoding
 from dynpt.train import checkpoints, export, loop, model_setup, optim, partitioning
 from dynpt.train.config import (DataConfig, ModelConfig, SamplerConfig, TrainConfig,
                                 validate_configs)
-
-# Ground-truth features each kind of task keeps for its metric.
-_PASSTHROUGH = {"refcoco": ("gt_box", "image_wh"),
-                "refcocoplus": ("gt_box", "image_wh"),
-                "refcocog": ("gt_box", "image_wh")}
-_DEFAULT_PASSTHROUGH = ("answers",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +56,9 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
   `trace_context`: `partitioning.trace_context(mesh, mode)` of the run, so
   decoding shards its activations as the train step does.
   """
-  from dynpt import metrics
-  from dynpt.data import pipeline
-  from tasks import downstream
-
   task = pipeline.get_task(task_name)
-  passthrough = _PASSTHROUGH.get(task_name, _DEFAULT_PASSTHROUGH)
+  passthrough = task_registry.eval_needs(task_name).passthrough
+  postprocess = task.postprocess_fn or _identity_postprocess
   it = pipeline.TaskIterator(
       task_name, task_id=0, sequence_length=data_cfg.sequence_length,
       image_size=data_cfg.image_size, seed=data_cfg.seed, split=eval_cfg.split,
@@ -91,8 +85,9 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
     for i in range(rows):
       example = {k: batch[k][i] for k in passthrough}
       target_text = vocab.decode(decoding.output_ids(batch["decoder_target_tokens"][i]))
-      predictions.append(downstream.postprocess(vocab.decode(decoding.output_ids(tokens[i]))))
-      targets.append(downstream.postprocess(target_text, example, is_target=True))
+      predictions.append(postprocess(vocab.decode(decoding.output_ids(tokens[i])),
+                                     example=example, is_target=False))
+      targets.append(postprocess(target_text, example=example, is_target=True))
       inputs.append(vocab.decode(decoding.output_ids(batch["encoder_input_tokens"][i])))
     if remaining is not None:
       remaining -= rows
@@ -111,19 +106,23 @@ def evaluate_task(task_name: str, params: Any, model, vocab, *,
   return results
 
 
-def _metric_fns(task_name: str, task, data_cfg: DataConfig, eval_cfg: EvalConfig) -> list:
-  """The task's seqio metrics, or exact match over the answer vocabulary (video QA)."""
-  from dynpt.data import answer_vocab, schema
-  from tasks import downstream
+def _identity_postprocess(output: Any, example: Any = None, is_target: bool = False) -> Any:
+  """seqio's behaviour for a task without a `postprocess_fn`."""
+  del example, is_target
+  return output
 
+
+def _metric_fns(task_name: str, task, data_cfg: DataConfig, eval_cfg: EvalConfig) -> list:
+  """The task's seqio metrics, or the one it declared for an answer vocabulary (video QA)."""
   size = eval_cfg.answer_vocab_size
-  if size is None or task_name not in downstream.ANSWER_VOCAB_TASKS:
+  in_vocab_metric = task_registry.eval_needs(task_name).answer_vocab_metric
+  if size is None or in_vocab_metric is None:
     return list(task.metric_fns)
   if size < 1:
     raise ValueError(f"EvalConfig.answer_vocab_size must be >= 1 or None, got {size}")
   vocab = answer_vocab.load_answer_vocab(schema.get_data_dir(data_cfg.data_dir), task_name,
                                         int(size))
-  return [downstream.exact_match_in_vocab_metric(vocab)]
+  return [in_vocab_metric(vocab)]
 
 
 def primary_metric(results: dict[str, float]) -> float:
@@ -195,7 +194,7 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   validate_configs(train_cfg, data_cfg, optimizer_cfg, model_cfg, sampler_cfg,
                    eval_cfg)
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
-  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   init_params = load_init_params(init_from, model, data_cfg, frozen_patterns)
   keeper = _BestKeeper(
@@ -249,7 +248,7 @@ def pretrain_init_params(init_from: str | None = None,
   """
   if not init_from and not frozen_patterns:
     return None
-  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   return load_init_params(init_from, model, data_cfg, tuple(frozen_patterns))
 
@@ -261,12 +260,10 @@ def _check_vocabulary(info: dict, data_cfg: DataConfig, source: str) -> None:
   piece. An export without a recorded vocabulary (or whose file has moved) is not
   checked.
   """
-  from dynpt.data import pipeline
-
   if info.get("vocabulary_recorded") is False:
     return  # An import given no sentencepiece model (docs/model.md).
-  theirs = info.get("vocabulary_path") or pipeline.default_vocab_path()
-  ours = data_cfg.vocabulary_path or pipeline.default_vocab_path()
+  theirs = info.get("vocabulary_path") or vocab_lib.default_vocab_path()
+  ours = data_cfg.vocabulary_path or vocab_lib.default_vocab_path()
   if "://" in theirs or "://" in ours or not os.path.isfile(theirs):
     return
   if not os.path.isfile(ours):

@@ -37,6 +37,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from dynpt import mixing
+from dynpt.data import vocab as vocab_lib
 from dynpt.train import batching, checkpoints, events, memory, model_setup
 from dynpt.train import optim
 from dynpt.train import config as config_lib
@@ -178,7 +179,7 @@ def _train(train_cfg: TrainConfig, data_cfg: DataConfig,
         f"TrainConfig.global_batch_size={train_cfg.global_batch_size} must be "
         f"divisible by the {data_shards} data-parallel devices and "
         f"{jax.process_count()} processes")
-  vocab = model_setup.vocabulary(data_cfg.vocabulary_path)
+  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   ckpt = checkpoints.Checkpointer(
       run_dir, keep=train_cfg.keep_checkpoints,
       save_every=train_cfg.checkpoint_every,

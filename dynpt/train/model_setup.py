@@ -11,6 +11,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from dynpt.data import task_registry
+from dynpt.data import vocab as vocab_lib
 from dynpt.models import configs as model_configs
 from dynpt.models import vl_model
 from dynpt.train.config import DataConfig, ModelConfig
@@ -22,34 +24,26 @@ def resolve_task_names(mixture: str) -> list[str]:
   Raises:
     ValueError: naming any unknown task or mixture (before training starts).
   """
-  import tasks  # Registers every seqio task and mixture.
-
   names = [n.strip() for n in mixture.split(",") if n.strip()]
   if not names:
     raise ValueError("DataConfig.mixture is empty")
   out = []
   for name in names:
-    out.extend(tasks.mixture_task_names(name))
+    out.extend(task_registry.mixture_task_names(name))
   if len(set(out)) != len(out):
     raise ValueError(f"DataConfig.mixture={mixture!r} lists a task twice")
   return out
 
 
-def vocabulary(path: str | None):
-  from dynpt.data import pipeline
-
-  return pipeline.get_vocabulary(path)
-
-
 def dataset_size(task: str, split: str, data_dir: str | None) -> int:
-  from dynpt.data import pipeline
+  from dynpt.data import pipeline  # TF is only loaded when data is read.
 
   return pipeline.dataset_size(task, split=split, data_dir=data_dir)
 
 
 def padded_vocab_size(vocab) -> int:
   """Vocab size rounded up to a multiple of 128 (MXU/TPU friendly, as T5)."""
-  return -(-vocab.vocab_size // 128) * 128
+  return vocab_lib.padded_vocab_size(vocab.vocab_size)
 
 
 def build_model(model_cfg: ModelConfig, vocab, image_size: int

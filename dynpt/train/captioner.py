@@ -1,0 +1,62 @@
+"""A `generated_captions.Captioner` built from an export (`dynpt.train.export`).
+
+Building the model an export describes is the trainer's job (`model_setup`),
+so it lives here, above the data layer that runs the captioner.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from dynpt.data import generated_captions
+from dynpt.data import vocab as vocab_lib
+from dynpt.train import export, model_setup
+from dynpt.train.config import DataConfig, ModelConfig
+
+
+def load_captioner(export_dir: str, **kwargs) -> generated_captions.Captioner:
+  """Builds the model an export describes (`export_info.json`) and loads its params.
+
+  Args:
+    export_dir: an export of a model trained on a `*_cap` task.
+    **kwargs: passed to `generated_captions.Captioner` (batch_size, decode, ...).
+
+  Raises:
+    FileNotFoundError: when `export_dir` is not an export.
+    ValueError: naming the first param whose shape does not fit the model.
+  """
+  params, info = export.load_export(export_dir)
+  missing = [k for k in ("model", "image_size", "input_length", "target_length")
+             if k not in info]
+  if missing:
+    raise ValueError(f"{export_dir}/export_info.json lacks {missing}")
+  vocab = vocab_lib.get_vocabulary(info.get("vocabulary_path"))
+  model = model_setup.build_model(ModelConfig(name=info["model"]), vocab,
+                                  info["image_size"])
+  data_cfg = DataConfig(image_size=info["image_size"], input_length=info["input_length"],
+                        target_length=info["target_length"])
+  _check_shapes(model_setup.init_params_fn(model, data_cfg), params, export_dir)
+  provenance = {"export_dir": os.path.abspath(export_dir), "step": info.get("step"),
+                "model": info["model"], "image_size": info["image_size"]}
+  return generated_captions.Captioner(
+      model, params, vocab, image_size=info["image_size"],
+      input_length=info["input_length"], target_length=info["target_length"],
+      info=provenance, **kwargs)
+
+
+def _check_shapes(init_fn: Callable[[jax.Array], Any], params: Any, source: str) -> None:
+  """Fails early, naming the first mismatching path, if the export does not fit."""
+  abstract = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
+  want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
+          jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  have = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  for path, shape in want.items():
+    if have.get(path) != shape:
+      raise ValueError(f"export {source} does not fit its model: {path} has shape "
+                       f"{have.get(path)}, the model needs {shape}")
