@@ -223,3 +223,33 @@ def test_expected_shapes_are_the_models_at_any_image_size(shapes):
       jax.random.PRNGKey(0), np.zeros((2, 64, 48, 3)))["params"]))
   flat = traverse_util.flatten_dict(params, sep="/")
   assert {k: v.shape for k, v in flat.items()} == shapes
+
+
+def test_import_of_the_release_records_the_preactivation_trunk(tmp_path):
+  """import_checkpoint --visual=bit:<release> writes a preactivation model and says so."""
+  import jax.numpy as jnp
+
+  from dynpt.interop import importer, t5x
+  from dynpt.models import configs, t5, vl_model
+  from dynpt.train import export
+
+  vocab = 256
+  t5_cfg = configs.get_config("tiny", vocab_size=vocab).t5
+  tokens = jnp.ones((1, 2), jnp.int32)
+  tower = jax.device_get(nn.meta.unbox(
+      t5.T5Transformer(t5_cfg).init(jax.random.PRNGKey(0), tokens, tokens)["params"]))
+  t5x.write(str(tmp_path / "checkpoint_3"), tower, step=3)
+  ckpt = _release(resnet.STAGE_UNITS[26])
+  np.savez(str(tmp_path / "bit.npz"), **ckpt)
+  out_dir = str(tmp_path / "export")
+  importer.import_checkpoint("t5x", str(tmp_path / "checkpoint_3"), out_dir,
+                             visual=f"bit:{tmp_path / 'bit.npz'}", image_size=32)
+  params, info = export.load_export(out_dir)
+  assert info["resnet_preactivation"] is True
+  np.testing.assert_array_equal(params["resnet"]["block3"]["unit2"]["gn1"]["bias"],
+                                ckpt["resnet/block3/unit02/a/group_norm/beta"])
+  model = vl_model.VLModel(configs.get_config("tiny", vocab_size=vocab, image_size=32,
+                                              resnet_preactivation=True))
+  want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                           tokens, tokens)["params"])
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, nn.meta.unbox(want))
