@@ -1,16 +1,21 @@
 """BiT ResNet .npz files onto dynpt's ResNet (dynpt/interop/bit.py), on fixtures in
 big_vision's layout and in the original BiT release's (whose imported trunk is checked
 against an independent numpy forward pass of BiT's ResNet v2)."""
+import types
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from dynpt.interop import bit
+from dynpt.interop import bit, importer, t5x
 from dynpt.interop.text_tower import CheckpointMismatchError
-from dynpt.models import resnet
+from dynpt.models import configs, resnet, t5
 from dynpt.models.configs import ResNetConfig
+from dynpt.train import export, model_setup
+from dynpt.train.config import ModelConfig
 
 CFG = ResNetConfig(depth=26, width=0.125, num_groups=4)  # The tiny model's ResNet.
 
@@ -230,12 +235,6 @@ def test_expected_shapes_are_the_models_at_any_image_size(shapes):
 
 def test_import_of_the_release_records_the_preactivation_trunk(tmp_path):
   """import_checkpoint --visual=bit:<release> writes a preactivation model and says so."""
-  import jax.numpy as jnp
-
-  from dynpt.interop import importer, t5x
-  from dynpt.models import configs, t5, vl_model
-  from dynpt.train import export
-
   vocab = 256
   t5_cfg = configs.get_config("tiny", vocab_size=vocab).t5
   tokens = jnp.ones((1, 2), jnp.int32)
@@ -251,8 +250,9 @@ def test_import_of_the_release_records_the_preactivation_trunk(tmp_path):
   assert info["resnet_preactivation"] is True
   np.testing.assert_array_equal(params["resnet"]["block3"]["unit2"]["gn1"]["bias"],
                                 ckpt["resnet/block3/unit02/a/group_norm/beta"])
-  model = vl_model.VLModel(configs.get_config("tiny", vocab_size=vocab, image_size=32,
-                                              resnet_preactivation=True))
+  # What a run binds to start from this export (docs/model.md) builds a model it fits.
+  model = model_setup.build_model(ModelConfig(name="tiny", resnet_preactivation=True),
+                                  types.SimpleNamespace(vocab_size=vocab), image_size=32)
   want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
                                            tokens, tokens)["params"])
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, nn.meta.unbox(want))
