@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (DataConfig(image_size="224"), "DataConfig.image_size='224'"),
     (SamplerConfig(options=[1, 2]), "SamplerConfig.options=[1, 2]"),
     (ModelConfig(dropout_rate="0.1"), "ModelConfig.dropout_rate='0.1'"),
+    (ModelConfig(resnet_preactivation="yes"), "ModelConfig.resnet_preactivation='yes'"),
 ])
 def test_wrong_types_name_the_key_and_value(cfg, key):
   with pytest.raises(ConfigError) as err:

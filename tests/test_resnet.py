@@ -67,6 +67,25 @@ def test_resnet50_names_and_param_count():
       'conv_height', 'conv_width', 'conv_in', 'conv_out')
 
 
+def test_preactivation_resnet50_is_bits_v2_tree():
+  """BiT-M R50x1's stages 1-3: no root norm, per unit gn1 on the unit input (Cin),
+  gn2/gn3 on the bottleneck, no gn_proj; the same count as the release's tensors."""
+  variables, out = _shapes(ResNetConfig(depth=50, preactivation=True), 224)
+  assert out.shape == (1, 14, 14, 1024)
+  flat = _flat(variables['params'])
+  assert 'gn_root/scale' not in flat and not any('gn_proj' in k for k in flat)
+  assert flat['block2/unit1/gn1/scale'] == (256,)  # The unit input's norm.
+  assert flat['block2/unit1/conv_proj/kernel'] == (1, 1, 256, 512)
+  assert flat['block2/unit1/gn3/bias'] == (128,)
+  expected = 7 * 7 * 3 * 64
+  for mid, units, cin in ((64, 3, 64), (128, 4, 256), (256, 6, 512)):
+    for u in range(units):
+      c = cin if u == 0 else 4 * mid
+      expected += c * mid + 9 * mid * mid + mid * 4 * mid + 2 * (c + mid + mid)
+      expected += c * 4 * mid if u == 0 else 0
+  assert sum(int(np.prod(s)) for s in flat.values()) == expected
+
+
 def test_resnet18_uses_basic_blocks():
   variables, _ = _shapes(ResNetConfig(depth=18, width=0.25, num_groups=4), 32)
   flat = _flat(variables['params'])
@@ -78,6 +97,7 @@ def test_resnet18_uses_basic_blocks():
 @pytest.mark.parametrize('config,match', [
     (ResNetConfig(depth=34), 'depth'),
     (ResNetConfig(depth=50, width=0.125, num_groups=32), 'num_groups'),
+    (ResNetConfig(depth=18, preactivation=True), 'preactivation'),
 ])
 def test_bad_config_raises(config, match):
   with pytest.raises(ValueError, match=match):

@@ -78,7 +78,8 @@ def main(argv) -> int:
       model_cfg.name, vocab_size=_vocab_size(data_cfg.vocabulary_path),
       image_size=data_cfg.image_size, dtype=model_cfg.dtype,
       remat=model_cfg.remat, dropout_rate=model_cfg.dropout_rate,
-      t5_overrides=model_cfg.t5_overrides)
+      t5_overrides=model_cfg.t5_overrides,
+      resnet_preactivation=model_cfg.resnet_preactivation)
   try:
     est = memory.estimate(
         vl_config, global_batch_size=train_cfg.global_batch_size,

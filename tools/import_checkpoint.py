@@ -29,8 +29,9 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Export folder to write.", requi
 _MODEL = flags.DEFINE_enum("model", None, ["tiny", "small", "base", "large"],
                            "Named size for the ResNet and defaults; default: the "
                            "size whose T5 matches the checkpoint, else base.")
-_VISUAL = flags.DEFINE_string("visual", None, "bit:PATH of a BiT .npz ResNet; default: "
-                              "a fresh ResNet.")
+_VISUAL = flags.DEFINE_string("visual", None, "bit:PATH of a BiT .npz ResNet (the BiT "
+                              "release builds the pre-activation trunk); default: a "
+                              "fresh ResNet.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Default: the size's (224).")
 _VOCABULARY = flags.DEFINE_string("vocabulary", None, "The checkpoint's sentencepiece "
                                   "model; default: spiece.model in an HF folder.")

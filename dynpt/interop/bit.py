@@ -12,13 +12,11 @@ Two layouts are read, told apart by their names:
 * the original BiT release (`BiT-M-R50x1.npz`, what big_vision's `bit_paper.py` loads):
   `resnet/root_block/standardized_conv2d/kernel`, `resnet/block{s}/unit{uu}/{a,b,c}/
   {standardized_conv2d/kernel, group_norm/{gamma,beta}}`, `.../a/proj/standardized_conv2d/
-  kernel`. That net is a pre-activation ResNet (v2): each unit normalises its input
-  (`a/group_norm`) and adds conv3's output unnormalised. Its convolution kernels have
-  dynpt's shapes and load one-to-one, and the norms that follow conv1 and conv2 (`b`,
-  `c`) become gn1 and gn2; dynpt's post-norm net has no place for `a/group_norm` and
-  the release has none for gn_root, gn3 and gn_proj, which start as identity affines
-  (scale 1, bias 0). The features therefore differ from BiT's own until finetuned; a
-  log line says so.
+  kernel`. That net is a pre-activation ResNet (v2), which dynpt builds with
+  `ResNetConfig.preactivation=True` (`resnet.PreActBottleneckUnit`): group `a` is the
+  unit's input norm and first conv (gn1, conv1), `b` gn2/conv2, `c` gn3/conv3, `a/proj`
+  conv_proj, as big_vision maps them; every tensor of stages 1-3 has its place and the
+  trunk computes BiT's features. `is_release` tells the importer to build that trunk.
 
 Stage 4 (`block4`) and the head are dropped: dynpt consumes the stage-3 map.
 """
@@ -83,27 +81,38 @@ def _from_big_vision(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.
   return out
 
 
-def _from_release(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+def _from_release(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """dynpt path -> array for the original BiT release (see the module docstring)."""
   tensors = {re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", k): v
              for k, v in tensors.items()}  # Some files number the conv scopes.
   out = {"conv_root/kernel": tensors[_RELEASE_ROOT]}
+  names = {"group_norm/gamma": "gn{}/scale", "group_norm/beta": "gn{}/bias",
+           "standardized_conv2d/kernel": "conv{}/kernel",
+           "proj/standardized_conv2d/kernel": "conv_proj/kernel"}
   for key, value in tensors.items():
     m = re.fullmatch(r"resnet/(block\d+)/unit(\d+)/(a|b|c)/(.+)", key)
     if not m:
       continue
     block, unit, group, rest = m.groups()
-    prefix = f"{block}/unit{int(unit)}"
-    conv = {"a": "conv1", "b": "conv2", "c": "conv3"}[group]
-    if rest == "standardized_conv2d/kernel":
-      out[f"{prefix}/{conv}/kernel"] = value
-    elif rest == "proj/standardized_conv2d/kernel":
-      out[f"{prefix}/conv_proj/kernel"] = value
-    elif group in "bc" and rest in ("group_norm/gamma", "group_norm/beta"):
-      norm = {"b": "gn1", "c": "gn2"}[group]
-      out[f"{prefix}/{norm}/{'scale' if rest.endswith('gamma') else 'bias'}"] = (
-          value.reshape(-1))
+    index = "abc".index(group) + 1
+    name = names.get(rest, f"{group}/{rest}").format(index)  # Unknown: kept, refused later.
+    if rest.startswith("group_norm/"):
+      value = value.reshape(-1)  # Some dumps keep GN params [1, 1, 1, C].
+    out[f"{block}/unit{int(unit)}/{name}"] = value
   return out
+
+
+def is_release(path: str) -> bool:
+  """Whether `path` is in the BiT release's layout (a pre-activation ResNet v2).
+
+  Raises:
+    FileNotFoundError, CheckpointMismatchError: no such file, or not an .npz.
+  """
+  return _is_release(_load_npz(path))
+
+
+def _is_release(tensors: dict[str, np.ndarray]) -> bool:
+  return any(k.startswith("resnet/root_block/standardized_conv2d") for k in tensors)
 
 
 def read(path: str, cfg: ResNetConfig) -> dict[str, Any]:
@@ -111,24 +120,23 @@ def read(path: str, cfg: ResNetConfig) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: no such file.
-    CheckpointMismatchError: an unknown layout, or a missing tensor or one whose shape
-      differs from the model's, named.
+    CheckpointMismatchError: an unknown layout, a layout whose trunk is not `cfg`'s
+      (`cfg.preactivation` must be `is_release(path)`), or a missing tensor or one
+      whose shape differs from the model's, named.
   """
   tensors = _load_npz(path)
-  release = _RELEASE_ROOT in tensors or any(
-      k.startswith("resnet/root_block/standardized_conv2d") for k in tensors)
-  if release:
-    mapped = _from_release(tensors, path)
-  else:
-    mapped = _from_big_vision(tensors, path)
+  release = _is_release(tensors)
+  mapped = _from_release(tensors) if release else _from_big_vision(tensors, path)
+  if release != cfg.preactivation:
+    layout = ("the BiT release, a pre-activation ResNet v2" if release
+              else "big_vision's bit.py layout, a post-norm ResNet v1.5")
+    raise CheckpointMismatchError(
+        f"{path}: is {layout}, but the ResNet config has "
+        f"preactivation={cfg.preactivation}")
   want = expected_shapes(cfg)
   params = {}
   for name, shape in want.items():
     if name not in mapped:
-      if release and re.search(r"(gn_root|gn3|gn_proj)/(scale|bias)$", name):
-        fill = np.ones if name.endswith("scale") else np.zeros
-        params[name] = fill(shape, np.float32)
-        continue
       raise CheckpointMismatchError(f"{path}: tensor for {name!r} is missing (a "
                                     f"ResNet-{cfg.depth} at width {cfg.width} needs it)")
     if tuple(mapped[name].shape) != shape:
@@ -143,8 +151,6 @@ def read(path: str, cfg: ResNetConfig) -> dict[str, Any]:
         f"{path}: tensor for {extra[0]!r} has no place in a ResNet-{cfg.depth} (stages "
         f"1-3 have {resnet.STAGE_UNITS[cfg.depth]} units)")
   if release:
-    logging.info("%s is the BiT release (a pre-activation ResNet v2): its kernels and "
-                 "the norms after conv1/conv2 are loaded; gn_root, gn3 and gn_proj start "
-                 "as identity, so the features differ from BiT's until finetuned", path)
+    logging.info("%s is the BiT release: a pre-activation ResNet v2 trunk", path)
   logging.info("loaded %d ResNet tensors (stages 1-3) from %s", len(params), path)
   return traverse_util.unflatten_dict(params, sep="/")

@@ -130,13 +130,20 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   Raises:
     FileNotFoundError, ValueError (CheckpointMismatchError): before writing anything.
   """
+  visual_path = None
+  if visual:
+    kind, _, visual_path = visual.partition(":")
+    if kind != "bit" or not visual_path:
+      raise ValueError(f"--visual={visual!r}: expected bit:PATH")
+  # The BiT release is a pre-activation ResNet v2: the export's model builds that trunk.
+  preactivation = bool(visual_path) and bit.is_release(visual_path)
   cfg, tower, step = read_text_tower(fmt, path)
   sizes = text_tower.t5_sizes(cfg)
   name = _model_name(model, sizes)
   named = configs.get_config(name)
   overrides = None if text_tower.t5_sizes(named.t5) == sizes else sizes
   vl_cfg = configs.get_config(name, vocab_size=cfg.vocab_size, image_size=image_size,
-                              t5_overrides=overrides)
+                              t5_overrides=overrides, resnet_preactivation=preactivation)
   spm_path = _vocabulary(fmt, path, vocabulary)
   rows = None if spm_path is None else padded_vocab_size(spm_path)
   if rows is not None and rows != cfg.vocab_size:
@@ -145,10 +152,7 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
         f"{vocab_lib.EXTRA_IDS} extra ids, padded to 128) but the checkpoint's vocabulary has "
         f"{cfg.vocab_size}")
   resnet_params = None
-  if visual:
-    kind, _, visual_path = visual.partition(":")
-    if kind != "bit" or not visual_path:
-      raise ValueError(f"--visual={visual!r}: expected bit:PATH")
+  if visual_path:
     resnet_params = bit.read(visual_path, vl_cfg.resnet)
   else:
     logging.info("no --visual: the ResNet (%s) is freshly initialised",
@@ -167,12 +171,13 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
                     "VOCABULARY set to the one the checkpoint was trained with")
   info = {"source_format": fmt, "source_path": os.path.abspath(path),
           "step": step if step is not None else 0, "model": name,
-          "t5": sizes, "t5_overrides": overrides, "vocab_size": cfg.vocab_size,
+          "t5": sizes, "t5_overrides": overrides,
+          "resnet_preactivation": preactivation, "vocab_size": cfg.vocab_size,
           "image_size": vl_cfg.image_size, "input_length": input_length,
           "target_length": target_length, "vocabulary_path": vocabulary_path,
           # None alone means "the toy vocabulary" in a run's export; here it is unknown.
           "vocabulary_recorded": vocabulary_path is not None,
-          "visual": os.path.abspath(visual.partition(":")[2]) if visual else None}
+          "visual": os.path.abspath(visual_path) if visual_path else None}
   export.write_export(out_dir, params, info)
   logging.info("imported %s checkpoint %s to %s", fmt, path, out_dir)
   return info

@@ -59,12 +59,16 @@ class ResNetConfig:
     num_groups: GroupNorm groups; must divide every channel count of the net.
     dtype: compute dtype ('float32' or 'bfloat16'); params are always float32.
     remat: rematerialise each residual unit in the backward pass.
+    preactivation: BiT's pre-activation ResNet v2 trunk (what the published BiT-M
+      checkpoints are: no root norm, each unit normalises its input, BiT's epsilons)
+      instead of the default post-norm v1.5 one; bottleneck depths only.
   """
   depth: int = 50
   width: float = 1.0
   num_groups: int = 32
   dtype: str = 'float32'
   remat: bool = False
+  preactivation: bool = False
 
   def __post_init__(self):
     _check_dtype(self.dtype, 'ResNetConfig')
@@ -117,7 +121,8 @@ T5_SIZE_FIELDS = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_la
 def get_config(name: str, *, vocab_size: int | None = None, image_size: int | None = None,
                dtype: str | None = None, remat: bool | None = None,
                dropout_rate: float | None = None,
-               t5_overrides: dict | None = None) -> VLConfig:
+               t5_overrides: dict | None = None,
+               resnet_preactivation: bool | None = None) -> VLConfig:
   """Returns the named model size with optional overrides.
 
   Args:
@@ -129,6 +134,8 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
     dropout_rate: T5 dropout rate (default 0.1).
     t5_overrides: T5 sizes (keys of `T5_SIZE_FIELDS`) replacing the named size's, e.g.
       those of an imported checkpoint; the ResNet stays the named size's.
+    resnet_preactivation: BiT's pre-activation ResNet v2 trunk (`ResNetConfig.
+      preactivation`), e.g. for an import of the BiT-M release; default: the v1.5 trunk.
 
   Returns:
     A frozen `VLConfig`.
@@ -151,6 +158,8 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
     if value is not None:
       t5_kw[key] = value
       resnet_kw[key] = value
+  if resnet_preactivation is not None:
+    resnet_kw['preactivation'] = bool(resnet_preactivation)
   image_size = default_image_size if image_size is None else image_size
   if t5_kw['vocab_size'] < 2:
     raise ValueError(f'vocab_size must be >= 2 (pad 0, EOS 1), got {vocab_size}')

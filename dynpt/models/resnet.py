@@ -3,6 +3,11 @@
 Layout follows big_vision's `models/bit.py` (ResNet v1.5: the stride sits on the 3x3
 conv of the first unit of a stage) and its submodule names: `conv_root`, `gn_root`,
 `block{s}/unit{u}/{conv1,gn1,conv2,gn2,conv3,gn3,conv_proj,gn_proj}`.
+`ResNetConfig.preactivation` builds BiT's own pre-activation ResNet v2 instead (big_vision's
+`models/bit_paper.py`: `conv_root` alone, then units `gn1` -> relu -> `conv1` -> `gn2`
+-> relu -> `conv2` -> `gn3` -> relu -> `conv3` plus a `conv_proj` shortcut of the
+pre-activated input; `PreActBottleneckUnit`), so the published BiT-M weights compute
+BiT's features (`dynpt.interop.bit`).
 
 Why GroupNorm and weight-standardized convolutions instead of BatchNorm: batch
 statistics would make an example's features depend on the other examples in its
@@ -63,9 +68,18 @@ def spatial_conv(x: Array, w: Array, strides: int) -> Array:
   return conv_lib.conv2d(x, w, strides)
 
 
-def weight_standardize(kernel: Array, eps: float = 1e-5) -> Array:
-  """Standardizes a conv kernel [h, w, in, out] to zero mean, unit std per output."""
+def weight_standardize(kernel: Array, eps: float = 1e-5,
+                       variance_eps: float | None = None) -> Array:
+  """Standardizes a conv kernel [h, w, in, out] to zero mean, unit std per output.
+
+  Divides by `std + eps`, or with `variance_eps` by `sqrt(var + variance_eps)` as the
+  BiT release does (`1e-10` there). The two differ by 5% on kernels with std 0.01, so a
+  trunk loading BiT's weights has to use BiT's form to compute BiT's function.
+  """
   kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  if variance_eps is not None:
+    return kernel * lax.rsqrt(jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True)
+                              + variance_eps)
   return kernel / (jnp.std(kernel, axis=(0, 1, 2), keepdims=True) + eps)
 
 
@@ -87,13 +101,15 @@ class StdConv(nn.Module):
   strides: int = 1
   dtype: Any = jnp.float32
   dot_min_channels: int = FAST_PATH_MIN_CHANNELS
+  variance_eps: float | None = None  # BiT's standardization (`weight_standardize`).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k, s = self.kernel_size, self.strides
     kernel = self.param('kernel', _CONV_INIT, (k, k, x.shape[-1], self.features),
                         jnp.float32)
-    kernel = weight_standardize(kernel).astype(self.dtype)  # [k, k, in, out]
+    kernel = weight_standardize(kernel, variance_eps=self.variance_eps).astype(
+        self.dtype)  # [k, k, in, out]
     x = x.astype(self.dtype)  # [N, H, W, in]
     if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
@@ -223,6 +239,54 @@ class BasicUnit(nn.Module):
     return nn.relu(residual + y)
 
 
+# BiT's epsilons for the pre-activation trunk: GroupNorm's on the group variance, weight
+# standardization's on the kernel variance (big_vision `bit_paper.py`, big_transfer
+# `bit_jax/models.py`). dynpt's own defaults (1e-6; std + 1e-5) stay for the v1.5 trunk.
+BIT_GN_EPSILON = 1e-5
+BIT_WS_VARIANCE_EPSILON = 1e-10
+
+
+def _bit_conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> StdConv:
+  return StdConv(features, kernel, strides, dtype=dtype,
+                 variance_eps=BIT_WS_VARIANCE_EPSILON, name=name)
+
+
+def _bit_norm(num_groups: int, name: str, dtype: Any) -> GroupNorm:
+  return GroupNorm(num_groups=num_groups, epsilon=BIT_GN_EPSILON, dtype=dtype, name=name)
+
+
+class PreActBottleneckUnit(nn.Module):
+  """BiT's pre-activation (ResNet v2) bottleneck unit, for `ResNetConfig.preactivation`.
+
+      a = relu(gn1(x));  shortcut = conv_proj(a) if the shape changes, else x
+      y = conv1(a) -> relu(gn2) -> conv2 (3x3, strided) -> relu(gn3) -> conv3
+      return y + shortcut                  (unnormalised, no ReLU)
+
+  The names are those big_vision's `bit_paper.py` gives the BiT release's tensors
+  (`a/group_norm` -> gn1, `b/...` -> gn2, `c/...` -> gn3, `a/proj` -> conv_proj), and the
+  norms and standardization use BiT's epsilons, so an imported release computes BiT's
+  features rather than only holding its filters.
+  """
+  nmid: int
+  strides: int
+  num_groups: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nout = self.nmid * 4
+    a = nn.relu(_bit_norm(self.num_groups, 'gn1', self.dtype)(x))
+    shortcut = x
+    if x.shape[-1] != nout or self.strides != 1:
+      shortcut = _bit_conv(nout, 1, self.strides, 'conv_proj', self.dtype)(a)
+    y = _bit_conv(self.nmid, 1, 1, 'conv1', self.dtype)(a)
+    y = nn.relu(_bit_norm(self.num_groups, 'gn2', self.dtype)(y))
+    y = _bit_conv(self.nmid, 3, self.strides, 'conv2', self.dtype)(y)
+    y = nn.relu(_bit_norm(self.num_groups, 'gn3', self.dtype)(y))
+    y = _bit_conv(nout, 1, 1, 'conv3', self.dtype)(y)
+    return y + shortcut.astype(y.dtype)
+
+
 class ResNetStage(nn.Module):
   """`num_units` residual units named unit1..unitN; the first one may downsample."""
   unit_cls: Any
@@ -253,6 +317,9 @@ def _check_config(config: ResNetConfig) -> None:
   base = int(64 * config.width)
   if base < 1:
     raise ValueError(f'ResNetConfig.width={config.width} leaves no channels')
+  if config.preactivation and config.depth == 18:
+    raise ValueError('ResNetConfig.preactivation builds BiT v2 bottleneck units; depth 18 '
+                     'has basic units (use 26, 50 or 101)')
   expansion = 1 if config.depth == 18 else 4
   channels = {base * 2 ** s for s in range(3)} | {base * 2 ** s * expansion for s in range(3)}
   bad = sorted(c for c in channels if c % config.num_groups)
@@ -273,15 +340,26 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet expects images [N, H, W, 3], got shape {images.shape}')
     dtype = jnp.dtype(cfg.dtype)
     base = int(64 * cfg.width)
-    unit_cls = BasicUnit if cfg.depth == 18 else BottleneckUnit
+    if cfg.preactivation:
+      unit_cls = PreActBottleneckUnit
+    else:
+      unit_cls = BasicUnit if cfg.depth == 18 else BottleneckUnit
     if cfg.remat:
       unit_cls = nn.remat(unit_cls)
 
-    x = _conv(base, 7, 2, 'conv_root', dtype)(jnp.asarray(images, dtype))
-    x = nn.relu(_norm(cfg.num_groups, 'gn_root', dtype)(x))
+    images = jnp.asarray(images, dtype)
+    if cfg.preactivation:  # BiT v2's root: the conv alone (its units normalise inputs).
+      x = _bit_conv(base, 7, 2, 'conv_root', dtype)(images)
+    else:
+      x = _conv(base, 7, 2, 'conv_root', dtype)(images)
+      x = nn.relu(_norm(cfg.num_groups, 'gn_root', dtype)(x))
     x = max_pool_3x3_s2(x)  # stride 4
     for stage, num_units in enumerate(STAGE_UNITS[cfg.depth]):
       x = ResNetStage(unit_cls=unit_cls, num_units=num_units, nmid=base * 2 ** stage,
                       first_strides=1 if stage == 0 else 2, num_groups=cfg.num_groups,
                       dtype=dtype, name=f'block{stage + 1}')(x)
+    # With `preactivation` this is stage 3's unnormalised residual sum, as BiT computes
+    # it: BiT normalises a stage's output only as the next unit's gn1 (stage 4, not
+    # built) or its pre-head norm (after stage 4), so nothing here has weights for a norm;
+    # the VL model's `visual_norm` after the projection does that job.
     return nn.with_logical_constraint(x, ('batch', None, None, None))

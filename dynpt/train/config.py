@@ -168,6 +168,9 @@ class ModelConfig:
   # T5 sizes of an imported checkpoint that no named size has (its export_info.json
   # `t5_overrides`); None: the named size's.
   t5_overrides: dict[str, int] | None = None
+  # BiT's pre-activation ResNet v2 trunk (`ResNetConfig.preactivation`), as an import of
+  # the BiT-M release records in its export_info.json; False: the v1.5 trunk.
+  resnet_preactivation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ def export(run_dir: str = "runs/default", out_dir: str | None = None,
   t5 = model_configs.get_config(model_cfg.name, t5_overrides=model_cfg.t5_overrides).t5
   info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
           "model": model_cfg.name, "t5_overrides": model_cfg.t5_overrides,
+          "resnet_preactivation": model_cfg.resnet_preactivation,
           "t5": {k: getattr(t5, k) for k in model_configs.T5_SIZE_FIELDS},
           "image_size": data_cfg.image_size,
           "input_length": data_cfg.input_length,

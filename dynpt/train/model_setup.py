@@ -51,7 +51,8 @@ def build_model(model_cfg: ModelConfig, vocab, image_size: int
   cfg = model_configs.get_config(
       model_cfg.name, vocab_size=padded_vocab_size(vocab),
       image_size=image_size, dtype=model_cfg.dtype, remat=model_cfg.remat,
-      dropout_rate=model_cfg.dropout_rate, t5_overrides=model_cfg.t5_overrides)
+      dropout_rate=model_cfg.dropout_rate, t5_overrides=model_cfg.t5_overrides,
+      resnet_preactivation=model_cfg.resnet_preactivation)
   return vl_model.VLModel(cfg)
 
 
