@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging as std_logging
 import os
 import re
 import sys
@@ -94,10 +95,16 @@ def _guard_gin_file_checks() -> None:
       continue
 
     def guarded(path, _exists=exists):
+      # gin's package-resource check logs "Path not found" at ERROR for every
+      # search path it tries before `gin_configs/`; a miss there is no error.
+      previous = std_logging.root.manager.disable
+      std_logging.disable(std_logging.ERROR)
       try:
         return _exists(path)
       except TypeError:
         return False
+      finally:
+        std_logging.disable(previous)
 
     guarded._dynpt_guarded = True
     readers[i] = (reader, guarded)
