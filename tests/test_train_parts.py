@@ -62,19 +62,13 @@ def test_resplit_positions():
   assert batching.resplit_positions({"a": [7]}, ["a"], 2) == {"a": [4, 4]}
 
 
-def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path):
-  from dynpt import mixing
-  from dynpt.train import loop
-  from dynpt.train.config import TrainConfig
+def test_nan_loss_stops_the_run_with_a_clear_error():
+  from dynpt.train import feedback, hooks, loop
 
-  sampler = mixing.make_sampler("uniform", ["a", "b"], 8, min_per_task=1)
-  hist = history.MixtureHistory(str(tmp_path / "h.jsonl"), ["a", "b"])
-  reporter = loop._Reporter(None, ["a", "b"], TrainConfig(run_dir=str(tmp_path)),
-                            sampler, hist)
+  draw = feedback.Draw(1, np.array([2, 2]), np.array([0.5, 0.5]), np.ones(2, np.float32))
   good = {"loss": np.float32(1.0), "task_loss_sum": np.array([4.0, 2.0]),
-          "task_tokens": np.array([4.0, 4.0])}
-  reporter.consume(0, good)
-  assert sampler.state_dict() is not None
+          "task_tokens": np.array([4.0, 0.0])}
+  np.testing.assert_array_equal(hooks.StepResult(0, draw, good).task_loss(), [1.0, np.nan])
+  bad = hooks.StepResult(1, draw, dict(good, loss=np.float32(np.nan)))
   with pytest.raises(loop.TrainingDivergedError, match="loss is nan at step 1"):
-    reporter.consume(1, dict(good, loss=np.float32(np.nan)))
-  hist.close()
+    bad.host()

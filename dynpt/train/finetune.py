@@ -1,9 +1,10 @@
 """Finetuning on downstream tasks, and their generation-based evaluation.
 
-Finetuning is the pretraining loop (`dynpt.train.loop.train`) started from an
-export's params (fresh optimizer), on one downstream task or a mixture of
-them, with optional frozen subtrees. Every `eval_every` steps and at the end
-the model decodes the eval split and the task's official metric is computed
+Finetuning is the pretraining loop (`dynpt.train.loop.run`) on a run built by
+`dynpt.train.setup.build_session` from an export's params (fresh optimizer),
+on one downstream task or a mixture of them, with optional frozen subtrees,
+plus an `EvalHook`: every `EvalConfig.every` steps and at the end the model
+decodes the eval split and the task's official metric is computed
 (`dynpt.metrics` via the seqio task's `metric_fns`); the best params by that
 metric are kept in `<run_dir>/best/` with `best.json`.
 """
@@ -24,7 +25,7 @@ from dynpt import metrics
 from dynpt.data import answer_vocab, pipeline, schema, task_registry
 from dynpt.data import vocab as vocab_lib
 from dynpt.models import decoding
-from dynpt.train import checkpoints, export, loop, model_setup, optim, partitioning
+from dynpt.train import checkpoints, export, hooks, loop, model_setup, optim, setup
 from dynpt.train.config import (DataConfig, ModelConfig, SamplerConfig, TrainConfig,
                                 validate_configs)
 
@@ -197,15 +198,13 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   init_params = load_init_params(init_from, model, data_cfg, frozen_patterns)
-  keeper = _BestKeeper(
-      task_names, model, vocab, data_cfg, eval_cfg, train_cfg.run_dir,
-      partitioning.trace_context(
-          partitioning.create_mesh(train_cfg.num_model_partitions),
-          train_cfg.partition_mode))
-  summary = loop.train(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
-                       model_cfg, init_params=init_params,
-                       frozen_patterns=tuple(frozen_patterns), eval_fn=keeper,
-                       eval_every=eval_cfg.every)
+  with setup.claimed_run_dir(train_cfg.run_dir):
+    session = setup.build_session(
+        train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
+        init_params=init_params, frozen_patterns=tuple(frozen_patterns))
+    keeper = _BestKeeper(task_names, session.model, vocab, data_cfg, eval_cfg,
+                         train_cfg.run_dir, session.trace_context)
+    summary = loop.run(session, eval_hooks=[hooks.EvalHook(keeper, eval_cfg.every)])
   summary.update(eval=keeper.last, best=keeper.best)
   return summary
 

@@ -1,0 +1,251 @@
+"""What the step loop does besides stepping: logs, history, checkpoints, eval.
+
+Each hook is a small object the loop (`dynpt.train.loop.run`) calls at a fixed
+point, so the loop itself stays a few lines:
+
+- `StepResult` is one dispatched step: its number, the `Draw` its batch was
+  assembled from and its metrics, read from the device once (`host()`), which
+  is where a non-finite loss stops the run;
+- `LoggingHook` and `HistoryHook` take in every finished step, in order
+  (`after_step`);
+- `CheckpointHook` saves when due; `EvalHook` evaluates every N steps and at
+  the end. Both run after the step's metrics were taken in, with every
+  process at the same step (both may be collective).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+from dynpt.train import checkpoints, events
+from dynpt.train.config import TrainConfig
+from dynpt.train.feedback import Draw, MixtureFeedback, task_losses
+from dynpt.train.history import MixtureHistory
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the state became NaN/inf; the message names the step kept.
+
+  Checkpoints never hold non-finite values (`Checkpointer.save` refuses
+  them), so the newest checkpoint is the last good one.
+  """
+
+
+@dataclasses.dataclass
+class StepResult:
+  """One dispatched step; `host()` waits for it and reads its metrics once."""
+  step: int
+  draw: Draw
+  metrics: Any  # The step's metrics, on the device until `host()`.
+  _host: dict | None = None
+
+  def host(self) -> dict:
+    """The metrics as numpy; raises `TrainingDivergedError` on a non-finite loss."""
+    if self._host is None:
+      self._host = jax.device_get(self.metrics)
+      loss = float(self._host["loss"])
+      if not np.isfinite(loss):
+        raise TrainingDivergedError(f"loss is {loss} at step {self.step}; stopping")
+    return self._host
+
+  def task_loss(self) -> np.ndarray:
+    """[tasks] mean token cross-entropy per task (NaN where a task had no tokens)."""
+    m = self.host()
+    return task_losses(m["task_loss_sum"], m["task_tokens"])
+
+
+class LoggingHook:
+  """Averages step metrics over `log_every` steps into the clu writer; counts throughput.
+
+  Metrics are written at the number of steps done (step s -> s + 1), as
+  `events.truncate_after` expects when a run resumes.
+  """
+
+  def __init__(self, writer, task_names, train_cfg: TrainConfig,
+               skip_counts: Callable[[], dict[str, int]] | None = None):
+    self.writer = writer
+    self.task_names = list(task_names)
+    self.cfg = train_cfg
+    self.skip_counts = skip_counts  # () -> {task: records skipped so far}.
+    self.final_task_loss: dict[str, float] = {}
+    self.examples = 0
+    self._reset()
+    self._last_time = time.time()
+    # When the first step's metrics arrived, and the examples up to then: the first
+    # step includes compilation, so throughput after it is the steady rate.
+    self._first_done: tuple[float, int] | None = None
+
+  @classmethod
+  def create(cls, run_dir: str, start_step: int, task_names, train_cfg: TrainConfig,
+             skip_counts=None) -> LoggingHook:
+    """A hook writing to `<run_dir>/tensorboard` (the chief) or to the log only.
+
+    The chief first drops the summaries a killed attempt wrote after
+    `start_step`, so a resumed run's TensorBoard has each step once.
+    """
+    log_dir = os.path.join(run_dir, "tensorboard")
+    is_chief = jax.process_index() == 0
+    if is_chief:
+      events.truncate_after(log_dir, start_step)
+    writer = metric_writers.create_default_writer(
+        log_dir, just_logging=not is_chief, asynchronous=True)
+    return cls(writer, task_names, train_cfg, skip_counts)
+
+  def _reset(self) -> None:
+    self._acc_loss, self._acc_n = 0.0, 0
+    self._acc_task_sum = np.zeros(len(self.task_names))
+    self._acc_task_tokens = np.zeros(len(self.task_names))
+
+  def after_step(self, result: StepResult) -> None:
+    m = result.host()
+    self.examples += int(result.draw.counts.sum())
+    if self._first_done is None:
+      self._first_done = (time.time(), self.examples)
+    self._acc_loss += float(m["loss"])
+    self._acc_n += 1
+    self._acc_task_sum += np.asarray(m["task_loss_sum"], np.float64)
+    self._acc_task_tokens += np.asarray(m["task_tokens"], np.float64)
+    done = result.step + 1
+    if done % self.cfg.log_every == 0 or done == self.cfg.num_steps:
+      self._write(done, m, result.draw.shares)
+
+  def _write(self, done: int, m: dict, shares: np.ndarray) -> None:
+    now = time.time()
+    steps = self._acc_n
+    dt = max(now - self._last_time, 1e-9)
+    task_loss = self._acc_task_sum / np.maximum(self._acc_task_tokens, 1)
+    scalars = {
+        "train/loss": self._acc_loss / max(steps, 1),
+        "train/grad_norm": float(m["grad_norm"]),
+        "train/learning_rate": float(m.get("learning_rate", 0.0)),
+        "train/steps_per_s": steps / dt,
+        "train/examples_per_s": steps * self.cfg.global_batch_size / dt,
+        "train/step_time_ms": 1000 * dt / max(steps, 1),
+    }
+    for i, name in enumerate(self.task_names):
+      if self._acc_task_tokens[i] > 0:
+        scalars[f"train/task/{name}/loss"] = float(task_loss[i])
+        self.final_task_loss[name] = float(task_loss[i])
+      scalars[f"train/task/{name}/share"] = float(shares[i])
+    if self.skip_counts is not None:
+      for name, count in self.skip_counts().items():
+        scalars[f"train/task/{name}/skipped_records"] = float(count)
+    self.writer.write_scalars(done, scalars)
+    self._last_time = now
+    self._reset()
+
+  def write_scalars(self, done: int, scalars: dict[str, float]) -> None:
+    """Writes other scalars (an evaluation's) at `done` steps."""
+    self.writer.write_scalars(done, scalars)
+
+  def summary(self, start: int, end: int, elapsed: float) -> dict:
+    """Totals of the run; `steady_examples_per_s` leaves out the first step (compile,
+    pipeline start-up) and is None when the run trained fewer than 2 steps."""
+    steady = None
+    if self._first_done is not None and self.examples > self._first_done[1]:
+      seconds = max(time.time() - self._first_done[0], 1e-9)
+      steady = round((self.examples - self._first_done[1]) / seconds, 2)
+    return {"start_step": start, "end_step": end,
+            "seconds": round(elapsed, 2),
+            "examples_per_s": round(self.examples / max(elapsed, 1e-9), 2),
+            "steady_examples_per_s": steady,
+            "final_task_loss": self.final_task_loss}
+
+  def close(self) -> None:
+    self.writer.flush()
+
+
+class HistoryHook:
+  """One `mixture_history.jsonl` line every `history_every` steps (chief only)."""
+
+  def __init__(self, run_dir: str, start_step: int, task_names, every: int):
+    self.every = every
+    self.history = MixtureHistory(os.path.join(run_dir, "mixture_history.jsonl"),
+                                  task_names, enabled=jax.process_index() == 0)
+    self.history.truncate_after(start_step)  # A killed attempt's lines after it go.
+
+  def after_step(self, result: StepResult) -> None:
+    if result.step % self.every == 0:
+      self.history.write(result.step, result.draw.shares, result.draw.counts,
+                         result.task_loss())
+
+  def close(self) -> None:
+    self.history.close()
+
+
+def global_positions(task_names, local: dict) -> dict:
+  """{task: [position per logical data shard]}, identical on every host.
+
+  Collective where there are several processes.
+
+  Args:
+    task_names: the mixture's tasks, in order.
+    local: this process's `MixtureInput.state()`.
+  """
+  positions = np.asarray([local[t] for t in task_names],
+                         np.int64)  # [tasks, shards of this process]
+  if jax.process_count() > 1:
+    # [processes, tasks, shards per process]; process p holds the shards
+    # [p*S/P, (p+1)*S/P), so concatenating over processes orders them.
+    gathered = np.asarray(multihost_utils.process_allgather(positions))
+  else:
+    gathered = positions[None]
+  return {t: [int(p) for p in gathered[:, i].reshape(-1)]
+          for i, t in enumerate(task_names)}
+
+
+class CheckpointHook:
+  """Saves (state, mixture feedback, data positions) every `checkpoint_every` steps,
+  at the last step and when the run stops early; never a non-finite state."""
+
+  def __init__(self, checkpointer: checkpoints.Checkpointer, task_names, last_step: int):
+    self.checkpointer = checkpointer
+    self.task_names = list(task_names)
+    self.last_step = last_step
+
+  def due(self, done: int, stop: bool) -> bool:
+    return stop or self.checkpointer.should_save(done, self.last_step)
+
+  def save(self, done: int, state, feedback: MixtureFeedback, positions: dict) -> None:
+    """Saves the state after `done` steps; `positions` are this process's data
+    positions after the batch of step `done` - 1 (collective)."""
+    self.checkpointer.save(done, state, feedback.state_dict(),
+                           global_positions(self.task_names, positions))
+
+  def kept_message(self) -> str:
+    """Which checkpoint a diverged run leaves, for its error message."""
+    self.checkpointer.wait()
+    kept = self.checkpointer.latest_step()
+    if kept is None:
+      return f"No checkpoint was written in {self.checkpointer.directory}."
+    return (f"The newest checkpoint, step {kept} in {self.checkpointer.directory}, "
+            "holds finite values; a restart resumes from it and diverges again unless "
+            "the config changes (e.g. a lower LEARNING_RATE).")
+
+
+class EvalHook:
+  """Calls `evaluate(done, params) -> {name: value}` every `every` steps and when
+  the run stops; the results go to the metric writer.
+
+  Args:
+    evaluate: the evaluation, e.g. finetuning's decode-and-score of each task.
+    every: steps between evaluations (0: only when the run stops).
+  """
+
+  def __init__(self, evaluate: Callable[[int, Any], dict[str, float]], every: int):
+    self.evaluate = evaluate
+    self.every = every
+
+  def due(self, done: int, stop: bool) -> bool:
+    return stop or (self.every > 0 and done % self.every == 0)
+
+  def run(self, done: int, params, logger: LoggingHook) -> None:
+    logger.write_scalars(done, self.evaluate(done, params))

@@ -1,0 +1,228 @@
+"""The set-up of a training run, apart from its step loop (t5x's `Trainer.__init__`).
+
+`build_session` makes everything the loop (`dynpt.train.loop.run`) steps
+with: the mesh, the model, the jitted step, the train state (restored from
+the newest good checkpoint, or fresh, or from given params), the mixture
+feedback around the sampler (restored with it) and the per-task input fed
+one batch ahead. Pretraining (`loop.train`) and finetuning
+(`finetune.finetune`) both build their runs here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+
+from dynpt import mixing
+from dynpt.data import vocab as vocab_lib
+from dynpt.train import batching, checkpoints, memory, model_setup, optim
+from dynpt.train import partitioning, preflight, run_lock
+from dynpt.train import state as state_lib
+from dynpt.train import step as step_lib
+from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
+from dynpt.train.feed import BatchFeed
+from dynpt.train.feedback import MixtureFeedback
+
+_COMPILE_BARRIER_TIMEOUT_MS = 3600 * 1000  # Large models compile for minutes.
+_BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
+
+
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: str) -> Iterator[None]:
+  """Holds the run directory for the whole run (`run_lock.RunLock`: a second
+  trainer on it is refused) and checks that its folders are writable."""
+  with run_lock.RunLock(run_dir):
+    preflight.check_writable(run_dir)
+    yield
+
+
+def make_sampler(sampler_cfg: SamplerConfig, task_names, batch_size: int,
+                 data_cfg: DataConfig) -> mixing.Sampler:
+  """The configured sampler; size-based ones get the tasks' dataset sizes."""
+  options = dict(sampler_cfg.options)
+  if sampler_cfg.name in ("size", "temperature") and "task_sizes" not in options:
+    options["task_sizes"] = [
+        model_setup.dataset_size(t, sampler_cfg.size_split, data_cfg.data_dir)
+        for t in task_names]
+  return mixing.make_sampler(sampler_cfg.name, task_names, batch_size, **options)
+
+
+@dataclasses.dataclass
+class TrainSession:
+  """A run ready to step: what `build_session` made.
+
+  Attributes:
+    train_cfg: the run's `TrainConfig` (steps, logging, checkpoint cadence).
+    task_names: the mixture's tasks, in `task_id` order.
+    mesh: the (data, model) device mesh.
+    model: the `VLModel`.
+    state: the `TrainState` (donated to every step; replaced by the loop).
+    p_step: `(state, batch, loss_weights) -> (state, metrics)`, jitted.
+    start_step: the step the run continues from (0 for a fresh run).
+    feedback: the mixture feedback around the sampler.
+    feed: the input, one batch ahead.
+    checkpointer: the run's checkpoints.
+  """
+  train_cfg: TrainConfig
+  task_names: list[str]
+  mesh: jax.sharding.Mesh
+  model: Any
+  state: Any
+  p_step: Any
+  start_step: int
+  feedback: MixtureFeedback
+  feed: BatchFeed
+  checkpointer: checkpoints.Checkpointer
+
+  @property
+  def trace_context(self) -> Callable:
+    """The mesh and activation rules the step is traced under (for decoding)."""
+    return partitioning.trace_context(self.mesh, self.train_cfg.partition_mode)
+
+  def compile_on_every_process(self) -> None:
+    """Compiles the step for the started batch, then waits for every process.
+
+    CPU collectives (gloo) give all processes 30 s to reach the first
+    collective. A process that finds the step in the persistent compilation
+    cache while another compiles it for a minute would fail there, so every
+    process compiles first (the jitted call then reuses the executable) and
+    they meet at a barrier of the distributed runtime, which has no such
+    limit. Call inside `with mesh` (part of jit's cache key).
+    """
+    draw, local = self.feed.peek()
+    rows = jax.process_count()
+    batch = {k: jax.ShapeDtypeStruct((v.shape[0] * rows,) + v.shape[1:], v.dtype,
+                                     sharding=self.feed.sharding)
+             for k, v in local.items()}
+    self.p_step.lower(self.state, batch, jnp.asarray(draw.loss_weights)).compile()
+    ocp.multihost.get_barrier_sync_fn()(
+        key=f"dynpt_train_step_compiled_{next(_BARRIER_IDS)}",
+        timeout_ms=_COMPILE_BARRIER_TIMEOUT_MS)
+
+  def close(self) -> None:
+    """Waits for pending checkpoint writes and stops the input thread."""
+    try:
+      self.checkpointer.close()
+    finally:
+      self.feed.close()
+
+
+def jit_train_step(model, num_tasks: int, train_cfg: TrainConfig,
+                   optimizer_cfg: optim.OptimizerConfig, mesh, shardings):
+  """`step.train_step` jitted with the state donated, traced under the mesh's rules."""
+  step_fn = functools.partial(
+      step_lib.train_step, model=model, num_tasks=num_tasks,
+      label_smoothing=train_cfg.label_smoothing,
+      loss_normalization=train_cfg.loss_normalization,
+      learning_rate_fn=optim.learning_rate_schedule(optimizer_cfg))
+  repl = partitioning.replicated(mesh)
+  return jax.jit(
+      partitioning.traced_under_rules(step_fn, mesh, train_cfg.partition_mode),
+      in_shardings=(shardings, partitioning.batch_sharding(mesh), repl),
+      out_shardings=(shardings, repl), donate_argnums=(0,))
+
+
+def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
+                  sampler_cfg: SamplerConfig, optimizer_cfg: optim.OptimizerConfig,
+                  model_cfg: ModelConfig, *, init_params: Any = None,
+                  frozen_patterns: tuple[str, ...] = (),
+                  num_data_shards: int | None = None) -> TrainSession:
+  """Builds (or restores) a run from valid configs, in a claimed run directory.
+
+  Args (beyond the configs):
+    init_params: params to start from instead of a random init (an export);
+      ignored when resuming from a checkpoint.
+    frozen_patterns: regexes of param paths that get no updates.
+    num_data_shards: logical data shards S (see `dynpt.train.batching`).
+      Default: the checkpoint's S when resuming and the process count
+      divides it, else one per process.
+
+  Raises:
+    ValueError: naming the setting, when the batch does not divide over the
+      devices, processes or data shards.
+  """
+  run_dir = train_cfg.run_dir
+  os.makedirs(run_dir, exist_ok=True)
+  task_names = model_setup.resolve_task_names(data_cfg.mixture)
+  batch_size = train_cfg.global_batch_size
+  feedback = MixtureFeedback(make_sampler(sampler_cfg, task_names, batch_size, data_cfg))
+  mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
+  data_devices = mesh.shape[partitioning.DATA]
+  if batch_size % max(data_devices, jax.process_count()):
+    raise ValueError(
+        f"TrainConfig.global_batch_size={batch_size} must be divisible by the "
+        f"{data_devices} data-parallel devices and {jax.process_count()} processes")
+  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
+  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
+  optimizer_cfg = dataclasses.replace(
+      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps)
+  tx = optim.make_optimizer(optimizer_cfg, frozen_patterns)
+  init_fn = model_setup.init_params_fn(model, data_cfg)
+  ckpt = checkpoints.Checkpointer(run_dir, keep=train_cfg.keep_checkpoints,
+                                  save_every=train_cfg.checkpoint_every,
+                                  async_save=train_cfg.async_checkpoints)
+  try:
+    state, shardings, data_positions = _restore_or_init(
+        ckpt, feedback, init_fn, tx, mesh, rules, train_cfg.seed, init_params)
+    if num_data_shards is None:
+      num_data_shards = batching.default_num_data_shards(
+          data_positions, jax.process_count(), batch_size)
+    if batch_size % num_data_shards:
+      raise ValueError(f"TrainConfig.global_batch_size={batch_size} must be divisible "
+                       f"by num_data_shards={num_data_shards}")
+    mixture_input = batching.MixtureInput(
+        task_names, sequence_length=data_cfg.sequence_length,
+        image_size=data_cfg.image_size, seed=data_cfg.seed,
+        data_dir=data_cfg.data_dir, split=data_cfg.split, vocabulary=vocab,
+        positions=data_positions, num_data_shards=num_data_shards,
+        max_damaged_fraction=data_cfg.max_damaged_fraction)
+  except BaseException:
+    ckpt.close()
+    raise
+  logging.info("model %s: %d params; %d tasks; mesh %s; %d data shards over "
+               "%d processes", model_cfg.name, state_lib.count_params(state.params),
+               len(task_names), dict(mesh.shape), num_data_shards, jax.process_count())
+  logging.info("%s", memory.summary_line(memory.estimate_for_state(
+      state, shardings, model.config, global_batch_size=batch_size,
+      mesh_shape=(mesh.shape[partitioning.DATA], mesh.shape[partitioning.MODEL]),
+      partition_mode=train_cfg.partition_mode, input_length=data_cfg.input_length,
+      target_length=data_cfg.target_length)))
+  return TrainSession(
+      train_cfg=train_cfg, task_names=task_names, mesh=mesh, model=model, state=state,
+      p_step=jit_train_step(model, len(task_names), train_cfg, optimizer_cfg, mesh,
+                            shardings),
+      start_step=int(jax.device_get(state.step)), feedback=feedback,
+      feed=BatchFeed(mixture_input, partitioning.batch_sharding(mesh)),
+      checkpointer=ckpt)
+
+
+def _restore_or_init(ckpt: checkpoints.Checkpointer, feedback: MixtureFeedback,
+                     init_fn, tx, mesh, rules, seed: int, init_params: Any
+                     ) -> tuple[Any, Any, dict | None]:
+  """(state, its shardings, saved data positions or None); restores `feedback`.
+
+  The newest checkpoint step that restores wins; damaged ones are logged and
+  moved aside (`Checkpointer.restore_latest_good`).
+  """
+  if ckpt.all_steps():
+    abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules, seed)
+    restored = ckpt.restore_latest_good(abstract, shardings)
+    if restored is not None:
+      step, state, mixer_state, data_positions = restored
+      logging.info("resuming from checkpoint step %d in %s", step, ckpt.run_dir)
+      feedback.load_state_dict(mixer_state)
+      return state, shardings, data_positions
+  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, rules, seed)
+  if init_params is not None:
+    state = state.replace(params=jax.device_put(init_params, shardings.params))
+  return state, shardings, None
