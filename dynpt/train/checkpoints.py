@@ -4,7 +4,9 @@ One orbax `CheckpointManager` saves three items together, so a restore is
 all-or-nothing:
   state  — the `TrainState` arrays (params, optimizer state, step, rng),
            restored straight into their shardings;
-  mixer  — the sampler's state (plain numpy arrays, a few of length |T|);
+  mixer  — the mixture feedback's state (`dynpt.train.feedback`): the
+           sampler's (plain numpy arrays, a few of length |T|) and the
+           per-task losses of the last step or two, not yet applied;
   data   — per-task data positions (JSON: a few integers per task).
 Saving is asynchronous: the step does not wait for the write.
 
