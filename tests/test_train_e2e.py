@@ -63,9 +63,11 @@ def test_pretrain_runs_and_writes_outputs(uninterrupted):
 
 def test_resume_replays_the_same_run(uninterrupted, toy_data_dir, tmp_path):
   full_dir, _ = uninterrupted
-  loop.train(**_cfgs(tmp_path, toy_data_dir, 3))  # "Killed" after step 3.
+  # "Killed" after step 4, which the uninterrupted run (checkpoints every 3 steps)
+  # did not checkpoint: the mixture does not depend on where checkpoints fall.
+  loop.train(**_cfgs(tmp_path, toy_data_dir, 4, checkpoint_every=2))
   resumed = loop.train(**_cfgs(tmp_path, toy_data_dir, 6))
-  assert resumed["start_step"] == 3 and resumed["end_step"] == 6
+  assert resumed["start_step"] == 4 and resumed["end_step"] == 6
   a, b = _history(full_dir), _history(str(tmp_path))
   assert [h["step"] for h in b] == list(range(6))
   for ha, hb in zip(a, b):
@@ -78,15 +80,27 @@ def test_resume_replays_the_same_run(uninterrupted, toy_data_dir, tmp_path):
                                    rtol=1e-5)
 
 
-def test_resume_replays_whatever_the_checkpoint_cadence(uninterrupted, toy_data_dir,
-                                                         tmp_path):
-  # The counts of batch s+1 come from the losses up to step s-1 whether or not a
-  # checkpoint follows step s (dynpt/train/feedback.py), so a run checkpointed at
-  # every step, stopped at step 4 and resumed, replays the run checkpointed every 3.
+def test_synchronous_dispatch_and_another_cadence_replay_the_run(uninterrupted,
+                                                                 toy_data_dir, tmp_path):
+  # One loop ordering: with the step call synchronous (XLA:CPU with async dispatch
+  # off) and checkpoints at other steps, a run draws the counts and gets the losses
+  # of the asynchronous run checkpointed every 3 steps: batch s+1 comes from the
+  # losses up to step s-1 in every mode (dynpt/train/feedback.py).
   full_dir, _ = uninterrupted
-  loop.train(**_cfgs(tmp_path, toy_data_dir, 4, checkpoint_every=1))
-  resumed = loop.train(**_cfgs(tmp_path, toy_data_dir, 6, checkpoint_every=1))
-  assert resumed["start_step"] == 4 and resumed["end_step"] == 6
+  script = (
+      "import sys, jax\n"
+      "jax.config.update('jax_cpu_enable_async_dispatch', False)\n"
+      "import tasks  # noqa: F401\n"
+      "from tests.test_train_e2e import _cfgs\n"
+      "from dynpt.train import loop\n"
+      "run_dir, data_dir = sys.argv[1:]\n"
+      "s = loop.train(**_cfgs(run_dir, data_dir, 6, checkpoint_every=2))\n"
+      "assert not jax.config.values['jax_cpu_enable_async_dispatch']\n"
+      "assert s['end_step'] == 6, s\n")
+  done = subprocess.run([sys.executable, "-c", script, str(tmp_path), toy_data_dir],
+                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
   a, b = _history(full_dir), _history(str(tmp_path))
   assert [h["counts"] for h in a] == [h["counts"] for h in b]
   for ha, hb in zip(a, b):

@@ -22,6 +22,7 @@ each batch are the same in both, so a resumed run replays exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -89,23 +90,27 @@ def run(session: setup.TrainSession,
   cfg = session.train_cfg
   start, last = session.start_step, cfg.num_steps
   feedback, feed = session.feedback, session.feed
-  logger = LoggingHook.create(cfg.run_dir, start, session.task_names, cfg,
-                              skip_counts=feed.input.skipped_by_task)
-  history = HistoryHook(cfg.run_dir, start, session.task_names, cfg.history_every)
-  checkpoint = CheckpointHook(session.checkpointer, session.task_names, last)
   if start >= last:
     logging.info("run already complete at step %d", start)
-  pending: StepResult | None = None  # Dispatched, not yet taken in.
+  t_start = time.time()
+  with contextlib.ExitStack() as stack:
+    stack.callback(session.close)  # Runs last: waits for the checkpoint writes.
+    logger = LoggingHook.create(cfg.run_dir, start, session.task_names, cfg,
+                                skip_counts=feed.input.skipped_by_task)
+    stack.callback(logger.close)
+    history = HistoryHook(cfg.run_dir, start, session.task_names, cfg.history_every)
+    stack.callback(history.close)
+    checkpoint = CheckpointHook(session.checkpointer, session.task_names, last)
+    preempt = stack.enter_context(preemption.Preemption())
+    stack.enter_context(session.mesh)
 
-  def take_in(result: StepResult | None) -> None:
-    """A finished step's losses to the feedback, its metrics to the hooks."""
-    if result is not None:
+    def take_in(result: StepResult) -> None:
+      """A finished step's losses to the feedback, its metrics to the hooks."""
       feedback.observe(result.step, result.task_loss(), result.draw.counts)
       logger.after_step(result)
       history.after_step(result)
 
-  t_start = time.time()
-  with preemption.Preemption() as preempt, session.mesh:
+    pending: StepResult | None = None  # Dispatched, not yet taken in.
     try:
       if start < last:
         feed.start(feedback.draw(start))
@@ -113,8 +118,8 @@ def run(session: setup.TrainSession,
           session.compile_on_every_process()
       for step in _progress(cfg, start, last):
         draw, batch, positions = feed.take()
-        take_in(pending)
-        pending = None
+        if pending is not None:
+          take_in(pending)  # Waits for step - 1.
         if step + 1 < last:
           feed.start(feedback.draw(step + 1))
         session.state, metrics = session.p_step(session.state, batch,
@@ -127,7 +132,7 @@ def run(session: setup.TrainSession,
         save = checkpoint.due(done, stop)
         evals = [hook for hook in eval_hooks if hook.due(done, stop)]
         if save or evals:
-          take_in(pending)
+          take_in(pending)  # The checkpoint holds step s's losses.
           pending = None
         if save:
           checkpoint.save(done, session.state, feedback, positions)
@@ -135,13 +140,8 @@ def run(session: setup.TrainSession,
           hook.run(done, session.state.params, logger)
         if stop:
           break
-      take_in(pending)
     except (TrainingDivergedError, checkpoints.NonFiniteStateError) as e:
       raise TrainingDivergedError(f"{e}. {checkpoint.kept_message()}") from None
-    finally:
-      session.close()
-      logger.close()
-      history.close()
   summary = logger.summary(start, int(jax.device_get(session.state.step)),
                            time.time() - t_start)
   summary.update(run_dir=cfg.run_dir, preempted=preempt.agreed,
