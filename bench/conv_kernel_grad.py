@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
 from dynpt import hostalloc  # noqa: E402
-from dynpt.models import conv  # noqa: E402
+from dynpt.models.cpu_kernels import conv  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Alternating rounds per layer.")
 
@@ -96,5 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)
