@@ -9,7 +9,8 @@ or, in older trees, `hostalloc.reexec_with_tuned_allocator`), builds the step wi
 `bench/common.py`, compiles it, takes 3 warm-up steps and times `--steps` more. The
 children alternate, baseline first, for `--rounds` rounds, so load from other processes
 on a shared machine hits both sides alike; the table gives each side's median over all
-its timed steps and the ratio. Each child also reports a fingerprint of the optimized
+its timed steps and the ratio, and the page faults per timed step (the cost the malloc
+settings exist to avoid). Each child also reports a fingerprint of the optimized
 HLO of its step, so the table says whether both sides compiled the very same program
 (then any difference is the process set-up), and the first loss.
 
@@ -52,6 +53,8 @@ compiled, compile_s = sb.compile()
 hlo = re.sub(r", metadata=\{[^}]*\}", "", compiled.as_text())
 losses, times = [], []
 for i in range(3 + steps):
+  if i == 3:
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   t = time.perf_counter()
   with sb.mesh:
     sb.state, metrics = compiled(sb.state, sb.batch, sb.weights)
@@ -61,7 +64,8 @@ for i in range(3 + steps):
 print("RESULT", json.dumps({
     "times": times, "loss": losses[0], "compile_s": compile_s,
     "hlo_sha": hashlib.sha256(hlo.encode()).hexdigest()[:16],
-    "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}))
+    "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+    "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps}))
 """
 
 
@@ -100,7 +104,8 @@ def measure(size_name: str, baseline: str) -> list[dict]:
         "after_over_before": step_s / base,
         "hlo_sha": sorted({run["hlo_sha"] for run in runs[side]}),
         "loss": runs[side][0]["loss"],
-        "minflt_per_process": [run["minflt"] for run in runs[side]]})
+        "minflt_per_process": [run["minflt"] for run in runs[side]],
+        "faults_per_timed_step": [round(run["faults_per_step"]) for run in runs[side]]})
   return records
 
 
@@ -114,8 +119,8 @@ def main(argv):
       raise app.UsageError(f"--sizes: unknown size {name!r}; known: {sorted(common.SIZES)}")
     records += measure(name, _BASELINE.value)
     common.print_table(records, ["size", "side", "step_time_s", "min_step_time_s",
-                                 "after_over_before", "per_process_median_s", "hlo_sha",
-                                 "loss"], title="train step, paired processes")
+                                 "after_over_before", "per_process_median_s",
+                                 "faults_per_timed_step", "hlo_sha", "loss"], title="train step, paired processes")
   print(f"wrote {common.write_results(_OUT.value, records)}")
 
 

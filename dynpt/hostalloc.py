@@ -12,8 +12,10 @@ docs/performance.md has the measurements.
 The settings, made with glibc's `mallopt` in the running process (the same parameters
 that its `MALLOC_*_` environment variables set when a process starts):
 
-* `M_MMAP_MAX=0` and `M_TRIM_THRESHOLD` at its largest: large blocks come from the heap
-  and stay there after `free`, so the next step reuses pages that are already mapped.
+* `M_MMAP_MAX=0` and `M_TRIM_THRESHOLD=-1`: large blocks come from the heap and stay
+  there after `free` (-1 turns trimming off; any positive threshold is an int, at most
+  2 GB, and the `small` step frees more than that at the top of the heap), so the next
+  step reuses pages that are already mapped.
 * `M_ARENA_MAX=4`: a few heaps shared by XLA's threads. With a single heap the toy
   step was 10-20% slower (threads queue in `_int_malloc`); without a limit, most
   threads own an arena whose heaps hold at most 64 MB, and those serve larger blocks by
@@ -61,11 +63,11 @@ MODES = ("tuned", "system")
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-_INT_MAX = 2 ** 31 - 1  # mallopt takes an int: the largest trim threshold it can set.
+NO_TRIM = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely."
 # name -> (mallopt parameter, value, environment variable, glibc tunable) that set it.
 MALLOPT_SETTINGS = {
     "M_MMAP_MAX": (M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "glibc.malloc.mmap_max"),
-    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, _INT_MAX, "MALLOC_TRIM_THRESHOLD_",
+    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, NO_TRIM, "MALLOC_TRIM_THRESHOLD_",
                          "glibc.malloc.trim_threshold"),
     "M_ARENA_MAX": (M_ARENA_MAX, 4, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
 }
