@@ -103,5 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

@@ -25,6 +25,7 @@ import numpy as np
 
 from dynpt import flops as flops_lib
 from dynpt.models import configs as model_configs
+from dynpt.models import cpu_kernels
 from dynpt.models import vl_model
 from dynpt.train import model_setup, optim, partitioning
 from dynpt.train import state as state_lib
@@ -167,17 +168,23 @@ class StepBench:
 
 
 def build_step(size: Size, *, dtype: str | None = None, remat: bool | None = None,
-               num_model_partitions: int = 1, seed: int = 0) -> StepBench:
-  """The train step for `size`, jitted exactly as `dynpt.train.loop.train` jits it."""
+               num_model_partitions: int = 1, seed: int = 0,
+               cpu_kernels_mode: str = "auto") -> StepBench:
+  """The train step for `size`, jitted exactly as `dynpt.train.loop.train` jits it.
+
+  `cpu_kernels_mode` is `ModelConfig.cpu_kernels`, resolved for the mesh's devices as
+  `dynpt.train.model_setup` resolves it.
+  """
   t0 = time.perf_counter()
-  cfg = model_configs.get_config(size.model, vocab_size=size.vocab_size,
-                                 image_size=size.image_size, dtype=dtype, remat=remat)
+  mesh = partitioning.create_mesh(num_model_partitions)
+  cfg = model_configs.get_config(
+      size.model, vocab_size=size.vocab_size, image_size=size.image_size, dtype=dtype,
+      remat=remat, cpu_kernels=cpu_kernels.resolve(cpu_kernels_mode, mesh.devices.flat))
   model = vl_model.VLModel(cfg)
   data_cfg = DataConfig(image_size=size.image_size, input_length=size.input_length,
                         target_length=size.target_length)
   opt_cfg = optim.OptimizerConfig(learning_rate=1e-4, warmup_steps=10, total_steps=1000)
   tx = optim.make_optimizer(opt_cfg)
-  mesh = partitioning.create_mesh(num_model_partitions)
   rules = partitioning.logical_axis_rules("data_parallel")
   state, shardings = state_lib.create_train_state(
       model_setup.init_params_fn(model, data_cfg), tx, mesh, rules, seed)

@@ -3,8 +3,8 @@
 For each layer shape (the toy, small and base trunks' 3x3 and 7x7 convolutions at their
 benchmark batches, and a few batches around them) times the jitted kernel gradient two
 ways, alternating in `--rounds` rounds: autodiff of `lax.conv_general_dilated` (what
-XLA:CPU computes by itself) and `dynpt.models.conv.kernel_gradient` (one im2col matrix
-product). The table shows which is faster and whether `conv.im2col_applies` picks
+XLA:CPU computes by itself) and `dynpt.models.cpu_kernels.conv.kernel_gradient` (one
+im2col matrix product). The table shows which is faster and whether `conv.im2col_applies` picks
 im2col for the shape; that rule's bounds were set from these numbers (docs/performance.md).
 
   python bench/conv_kernel_grad.py [--rounds=10]
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
 from dynpt import hostalloc  # noqa: E402
-from dynpt.models import conv  # noqa: E402
+from dynpt.models.cpu_kernels import conv  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Alternating rounds per layer.")
 
@@ -96,5 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

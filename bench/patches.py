@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dynpt.models import conv, resnet
+from dynpt.models import resnet
+from dynpt.models.cpu_kernels import conv
 
 
 class _FlaxStdConv(nn.Conv):
@@ -28,7 +29,9 @@ class _FlaxStdConv(nn.Conv):
     return resnet.weight_standardize(value) if name == "kernel" else value
 
 
-def _flax_conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> nn.Module:
+def _flax_conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
+               cpu_kernels: bool = True) -> nn.Module:
+  del cpu_kernels  # The reference layer is flax's whatever the model's switch says.
   pad = (kernel - 1) // 2
   return _FlaxStdConv(features, (kernel, kernel), (strides, strides),
                       padding=[(pad, pad)] * 2, use_bias=False, dtype=dtype,

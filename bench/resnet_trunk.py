@@ -28,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 from bench import common, patches  # noqa: E402
 from dynpt import hostalloc  # noqa: E402
 from dynpt.models import configs as model_configs  # noqa: E402
+from dynpt.models import cpu_kernels  # noqa: E402
 from dynpt.models import resnet  # noqa: E402
 
 _SIZE = flags.DEFINE_string("size", "small", "Size whose trunk is profiled.")
@@ -44,7 +45,7 @@ class _Stem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     base = int(64 * self.cfg.width)
-    x = resnet._conv(base, 7, 2, "conv_root", jnp.float32)(x)
+    x = resnet._conv(base, 7, 2, "conv_root", jnp.float32, self.cfg.cpu_kernels)(x)
     return nn.relu(resnet._norm(self.cfg.num_groups, "gn_root", jnp.float32)(x))
 
 
@@ -69,7 +70,8 @@ def _blocks(cfg: model_configs.ResNetConfig, image_size: int, batch: int
 
     def factory(units=units, nmid=nmid, strides=strides):
       return resnet.ResNetStage(unit_cls=unit, num_units=units, nmid=nmid,
-                                first_strides=strides, num_groups=cfg.num_groups)
+                                first_strides=strides, num_groups=cfg.num_groups,
+                                cpu_kernels=cfg.cpu_kernels)
     out.append((f"block{stage + 1}", factory, (batch, h, h, cin), True))
     h, cin = -(-h // strides), nmid * (1 if cfg.depth == 18 else 4)
   return out
@@ -97,7 +99,9 @@ def _time(fn: Callable[..., Any], args: tuple) -> float:
 def main(argv):
   del argv
   size = common.SIZES[_SIZE.value]
-  cfg = model_configs.get_config(size.model, image_size=size.image_size).resnet
+  # The trunk as a run on this host builds it (`ModelConfig.cpu_kernels='auto'`).
+  cfg = model_configs.get_config(size.model, image_size=size.image_size,
+                                 cpu_kernels=cpu_kernels.resolve("auto")).resnet
   records = []
   for name, factory, shape, wrt_input in _blocks(cfg, size.image_size, size.batch_size):
     versions = {}
@@ -132,5 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

@@ -1,53 +1,58 @@
-"""glibc malloc settings that stop XLA:CPU from page-faulting its buffers in every step.
+"""glibc malloc and JAX dispatch settings for XLA:CPU, set once where the process starts.
 
 Why this exists. XLA:CPU gives each execution of a compiled program one temporary
 buffer (175 MB for the toy train step, 1.1 GB at the `small` size) and allocates it with
 `malloc`. glibc serves any block above its mmap threshold (at most 32 MB) with a fresh
 `mmap` and returns it with `munmap` when freed, so every step faults the whole buffer
-in again, 4 KB at a time, and the kernel zeroes each page first: 43k page faults per toy
-step and 285k per small step on the development machine, at about 1.8 us each. The same
-holds for every large intermediate that outlives one step (gradients, optimizer
-updates). docs/performance.md has the measurements.
+in again, 4 KB at a time, and the kernel zeroes each page first: tens of thousands of
+page faults per toy step and hundreds of thousands per small step. The same holds for
+every large intermediate that outlives one step (gradients, optimizer updates).
+docs/performance.md has the measurements.
 
-The settings are glibc's own documented tunables, which it reads once when the process
-starts; that is why `reexec_with_tuned_allocator` re-executes the entry point with them
-set rather than changing anything in a running process:
+The settings, made with glibc's `mallopt` in the running process (the same parameters
+that its `MALLOC_*_` environment variables set when a process starts):
 
-* `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35): malloc asks for transparent
-  huge pages on its mappings, so a fault maps 2 MB instead of 4 KB (and the TLB covers
-  more of the working set).
-* `MALLOC_MMAP_MAX_=0` and `MALLOC_TRIM_THRESHOLD_=2**40`: large blocks come from the heap
-  and stay there after `free`, so the next step reuses pages that are already mapped.
-* `MALLOC_ARENA_MAX=4`: a few heaps shared by XLA's threads. With a single heap the toy
+* `M_MMAP_MAX=0` and `M_TRIM_THRESHOLD=-1`: large blocks come from the heap and stay
+  there after `free` (-1 turns trimming off; any positive threshold is an int, at most
+  2 GB, and the `small` step frees more than that at the top of the heap), so the next
+  step reuses pages that are already mapped.
+* `M_ARENA_MAX=4`: a few heaps shared by XLA's threads. With a single heap the toy
   step was 10-20% slower (threads queue in `_int_malloc`); without a limit, most
   threads own an arena whose heaps hold at most 64 MB, and those serve larger blocks by
-  `mmap` whatever `MALLOC_MMAP_MAX_` says.
+  `mmap` whatever `M_MMAP_MAX` says. The limit holds for arenas made after the call,
+  which is why it must come before XLA creates its threads.
 
-Effect on the train step measured alone (docs/performance.md): toy 0.166-0.171 ->
-0.133-0.148 s; small 2.03-2.11 -> 1.79-1.84 s. The cost: the process keeps its peak heap
-instead of returning it to the system, which is what a training process does anyway.
+Transparent huge pages. glibc's own way to back its heap with them, the
+`glibc.malloc.hugetlb=1` tunable, is read only at exec time (it meant re-executing every
+entry point). In-process, `configure_process` does what it does for the heap: it grows
+the main heap once by half the machine's memory (address space only: nothing is touched),
+marks that range `MADV_HUGEPAGE` and frees it again; with trimming off the range stays
+the heap's, so the step's buffers, allocated on the main thread, fault in 2 MB at a time
+(and cover more memory per TLB entry) where the system's THP mode is `madvise`. Without
+it the `small` step was several percent slower in the A/B of docs/performance.md.
 
 Synchronous dispatch. With JAX's default asynchronous CPU dispatch, a program runs on a
 worker thread; in about half the processes that thread owns a secondary arena, so every
-second `small` step mapped its 1.1 GB buffer afresh (+0.9 s per such step). The re-executed
-process therefore also turns `jax_cpu_enable_async_dispatch` off: the step runs on the
-calling thread, whose arena is the main heap, which keeps any block in place (no
-faults, no bimodal steps; the toy step is also 3-5% faster). The call then returns only
-when the step is done; it releases the GIL meanwhile, and the training loop starts
-assembling the next batch before the call (`dynpt.train.loop`), so input work still
-runs beside the step.
+second `small` step mapped its 1.1 GB buffer afresh. `configure_process` therefore also
+turns `jax_cpu_enable_async_dispatch` off: the step runs on the calling thread, whose
+arena is the main heap, which keeps any block in place. The call then returns only when
+the step is done (it releases the GIL meanwhile). This must also happen before JAX
+creates its CPU backend.
 
 Only CPU runs get them: a host with a GPU or TPU (`/dev/nvidia*`, `/dev/accel*`,
-`/dev/vfio/<n>`) or `JAX_PLATFORMS` naming another platform keeps glibc's defaults, since
-there the step's buffers live on the device and the host runs many input threads, which
-4 arenas would serialize. Opt out with `DYNPT_HOST_ALLOCATOR=system`. Any of the
-variables that is already set in the environment is left as the user set it. Only entry
-points call this (`python -m dynpt.main`, `tools/demo.py`, the benchmarks), as their
-first statement: a library import must not re-execute its host process.
+`/dev/vfio/<n>`) or `JAX_PLATFORMS` naming another platform keeps glibc's defaults and
+JAX's asynchronous dispatch, since there the step's buffers live on the device and the
+host runs many input threads, which 4 arenas would serialize. Opt out with
+`DYNPT_HOST_ALLOCATOR=system`. A setting the user made through glibc's environment
+(`MALLOC_ARENA_MAX`, `GLIBC_TUNABLES=glibc.malloc.arena_max=...`, ...) is left as set.
+Only entry points call `configure_process` (`python -m dynpt.main`, `tools/demo.py`,
+`tools/generate_captions.py`, the benchmarks), first thing when they run: a library
+import must not change its host process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import platform
@@ -57,16 +62,25 @@ from typing import Mapping
 from absl import logging
 
 ENV_MODE = "DYNPT_HOST_ALLOCATOR"  # 'tuned' (default) or 'system'.
-ENV_APPLIED = "DYNPT_HOST_ALLOCATOR_APPLIED"  # Set in the re-executed process.
 MODES = ("tuned", "system")
-HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
-MALLOC_ENVIRONMENT = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2 ** 40),
-    "MALLOC_ARENA_MAX": "4",
+# <malloc.h> parameter numbers.
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+NO_TRIM = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely."
+# name -> (mallopt parameter, value, environment variable, glibc tunable) that set it.
+MALLOPT_SETTINGS = {
+    "M_MMAP_MAX": (M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "glibc.malloc.mmap_max"),
+    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, NO_TRIM, "MALLOC_TRIM_THRESHOLD_",
+                         "glibc.malloc.trim_threshold"),
+    "M_ARENA_MAX": (M_ARENA_MAX, 4, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
 }
-# glibc learned the hugetlb tunable in 2.35; older versions ignore it silently.
-_MIN_GLIBC_FOR_HUGETLB = (2, 35)
+
+MADV_HUGEPAGE = 14  # <sys/mman.h>
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+_THP_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
+
+_configured: bool | None = None  # What `configure_process` decided, once it has run.
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -104,54 +118,87 @@ def tuning_applies(environ: Mapping[str, str], glibc: tuple[int, int] | None,
               or (platforms and not platforms.startswith("cpu")))
 
 
-def tuned_environment(environ: Mapping[str, str], glibc: tuple[int, int] | None,
-                      accelerator: bool = False) -> dict[str, str] | None:
-  """The environment to re-execute with, or None when there is nothing to change.
+def mallopt_settings(environ: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+  """name -> (mallopt parameter, value) to set: those the user did not set (pure).
 
-  Pure: decides from `environ`, the glibc version and whether the host has an
-  accelerator. Variables the user has set are kept; `GLIBC_TUNABLES` gains the hugetlb
-  tunable unless it already names it.
+  A parameter set through glibc's environment variable or its `GLIBC_TUNABLES` entry
+  is the user's choice and is left out.
+  """
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  return {name: (param, value)
+          for name, (param, value, variable, tunable) in MALLOPT_SETTINGS.items()
+          if variable not in environ and f"{tunable}=" not in tunables}
+
+
+def _read(path: str) -> str:
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return ""
+
+
+def thp_on_request() -> bool:
+  """Whether the kernel backs memory with huge pages only where asked (THP `madvise`).
+
+  False under strict overcommit accounting (`vm.overcommit_memory=2`), where the
+  reserved heap range would count against the commit limit for good.
+  """
+  return ("[madvise]" in _read(_THP_SETTING)
+          and _read("/proc/sys/vm/overcommit_memory").strip() != "2")
+
+
+def huge_page_heap(libc: ctypes.CDLL, size: int) -> bool:
+  """Grows the main heap by `size`, marks it `MADV_HUGEPAGE`, frees it (see module doc).
+
+  Needs `M_MMAP_MAX=0` and no trimming in effect, so the block comes from the heap and
+  the heap keeps it. Returns whether the range was marked.
+  """
+  huge = int(_read(_THP_SIZE) or 2 << 20)
+  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+  block = libc.malloc(size)
+  if not block:
+    return False
+  start, end = -(-block // huge) * huge, (block + size) // huge * huge
+  marked = end > start and libc.madvise(start, end - start, MADV_HUGEPAGE) == 0
+  libc.free(block)
+  return marked
+
+
+def configure_process() -> bool:
+  """Sets the malloc parameters and synchronous CPU dispatch, once per process.
+
+  Call first thing where an entry point starts (`if __name__ == "__main__":`), before
+  JAX creates its CPU backend or XLA its threads. Does nothing on non-glibc systems, on
+  hosts with a GPU or TPU, or with `DYNPT_HOST_ALLOCATOR=system`; later calls return
+  the first call's answer.
+
+  Returns:
+    Whether the tuned settings are in effect.
 
   Raises:
     ValueError: `DYNPT_HOST_ALLOCATOR` is set to something other than tuned/system.
   """
-  if not tuning_applies(environ, glibc, accelerator) or environ.get(ENV_APPLIED):
-    return None
-  env = dict(environ)
-  for key, value in MALLOC_ENVIRONMENT.items():
-    env.setdefault(key, value)
-  tunables = env.get("GLIBC_TUNABLES", "")
-  if glibc >= _MIN_GLIBC_FOR_HUGETLB and HUGETLB_TUNABLE not in tunables:
-    env["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, f"{HUGETLB_TUNABLE}=1"]))
-  if env == dict(environ):
-    return None
-  env[ENV_APPLIED] = "1"
-  return env
+  global _configured
+  if _configured is not None:
+    return _configured
+  _configured = tuning_applies(os.environ, glibc_version(), accelerator_present())
+  if not _configured:
+    return False
+  libc = ctypes.CDLL(None)  # The C library this process already runs on.
+  settings = mallopt_settings(os.environ)
+  for name, (param, value) in settings.items():
+    if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success.
+      logging.warning("mallopt(%s, %d) failed; keeping glibc's default", name, value)
+  huge = False
+  if {"M_MMAP_MAX", "M_TRIM_THRESHOLD"} <= set(settings) and thp_on_request():
+    huge = huge_page_heap(libc, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+  import jax  # Only now: a plain import of this module must not load JAX.
 
-
-def reexec_with_tuned_allocator() -> None:
-  """Re-executes this entry point with the tuned malloc environment, once.
-
-  Call as the first statement under `if __name__ == "__main__":`, before JAX, threads
-  or open files exist: `os.execve` replaces the process, keeping its pid, arguments
-  (`sys.orig_argv`, so `python -m pkg.mod` stays a module run) and the rest of the
-  environment. Does nothing on non-glibc systems, on hosts with a GPU or TPU, or with
-  `DYNPT_HOST_ALLOCATOR=system`. Once the settings are in place, turns JAX's
-  asynchronous CPU dispatch off (see the module docstring); so this must run before
-  JAX creates its CPU backend.
-  """
-  glibc, accelerator = glibc_version(), accelerator_present()
-  env = tuned_environment(os.environ, glibc, accelerator)
-  if env is None:
-    if tuning_applies(os.environ, glibc, accelerator):
-      import jax  # Only now: the re-exec above must happen before anything heavy.
-
-      jax.config.update("jax_cpu_enable_async_dispatch", False)
-    return
-  added = {k: env[k] for k in sorted(env) if os.environ.get(k) != env[k] and k != ENV_APPLIED}
-  logging.info("Re-executing with malloc settings for XLA:CPU %s (%s=system to opt out)",
-               added, ENV_MODE)
-  argv = [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, argv, env)
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  logging.info("XLA:CPU host settings: mallopt %s, huge-page heap %s, synchronous CPU "
+               "dispatch (%s=system to opt out)", {k: v for k, (_, v) in settings.items()},
+               huge, ENV_MODE)
+  return True

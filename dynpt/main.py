@@ -274,7 +274,7 @@ def _has_macro(name: str) -> bool:
 
 def run():
   """Console-script entry point (`dynpt --gin_file=...`)."""
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main, argv=rewrite_gin_args(sys.argv))
 
 

@@ -1,10 +1,10 @@
-"""`dynpt.models.conv`: the im2col kernel gradient is autodiff's, and the rule that picks it.
+"""`dynpt.models.cpu_kernels.conv`: the im2col kernel gradient is autodiff's, and the rule that picks it.
 
 The custom rule only changes how the kernel gradient is computed; these tests hold its
 values, input gradients and dtypes to autodiff of `lax.conv_general_dilated` for the
 kernel sizes and strides the ResNet uses (odd and even maps, so the 'same' padding's
 edges are covered), check the patch matrix against a loop over taps, and pin where the
-rule applies (CPU only, the measured bounds).
+rule applies (the measured bounds; the model uses it only with `cpu_kernels`).
 """
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from dynpt.models import configs as model_configs
-from dynpt.models import conv, resnet
+from dynpt.models import resnet
+from dynpt.models.cpu_kernels import conv
 
 
 def _normal(shape, seed, dtype=jnp.float32):
@@ -58,23 +59,19 @@ def test_kernel_gradient_of_a_scalar_loss_under_jit():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_rule_applies_on_cpu_only_and_within_the_measured_bounds():
+def test_rule_applies_within_the_measured_bounds():
   applies = conv.im2col_applies
   # The small trunk at batch 8: stem and stages 1-2 yes, stage 3 (14x14x256) no.
-  assert applies((8, 224, 224, 3), (7, 7, 3, 64), 2, backend='cpu')
-  assert applies((8, 56, 56, 64), (3, 3, 64, 64), 1, backend='cpu')
-  assert applies((8, 56, 56, 128), (3, 3, 128, 128), 2, backend='cpu')
-  assert applies((8, 28, 28, 128), (3, 3, 128, 128), 1, backend='cpu')
-  assert not applies((8, 14, 14, 256), (3, 3, 256, 256), 1, backend='cpu')
+  assert applies((8, 224, 224, 3), (7, 7, 3, 64), 2)
+  assert applies((8, 56, 56, 64), (3, 3, 64, 64), 1)
+  assert applies((8, 56, 56, 128), (3, 3, 128, 128), 2)
+  assert applies((8, 28, 28, 128), (3, 3, 128, 128), 1)
+  assert not applies((8, 14, 14, 256), (3, 3, 256, 256), 1)
   # Few output channels (the toy trunk) and small batches stay with XLA's own gradient.
-  assert not applies((96, 64, 64, 3), (7, 7, 3, 8), 2, backend='cpu')
-  assert not applies((96, 16, 16, 8), (3, 3, 8, 8), 1, backend='cpu')
-  assert not applies((2, 56, 56, 64), (3, 3, 64, 64), 1, backend='cpu')
-  assert not applies((4, 28, 28, 128), (3, 3, 128, 128), 1, backend='cpu')
-  # Accelerators compute kernel gradients at full speed: never there.
-  for backend in ('gpu', 'tpu'):
-    assert not applies((8, 56, 56, 64), (3, 3, 64, 64), 1, backend=backend)
-    assert not applies((8, 224, 224, 3), (7, 7, 3, 64), 2, backend=backend)
+  assert not applies((96, 64, 64, 3), (7, 7, 3, 8), 2)
+  assert not applies((96, 16, 16, 8), (3, 3, 8, 8), 1)
+  assert not applies((2, 56, 56, 64), (3, 3, 64, 64), 1)
+  assert not applies((4, 28, 28, 128), (3, 3, 128, 128), 1)
 
 
 def test_conv2d_routes_by_the_rule_and_computes_the_same_function(monkeypatch):
@@ -96,7 +93,7 @@ def test_conv2d_routes_by_the_rule_and_computes_the_same_function(monkeypatch):
 
 
 def test_resnet_param_gradients_are_the_same_with_the_im2col_rule(monkeypatch):
-  cfg = model_configs.ResNetConfig(depth=26, width=0.125, num_groups=4)
+  cfg = model_configs.ResNetConfig(depth=26, width=0.125, num_groups=4, cpu_kernels=True)
   model = resnet.ResNet(cfg)
   images = _normal((2, 32, 32, 3), 0)
   params = model.init(jax.random.PRNGKey(0), images)

@@ -1,4 +1,4 @@
-"""`dynpt.models.matmul`: the dense contraction with hand-written gradients is autodiff's.
+"""`dynpt.models.cpu_kernels.matmul`: the dense contraction with hand-written gradients is autodiff's.
 
 Its backward pass is two plain matrix products instead of autodiff's; these tests hold it
 to autodiff's values and dtypes for every shape the model uses it with, and check that
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from dynpt.models import matmul
+from dynpt.models.cpu_kernels import matmul
 
 
 def _normal(shape, seed, dtype=jnp.float32):

@@ -57,8 +57,7 @@ def main(argv) -> int:
     raise app.UsageError("--devices is required")
   import gin
 
-  from dynpt.models import configs
-  from dynpt.train import config, memory
+  from dynpt.train import config, memory, model_setup
 
   bindings = list(FLAGS.gin_bindings)
   if not any(b.replace(" ", "").startswith("RUN_DIR=") for b in bindings):
@@ -74,13 +73,10 @@ def main(argv) -> int:
   if _DEVICES.value % model_parallel:
     sys.exit(f"error: --model_parallel={model_parallel} does not divide "
              f"--devices={_DEVICES.value}")
-  vl_config = configs.get_config(
-      model_cfg.name, vocab_size=_vocab_size(data_cfg.vocabulary_path),
-      image_size=data_cfg.image_size, dtype=model_cfg.dtype,
-      remat=model_cfg.remat, dropout_rate=model_cfg.dropout_rate,
-      t5_overrides=model_cfg.t5_overrides,
-      resnet_preactivation=model_cfg.resnet_preactivation)
   try:
+    config.validate_configs(model_cfg)
+    vl_config = model_setup.model_config(
+        model_cfg, _vocab_size(data_cfg.vocabulary_path), data_cfg.image_size)
     est = memory.estimate(
         vl_config, global_batch_size=train_cfg.global_batch_size,
         mesh_shape=(_DEVICES.value // model_parallel, model_parallel),

@@ -77,5 +77,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

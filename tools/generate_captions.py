@@ -68,5 +68,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

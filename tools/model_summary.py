@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynpt.models import cpu_kernels
 from dynpt.models.configs import MODEL_NAMES, get_config
 from dynpt.models.vl_model import VLModel, num_visual_tokens
 
@@ -38,7 +39,8 @@ _GROUPS = (
 
 def param_shapes(name: str, image_size: int | None = None) -> dict[str, tuple[int, ...]]:
   """Maps 'slash/separated/path' -> shape for every parameter of the named model."""
-  config = get_config(name, image_size=image_size)
+  # Params are the same with or without the CPU kernels; resolved as a run resolves it.
+  config = get_config(name, image_size=image_size, cpu_kernels=cpu_kernels.resolve('auto'))
   size = config.image_size
   model = VLModel(config)
   variables = jax.eval_shape(

@@ -23,7 +23,7 @@ from absl import logging
 from dynpt.data import vocab as vocab_lib
 from dynpt.interop import bit, hf, t5x, text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
-from dynpt.models import configs, vl_model
+from dynpt.models import configs, cpu_kernels, vl_model
 from dynpt.train import export
 
 FORMATS = ("hf", "t5x")
@@ -143,7 +143,8 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   named = configs.get_config(name)
   overrides = None if text_tower.t5_sizes(named.t5) == sizes else sizes
   vl_cfg = configs.get_config(name, vocab_size=cfg.vocab_size, image_size=image_size,
-                              t5_overrides=overrides, resnet_preactivation=preactivation)
+                              t5_overrides=overrides, resnet_preactivation=preactivation,
+                              cpu_kernels=cpu_kernels.resolve("auto"))
   spm_path = _vocabulary(fmt, path, vocabulary)
   rows = None if spm_path is None else padded_vocab_size(spm_path)
   if rows is not None and rows != cfg.vocab_size:

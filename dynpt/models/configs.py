@@ -31,6 +31,9 @@ class T5Config:
     relative_attention_max_distance: distance beyond which positions share a bucket.
     dtype: compute dtype ('float32' or 'bfloat16'); params are always float32.
     remat: rematerialise each layer in the backward pass (saves activation memory).
+    cpu_kernels: dense layers contract through `dynpt.models.cpu_kernels.matmul` (for
+      XLA:CPU) instead of `nn.Dense`'s own `lax.dot_general`; same params and function.
+      Set from `ModelConfig.cpu_kernels` by whoever builds the model for a mesh.
   """
   vocab_size: int
   emb_dim: int
@@ -44,6 +47,7 @@ class T5Config:
   relative_attention_max_distance: int = 128
   dtype: str = 'float32'
   remat: bool = False
+  cpu_kernels: bool = False
 
   def __post_init__(self):
     _check_dtype(self.dtype, 'T5Config')
@@ -62,6 +66,9 @@ class ResNetConfig:
     preactivation: BiT's pre-activation ResNet v2 trunk (what the published BiT-M
       checkpoints are: no root norm, each unit normalises its input, BiT's epsilons)
       instead of the default post-norm v1.5 one; bottleneck depths only.
+    cpu_kernels: convolutions through `dynpt.models.cpu_kernels` (1x1 as `matmul`,
+      wider ones with the im2col kernel gradient, for XLA:CPU) instead of XLA's plain
+      convolution; same params and function.
   """
   depth: int = 50
   width: float = 1.0
@@ -69,6 +76,7 @@ class ResNetConfig:
   dtype: str = 'float32'
   remat: bool = False
   preactivation: bool = False
+  cpu_kernels: bool = False
 
   def __post_init__(self):
     _check_dtype(self.dtype, 'ResNetConfig')
@@ -122,7 +130,8 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
                dtype: str | None = None, remat: bool | None = None,
                dropout_rate: float | None = None,
                t5_overrides: dict | None = None,
-               resnet_preactivation: bool | None = None) -> VLConfig:
+               resnet_preactivation: bool | None = None,
+               cpu_kernels: bool = False) -> VLConfig:
   """Returns the named model size with optional overrides.
 
   Args:
@@ -136,6 +145,9 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
       those of an imported checkpoint; the ResNet stays the named size's.
     resnet_preactivation: BiT's pre-activation ResNet v2 trunk (`ResNetConfig.
       preactivation`), e.g. for an import of the BiT-M release; default: the v1.5 trunk.
+    cpu_kernels: both towers use the XLA:CPU kernels of `dynpt.models.cpu_kernels`
+      (resolved from `ModelConfig.cpu_kernels` by `cpu_kernels.resolve`); default: plain
+      flax layers, as on TPU and GPU. Params and function are the same either way.
 
   Returns:
     A frozen `VLConfig`.
@@ -154,7 +166,7 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
   t5_kw.update({k: int(v) for k, v in (t5_overrides or {}).items()})
   if dropout_rate is not None:
     t5_kw['dropout_rate'] = dropout_rate
-  for key, value in (('dtype', dtype), ('remat', remat)):
+  for key, value in (('dtype', dtype), ('remat', remat), ('cpu_kernels', bool(cpu_kernels))):
     if value is not None:
       t5_kw[key] = value
       resnet_kw[key] = value

@@ -19,9 +19,12 @@ example on its own, so the model is a pure function of its params and the train 
 has no `batch_stats`.
 
 The layers are written for speed on XLA:CPU without changing the function or the params
-(`StdConv` runs 1x1 kernels as dots and takes the kernel gradient of larger ones as an
-im2col product, `GroupNorm` reduces per channel before grouping, `max_pool_3x3_s2`
-takes maxima of strided views); see each layer and docs/performance.md.
+(`GroupNorm` reduces per channel before grouping, `max_pool_3x3_s2` takes maxima of
+strided views; both are plain jnp that every backend fuses). With
+`ResNetConfig.cpu_kernels`, `StdConv` also runs 1x1 kernels through the `matmul` kernel
+and takes the kernel gradient of larger ones as an im2col product
+(`dynpt.models.cpu_kernels`); without it, every conv is XLA's own convolution, as on TPU
+and GPU. See each layer and docs/performance.md.
 
 Depths: 18 uses basic blocks (two 3x3 convs, as in the original ResNet-18); 26, 50 and
 101 use bottleneck blocks. Only stages 1-3 are built: the model consumes the stage-3
@@ -34,8 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dynpt.models import conv as conv_lib
-from dynpt.models import matmul
+from dynpt.models.cpu_kernels import conv as conv_lib
+from dynpt.models.cpu_kernels import matmul
 from dynpt.models.configs import ResNetConfig
 
 Array = jax.Array
@@ -86,15 +89,15 @@ def weight_standardize(kernel: Array, eps: float = 1e-5,
 class StdConv(nn.Module):
   """A bias-free, 'same'-padded conv whose kernel is weight-standardized on every use.
 
-  The kernel param is [kernel, kernel, in, out] as in `nn.Conv`. A 1x1 kernel with at
-  least `dot_min_channels` input and output channels (default: always) runs as a dot over
-  channels on the strided input instead of a convolution: it is the same function, but
-  XLA:CPU sends the backward pass of 1x1 convolutions through its generic convolution
-  code (22-120 GFLOP/s, slowest on large maps), while the dot's gradients are dots too
-  (1.2-5x faster per layer at 64-1024 channels, 1.03x on the whole toy step at 8-32,
-  docs/performance.md). On TPU/GPU both forms lower to the same matmul. Larger kernels
-  run as XLA's convolution through `spatial_conv`, whose kernel gradient is an im2col
-  matrix product on CPU where that is faster (`dynpt.models.conv`).
+  The kernel param is [kernel, kernel, in, out] as in `nn.Conv`. Without `cpu_kernels`
+  the conv is XLA's own (`lax.conv_general_dilated`), which TPU and GPU run best. With
+  them (for XLA:CPU), a 1x1 kernel with at least `dot_min_channels` input and output
+  channels (default: always) runs as the `matmul` kernel over channels on the strided
+  input: the same function, but XLA:CPU sends the backward pass of 1x1 convolutions
+  through its generic convolution code (slowest on large maps), while the dot's
+  gradients are dots too (docs/performance.md). Larger kernels run as XLA's convolution
+  through `spatial_conv`, whose kernel gradient is an im2col matrix product where that
+  is faster (`dynpt.models.cpu_kernels.conv`).
   """
   features: int
   kernel_size: int
@@ -102,6 +105,7 @@ class StdConv(nn.Module):
   dtype: Any = jnp.float32
   dot_min_channels: int = FAST_PATH_MIN_CHANNELS
   variance_eps: float | None = None  # BiT's standardization (`weight_standardize`).
+  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -111,6 +115,8 @@ class StdConv(nn.Module):
     kernel = weight_standardize(kernel, variance_eps=self.variance_eps).astype(
         self.dtype)  # [k, k, in, out]
     x = x.astype(self.dtype)  # [N, H, W, in]
+    if not self.cpu_kernels:
+      return conv_lib.same_conv(x, kernel, s)
     if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
       return pointwise_dot(x[:, ::s, ::s], kernel[0, 0])
@@ -187,8 +193,9 @@ def max_pool_3x3_s2(x: Array, min_channels: int = 1) -> Array:
   return out
 
 
-def _conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> StdConv:
-  return StdConv(features, kernel, strides, dtype=dtype, name=name)
+def _conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
+          cpu_kernels: bool) -> StdConv:
+  return StdConv(features, kernel, strides, dtype=dtype, cpu_kernels=cpu_kernels, name=name)
 
 
 def _norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False) -> GroupNorm:
@@ -201,19 +208,20 @@ class BottleneckUnit(nn.Module):
   strides: int
   num_groups: int
   dtype: Any = jnp.float32
+  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     nout = self.nmid * 4
     residual = x
     if x.shape[-1] != nout or self.strides != 1:
-      residual = _conv(nout, 1, self.strides, 'conv_proj', self.dtype)(x)
+      residual = _conv(nout, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(x)
       residual = _norm(self.num_groups, 'gn_proj', self.dtype)(residual)
-    y = _conv(self.nmid, 1, 1, 'conv1', self.dtype)(x)
+    y = _conv(self.nmid, 1, 1, 'conv1', self.dtype, self.cpu_kernels)(x)
     y = nn.relu(_norm(self.num_groups, 'gn1', self.dtype)(y))
-    y = _conv(self.nmid, 3, self.strides, 'conv2', self.dtype)(y)
+    y = _conv(self.nmid, 3, self.strides, 'conv2', self.dtype, self.cpu_kernels)(y)
     y = nn.relu(_norm(self.num_groups, 'gn2', self.dtype)(y))
-    y = _conv(nout, 1, 1, 'conv3', self.dtype)(y)
+    y = _conv(nout, 1, 1, 'conv3', self.dtype, self.cpu_kernels)(y)
     # Zero-initialized last scale: each unit starts as (a projection of) the identity.
     y = _norm(self.num_groups, 'gn3', self.dtype, zero_scale=True)(y)
     return nn.relu(residual + y)
@@ -225,16 +233,17 @@ class BasicUnit(nn.Module):
   strides: int
   num_groups: int
   dtype: Any = jnp.float32
+  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     residual = x
     if x.shape[-1] != self.nmid or self.strides != 1:
-      residual = _conv(self.nmid, 1, self.strides, 'conv_proj', self.dtype)(x)
+      residual = _conv(self.nmid, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(x)
       residual = _norm(self.num_groups, 'gn_proj', self.dtype)(residual)
-    y = _conv(self.nmid, 3, self.strides, 'conv1', self.dtype)(x)
+    y = _conv(self.nmid, 3, self.strides, 'conv1', self.dtype, self.cpu_kernels)(x)
     y = nn.relu(_norm(self.num_groups, 'gn1', self.dtype)(y))
-    y = _conv(self.nmid, 3, 1, 'conv2', self.dtype)(y)
+    y = _conv(self.nmid, 3, 1, 'conv2', self.dtype, self.cpu_kernels)(y)
     y = _norm(self.num_groups, 'gn2', self.dtype, zero_scale=True)(y)
     return nn.relu(residual + y)
 
@@ -246,9 +255,10 @@ BIT_GN_EPSILON = 1e-5
 BIT_WS_VARIANCE_EPSILON = 1e-10
 
 
-def _bit_conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> StdConv:
+def _bit_conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
+              cpu_kernels: bool) -> StdConv:
   return StdConv(features, kernel, strides, dtype=dtype,
-                 variance_eps=BIT_WS_VARIANCE_EPSILON, name=name)
+                 variance_eps=BIT_WS_VARIANCE_EPSILON, cpu_kernels=cpu_kernels, name=name)
 
 
 def _bit_norm(num_groups: int, name: str, dtype: Any) -> GroupNorm:
@@ -271,6 +281,7 @@ class PreActBottleneckUnit(nn.Module):
   strides: int
   num_groups: int
   dtype: Any = jnp.float32
+  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -278,12 +289,12 @@ class PreActBottleneckUnit(nn.Module):
     a = nn.relu(_bit_norm(self.num_groups, 'gn1', self.dtype)(x))
     shortcut = x
     if x.shape[-1] != nout or self.strides != 1:
-      shortcut = _bit_conv(nout, 1, self.strides, 'conv_proj', self.dtype)(a)
-    y = _bit_conv(self.nmid, 1, 1, 'conv1', self.dtype)(a)
+      shortcut = _bit_conv(nout, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(a)
+    y = _bit_conv(self.nmid, 1, 1, 'conv1', self.dtype, self.cpu_kernels)(a)
     y = nn.relu(_bit_norm(self.num_groups, 'gn2', self.dtype)(y))
-    y = _bit_conv(self.nmid, 3, self.strides, 'conv2', self.dtype)(y)
+    y = _bit_conv(self.nmid, 3, self.strides, 'conv2', self.dtype, self.cpu_kernels)(y)
     y = nn.relu(_bit_norm(self.num_groups, 'gn3', self.dtype)(y))
-    y = _bit_conv(nout, 1, 1, 'conv3', self.dtype)(y)
+    y = _bit_conv(nout, 1, 1, 'conv3', self.dtype, self.cpu_kernels)(y)
     return y + shortcut.astype(y.dtype)
 
 
@@ -295,12 +306,14 @@ class ResNetStage(nn.Module):
   first_strides: int
   num_groups: int
   dtype: Any = jnp.float32
+  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_units):
       x = self.unit_cls(nmid=self.nmid, strides=self.first_strides if i == 0 else 1,
-                        num_groups=self.num_groups, dtype=self.dtype, name=f'unit{i + 1}')(x)
+                        num_groups=self.num_groups, dtype=self.dtype,
+                        cpu_kernels=self.cpu_kernels, name=f'unit{i + 1}')(x)
     return x
 
 
@@ -349,15 +362,15 @@ class ResNet(nn.Module):
 
     images = jnp.asarray(images, dtype)
     if cfg.preactivation:  # BiT v2's root: the conv alone (its units normalise inputs).
-      x = _bit_conv(base, 7, 2, 'conv_root', dtype)(images)
+      x = _bit_conv(base, 7, 2, 'conv_root', dtype, cfg.cpu_kernels)(images)
     else:
-      x = _conv(base, 7, 2, 'conv_root', dtype)(images)
+      x = _conv(base, 7, 2, 'conv_root', dtype, cfg.cpu_kernels)(images)
       x = nn.relu(_norm(cfg.num_groups, 'gn_root', dtype)(x))
     x = max_pool_3x3_s2(x)  # stride 4
     for stage, num_units in enumerate(STAGE_UNITS[cfg.depth]):
       x = ResNetStage(unit_cls=unit_cls, num_units=num_units, nmid=base * 2 ** stage,
                       first_strides=1 if stage == 0 else 2, num_groups=cfg.num_groups,
-                      dtype=dtype, name=f'block{stage + 1}')(x)
+                      dtype=dtype, cpu_kernels=cfg.cpu_kernels, name=f'block{stage + 1}')(x)
     # With `preactivation` this is stage 3's unnormalised residual sum, as BiT computes
     # it: BiT normalises a stage's output only as the next unit's gn1 (stage 4, not
     # built) or its pre-head norm (after stage 4), so nothing here has weights for a norm;

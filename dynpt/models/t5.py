@@ -15,13 +15,14 @@ attention kernels are stored 2-D ([embed, heads * head_dim], the `joined_kv` lay
 a T5X checkpoint maps onto these params by name. The modules here take only tokens, so
 the text path can be run (and checked) on its own via `T5Transformer`.
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dynpt.models import matmul
+from dynpt.models import cpu_kernels as cpu_kernels_lib
 from dynpt.models.configs import T5Config
 
 Array = jax.Array
@@ -35,15 +36,16 @@ _MASK_VALUE = -1e10
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Any,
-           init=_DENSE_INIT) -> nn.Dense:
+           init=_DENSE_INIT, cpu_kernels: bool = False) -> nn.Dense:
   """A bias-free dense layer with float32 params and logical axis names.
 
-  Its contraction is `matmul.dense_dot_general`: the same product, with gradients that
-  XLA:CPU computes without transposing an operand first.
+  With `cpu_kernels` its contraction is `cpu_kernels.matmul.dense_dot_general`: the
+  same product, with gradients that XLA:CPU computes without transposing an operand
+  first; otherwise `nn.Dense`'s own.
   """
   return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=nn.with_logical_partitioning(init, axes), name=name,
-                  dot_general=matmul.dense_dot_general)
+                  dot_general=cpu_kernels_lib.dense_dot_general(cpu_kernels))
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool = True,
@@ -130,6 +132,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  cpu_kernels: bool = False  # `T5Config.cpu_kernels`.
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
@@ -159,9 +162,10 @@ class MultiHeadAttention(nn.Module):
       return nn.with_logical_constraint(x, ('batch', 'length', 'heads', 'kv'))
 
     qkv_axes = ('embed', 'joined_kv')
-    query = heads(_dense(joined, qkv_axes, 'query', self.dtype, query_init)(inputs_q))
-    key = heads(_dense(joined, qkv_axes, 'key', self.dtype, _ATTENTION_INIT)(inputs_kv))
-    value = heads(_dense(joined, qkv_axes, 'value', self.dtype, _ATTENTION_INIT)(inputs_kv))
+    dense = functools.partial(_dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+    query = heads(dense(joined, qkv_axes, 'query', init=query_init)(inputs_q))
+    key = heads(dense(joined, qkv_axes, 'key', init=_ATTENTION_INIT)(inputs_kv))
+    value = heads(dense(joined, qkv_axes, 'value', init=_ATTENTION_INIT)(inputs_kv))
 
     if decode:
       initialized = self.has_variable('cache', 'cached_key')
@@ -195,8 +199,7 @@ class MultiHeadAttention(nn.Module):
         weights, deterministic=deterministic)
     x = jnp.einsum('bhqk,bkhd->bqhd', weights, value)  # [B, Lq, heads, kv]
     x = x.reshape(x.shape[:2] + (joined,))
-    return _dense(inputs_q.shape[-1], ('joined_kv', 'embed'), 'out', self.dtype,
-                  _ATTENTION_INIT)(x)
+    return dense(inputs_q.shape[-1], ('joined_kv', 'embed'), 'out', init=_ATTENTION_INIT)(x)
 
 
 class MlpBlock(nn.Module):
@@ -204,15 +207,17 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  cpu_kernels: bool = False  # `T5Config.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    gate = _dense(self.mlp_dim, ('embed', 'mlp'), 'wi_0', self.dtype)(x)
-    linear = _dense(self.mlp_dim, ('embed', 'mlp'), 'wi_1', self.dtype)(x)
+    dense = functools.partial(_dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+    gate = dense(self.mlp_dim, ('embed', 'mlp'), 'wi_0')(x)
+    linear = dense(self.mlp_dim, ('embed', 'mlp'), 'wi_1')(x)
     h = nn.gelu(gate, approximate=True) * linear  # [B, L, mlp]
     h = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
-    return _dense(x.shape[-1], ('mlp', 'embed'), 'wo', self.dtype)(h)
+    return dense(x.shape[-1], ('mlp', 'embed'), 'wo')(h)
 
 
 def _residual_dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
@@ -223,12 +228,13 @@ def _residual_dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
 def _attention(config: T5Config, name: str) -> MultiHeadAttention:
   return MultiHeadAttention(num_heads=config.num_heads, head_dim=config.head_dim,
                             dtype=jnp.dtype(config.dtype), dropout_rate=config.dropout_rate,
-                            name=name)
+                            cpu_kernels=config.cpu_kernels, name=name)
 
 
 def _mlp(config: T5Config) -> MlpBlock:
   return MlpBlock(mlp_dim=config.mlp_dim, dtype=jnp.dtype(config.dtype),
-                  dropout_rate=config.dropout_rate, name='mlp')
+                  dropout_rate=config.dropout_rate, cpu_kernels=config.cpu_kernels,
+                  name='mlp')
 
 
 class EncoderLayer(nn.Module):
@@ -353,7 +359,8 @@ class Decoder(nn.Module):
                                               deterministic, decode)
     y = RMSNorm(dtype=jnp.dtype(cfg.dtype), name='decoder_norm')(y)
     y = _residual_dropout(cfg, y, deterministic)
-    logits = _dense(cfg.vocab_size, ('embed', 'vocab'), 'logits_dense', jnp.float32)(y)
+    logits = _dense(cfg.vocab_size, ('embed', 'vocab'), 'logits_dense', jnp.float32,
+                    cpu_kernels=cfg.cpu_kernels)(y)
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 

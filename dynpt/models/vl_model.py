@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynpt.models import matmul
+from dynpt.models import cpu_kernels
 from dynpt.models.configs import VLConfig
 from dynpt.models.resnet import ResNet
 from dynpt.models.t5 import Decoder, Encoder, RMSNorm, make_token_embedder
@@ -79,7 +79,7 @@ class VLModel(nn.Module):
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                  ('conv_out', 'embed')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-        dot_general=matmul.dense_dot_general)
+        dot_general=cpu_kernels.dense_dot_general(t5.cpu_kernels))
     # Small tables: their first axis is left unnamed (replicated).
     self.visual_row_embedding = self.param(
         'visual_row_embedding', nn.with_logical_partitioning(_POS_INIT, (None, 'embed')),

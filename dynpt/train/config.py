@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from dynpt.models import cpu_kernels as cpu_kernels_lib
 from dynpt.train import losses, partitioning
 
 
@@ -171,6 +172,15 @@ class ModelConfig:
   # BiT's pre-activation ResNet v2 trunk (`ResNetConfig.preactivation`), as an import of
   # the BiT-M release records in its export_info.json; False: the v1.5 trunk.
   resnet_preactivation: bool = False
+  # The XLA:CPU kernels of `dynpt.models.cpu_kernels`: 'on', 'off', or 'auto' (on exactly
+  # when the mesh's devices are CPUs). Params and function are the same either way.
+  cpu_kernels: str = "auto"
+
+  def validate(self) -> None:
+    check_fields(self)
+    if self.cpu_kernels not in cpu_kernels_lib.MODES:
+      raise ConfigError(f"ModelConfig.cpu_kernels={self.cpu_kernels!r}: expected one of "
+                        f"{', '.join(cpu_kernels_lib.MODES)}")
 
 
 @dataclasses.dataclass(frozen=True)

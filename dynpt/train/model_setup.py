@@ -6,7 +6,7 @@ model from the same configs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from dynpt.data import task_registry
 from dynpt.data import vocab as vocab_lib
 from dynpt.models import configs as model_configs
+from dynpt.models import cpu_kernels
 from dynpt.models import vl_model
 from dynpt.train.config import DataConfig, ModelConfig
 
@@ -46,14 +47,31 @@ def padded_vocab_size(vocab) -> int:
   return vocab_lib.padded_vocab_size(vocab.vocab_size)
 
 
-def build_model(model_cfg: ModelConfig, vocab, image_size: int
-                ) -> vl_model.VLModel:
-  cfg = model_configs.get_config(
-      model_cfg.name, vocab_size=padded_vocab_size(vocab),
+def model_config(model_cfg: ModelConfig, vocab_size: int, image_size: int,
+                 devices: Sequence[jax.Device] | None = None) -> model_configs.VLConfig:
+  """The frozen model config of `model_cfg` for a mesh over `devices`.
+
+  `ModelConfig.cpu_kernels` is resolved here, once, for the devices the model will run
+  on (default `jax.devices()`, the devices `partitioning.create_mesh` uses): 'auto'
+  turns the XLA:CPU kernels on exactly when they are CPU devices. Every path that builds
+  the run's model (train, finetune, eval, export, decoding, tools) comes through here.
+
+  Raises:
+    ValueError: for an unknown `cpu_kernels` mode or an invalid size override.
+  """
+  return model_configs.get_config(
+      model_cfg.name, vocab_size=vocab_size,
       image_size=image_size, dtype=model_cfg.dtype, remat=model_cfg.remat,
       dropout_rate=model_cfg.dropout_rate, t5_overrides=model_cfg.t5_overrides,
-      resnet_preactivation=model_cfg.resnet_preactivation)
-  return vl_model.VLModel(cfg)
+      resnet_preactivation=model_cfg.resnet_preactivation,
+      cpu_kernels=cpu_kernels.resolve(model_cfg.cpu_kernels, devices))
+
+
+def build_model(model_cfg: ModelConfig, vocab, image_size: int,
+                devices: Sequence[jax.Device] | None = None) -> vl_model.VLModel:
+  """The run's model for a mesh over `devices` (default `jax.devices()`)."""
+  return vl_model.VLModel(model_config(model_cfg, padded_vocab_size(vocab), image_size,
+                                       devices))
 
 
 def dummy_batch(data_cfg: DataConfig, batch_size: int = 1,

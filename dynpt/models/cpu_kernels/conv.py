@@ -1,4 +1,4 @@
-"""A 'same'-padded 2-D convolution whose kernel gradient is one matrix product on CPU.
+"""A 'same'-padded 2-D convolution whose kernel gradient is one matrix product (XLA:CPU).
 
 `conv2d(x, w, strides)` is `lax.conv_general_dilated` over NHWC x HWIO with padding
 (k - 1) // 2, the function of the ResNet's 3x3 and 7x7 convolutions. The forward pass
@@ -16,16 +16,17 @@ two elementwise passes over it, and the product then runs at matrix speed: the k
 gradient of a 56x56x64 3x3 layer goes from 48 to 30 ms, of the 7x7 stem from 48 to 33
 ms (batch 8, docs/performance.md, fifth round).
 
-Where it applies (`im2col_applies`): on the CPU backend, for layers with at least 64
-output channels and either a wide kernel (k >= 5: the 7x7 stem, 1.5-1.8x faster at
-every batch measured) or at least 6272 output pixels (N * Ho * Wo) and a patch matrix of
-at least 6272 x 1152 entries (29 MB in fp32). Those bounds are measured, not derived:
+Where it applies (`im2col_applies`): layers with at least 64 output channels and either
+a wide kernel (k >= 5: the 7x7 stem, 1.5-1.8x faster at every batch measured) or at
+least 6272 output pixels (N * Ho * Wo) and a patch matrix of at least 6272 x 1152
+entries (29 MB in fp32). Those bounds are measured, not derived:
 XLA:CPU's own kernel gradient runs at matrix speed on small maps and batches (8x14x14x256,
 4x28x28x128, 2x56x56x64: im2col 0.7-0.85x there) and on few output channels (the toy
 trunk's 8-32: 0.35-0.8x), and slows down 3-4x past them (bench/results, docs/performance.md).
 On TPU/GPU, whose convolution units compute kernel gradients at full speed, materializing
-patches would only cost memory bandwidth, so the custom rule is not traced there. The
-function, params and math are the same either way.
+patches would only cost memory bandwidth, so the ResNet calls `conv2d` only when the model
+is built with the CPU kernels (`dynpt.models.cpu_kernels`). The function, params and math
+are the same either way.
 """
 
 from __future__ import annotations
@@ -57,12 +58,11 @@ def _out_size(size: int, strides: int) -> int:
   return -(-size // strides)
 
 
-def im2col_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: int,
-                   backend: str | None = None) -> bool:
+def im2col_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: int
+                   ) -> bool:
   """Whether `conv2d` computes this layer's kernel gradient by im2col (see module doc)."""
-  backend = jax.default_backend() if backend is None else backend
   k, _, c_in, c_out = kernel_shape
-  if backend != 'cpu' or c_out < IM2COL_MIN_OUT_CHANNELS:
+  if c_out < IM2COL_MIN_OUT_CHANNELS:
     return False
   if k >= IM2COL_MIN_KERNEL_SIZE:
     return True

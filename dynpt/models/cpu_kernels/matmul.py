@@ -16,7 +16,8 @@ gradient first wrote `g` transposed, fused into whatever produced `g` (a GroupNo
 MLP backward) at strides of M floats. With the two products above no operand is
 transposed: a 56x56x64->256 ResNet layer's backward went from 62 to 16 ms at batch 8,
 and the `small` train step from 1.84 to 1.60 s (docs/performance.md, fourth round). The
-math is unchanged, so TPU and GPU compile the same products as before.
+math is unchanged; TPU and GPU run `nn.Dense`'s own contraction instead
+(`dynpt.models.cpu_kernels`).
 
 `dense_dot_general` has `lax.dot_general`'s signature, for flax's `nn.Dense(...,
 dot_general=...)`: it routes a dense layer's contraction to `matmul` and passes any
