@@ -137,6 +137,14 @@ def test_shards_cover_each_cell_once_and_keep_references_together(count):
     assert [c.name for c in s] == [c.name for c in cells if c.name in mine]  # grid order
 
 
+def test_select_adds_references():
+  cells = grid.expand(_config())
+  picked = [c.name for c in grid.select(cells, ["doremi-dynpt_24-s2", "scratch-gqa-s0"])]
+  assert picked == ["uniform-dynpt_24-s0", "doremi-dynpt_24-s2", "scratch-gqa-s0"]
+  with pytest.raises(ValueError, match="--cell=nope"):
+    grid.select(cells, ["nope"])
+
+
 @pytest.mark.parametrize("text", ["3/2", "2/2", "-1/2", "1", "a/b", "0/0", "1/2/3"])
 def test_parse_shard_rejects(text):
   with pytest.raises(ValueError, match="--shard"):

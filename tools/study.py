@@ -11,7 +11,8 @@ finetuning per task and seed) runs in its own worker process
 (`dynpt.study.cell`). A finished cell is never run again, so running the same
 command after a crash or a kill continues where it stopped. `--shard=i/N`
 runs every N-th group of cells (for N machines or array tasks sharing
-`--out_dir`); `--report_only` merges whatever cells exist into
+`--out_dir`); `--cell=NAME` runs named cells only (with their references); `--report_only`
+merges whatever cells exist into
 `results.jsonl`, `report.md` and the figures. `--quick` keeps
 StudyConfig.quick_seeds seeds and scales the steps by quick_step_scale.
 docs/study.md explains the grid, the columns and how to scale it out.
@@ -43,6 +44,9 @@ FLAGS = flags.FLAGS
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "The study directory (cells, results, report).")
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer seeds and steps (StudyConfig.quick_*).")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run shard i of N ('i/N', 0 <= i < N).")
+_CELL = flags.DEFINE_multi_string(
+    "cell", [], "Run only these cells (names as --dry_run lists them), with their references; "
+    "e.g. one cell per SLURM array task.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "Run no cell: merge the existing ones and write the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and the estimate; run nothing.")
@@ -124,6 +128,11 @@ def main(argv) -> None:
     _error(str(e))
   os.makedirs(out_dir, exist_ok=True)
   mine = grid.shard(cells, index, count)
+  if _CELL.value:
+    try:
+      mine = grid.select(mine, _CELL.value)
+    except ValueError as e:
+      _error(str(e))
   done = store.done_cells(out_dir)
   seconds, how = runner.estimate_seconds(cfg, mine, done)
   n_pre = sum(c.init == "pretrained" for c in cells)

@@ -269,6 +269,24 @@ def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
   return [c for c in cells if find(c.name) in mine]
 
 
+def select(cells: Sequence[Cell], names: Sequence[str]) -> list[Cell]:
+  """The named cells and the references they read, in grid order.
+
+  Raises:
+    ValueError: naming a cell that is not in `cells`.
+  """
+  by_name = {c.name: c for c in cells}
+  wanted: set[str] = set()
+  for name in names:
+    if name not in by_name:
+      raise ValueError(f"--cell={name}: no such cell in this study (shard); "
+                       "`--dry_run` lists them")
+    while name is not None and name not in wanted:
+      wanted.add(name)
+      name = by_name[name].reference if by_name[name].reference in by_name else None
+  return [c for c in cells if c.name in wanted]
+
+
 def gin_literal(value: Any) -> str:
   """A Python value as gin writes it (gin parses Python literals)."""
   if isinstance(value, float) and not math.isfinite(value):

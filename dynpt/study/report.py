@@ -158,7 +158,10 @@ def findings(cfg: grid.StudyConfig, table: Table) -> list[str]:
   out.append("")
   dyn = stats.paired_difference(mean_of(PAPER_SAMPLER), mean_of(BASELINE))
   if dyn.n:
-    if dyn.verdict == "better":
+    if math.isnan(dyn.low):
+      out.append(f"- Whether the dynamic sampler beats uniform cannot be told from "
+                 f"{dyn.n} paired seed(s): {_fmt_diff(dyn)} points.")
+    elif dyn.verdict == "better":
       out.append(f"- The dynamic sampler beats uniform at this scale by {_fmt_diff(dyn)} "
                  "points.")
     else:
