@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -174,6 +175,11 @@ def test_cell_spec_bindings_parse_in_gin():
   odm = runner.cell_spec(cfg, cells["odm-dynpt_24-s2"], "/tmp/study")
   assert "'seed': 2" in next(b for b in odm["pretrain"]["bindings"]
                              if b.startswith("SAMPLER_OPTIONS="))
+  moved = runner.cell_spec(cfg, cells["doremi-dynpt_24-s1"], "/elsewhere/study")
+  assert moved["fingerprint"] == spec["fingerprint"]  # Shards copied in still match.
+  longer = dataclasses.replace(cfg, pretrain_steps=cfg.pretrain_steps + 1)
+  assert runner.cell_spec(longer, cells["doremi-dynpt_24-s1"],
+                          "/tmp/study")["fingerprint"] != spec["fingerprint"]
   from dynpt import main as dynpt_main
 
   dynpt_main.parse_gin([spec["pretrain"]["gin_files"][0]], bindings)
@@ -284,3 +290,17 @@ def test_study_end_to_end_resumes_and_reports(tmp_path):
   with open(os.path.join(out, store.RESULTS)) as f:
     assert len(f.readlines()) == 3
   assert "3 of 3 planned cells done" in open(os.path.join(out, report.REPORT)).read()
+
+  # The same directory with another configuration is refused, naming the cells.
+  changed = _study(out, "--gin.STEPS=3", timeout=120)
+  assert changed.returncode == 1
+  assert "ran with another configuration" in changed.stderr.strip().splitlines()[-1]
+
+  # --report_only rebuilds results.jsonl and the report from the cells alone.
+  for name in (store.RESULTS, report.REPORT):
+    os.remove(os.path.join(out, name))
+  merged = _study(out, "--report_only", timeout=120)
+  assert merged.returncode == 0, merged.stderr
+  with open(os.path.join(out, store.RESULTS)) as f:
+    assert len(f.readlines()) == 3
+  assert os.path.exists(os.path.join(out, report.REPORT))

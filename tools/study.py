@@ -133,6 +133,12 @@ def main(argv) -> None:
       mine = grid.select(mine, _CELL.value)
     except ValueError as e:
       _error(str(e))
+  if not _REPORT_ONLY.value:
+    stale = runner.stale_cells(cfg, mine, out_dir)
+    if stale:
+      _error(f"{out_dir}: {len(stale)} cell(s) ran with another configuration "
+             f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
+             "use a new --out_dir for a changed study (or delete those cells)")
   done = store.done_cells(out_dir)
   seconds, how = runner.estimate_seconds(cfg, mine, done)
   n_pre = sum(c.init == "pretrained" for c in cells)

@@ -155,6 +155,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                  "pretrain_loss": pretrain_loss, "pretrain_steps": pretrain_steps,
                  "finetune_steps": res["step"], "eval_examples": res["num_examples"]})
   record = {"cell": spec["name"], "rows": rows, "pretrain_loss": pretrain_loss,
+            "fingerprint": spec.get("fingerprint"),
             "pretrain_steps": pretrain_steps,
             "pretrain_run_dir": (spec.get("pretrain") or {}).get("run_dir"),
             "seconds": round(time.time() - t0, 2),

@@ -12,6 +12,8 @@ for that reason.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +62,38 @@ def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str,
     spec["finetune"].append({"task": task, "run_dir": run_dir,
                              "gin_files": [grid.finetune_gin_file(cfg, task)],
                              "bindings": grid.bindings(values)})
+  spec["fingerprint"] = fingerprint(spec)
   return spec
+
+
+def fingerprint(spec: dict[str, Any]) -> str:
+  """A digest of what the cell computes: its gin files and bindings.
+
+  The study directory's own path is left out, so cells copied in from a
+  shard that ran elsewhere match.
+  """
+  what = {"pretrain": spec["pretrain"] and {k: spec["pretrain"][k] for k in
+                                             ("gin_files", "bindings", "loss_fraction")},
+          "finetune": [{k: f[k] for k in ("task", "gin_files", "bindings")}
+                       for f in spec["finetune"]]}
+  text = json.dumps(what, sort_keys=True).replace(spec["out_dir"], "<out_dir>")
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stale_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str) -> list[str]:
+  """Cells finished or started under another configuration than `cfg`'s.
+
+  Their results would silently mix two configurations into one table, so the
+  study refuses to continue in that directory.
+  """
+  stale = []
+  for cell in cells:
+    directory = store.cell_dir(out_dir, cell.name)
+    old = (store.read_json(os.path.join(directory, store.DONE))
+           or store.read_json(os.path.join(directory, SPEC)))
+    if old and old.get("fingerprint") != fingerprint(cell_spec(cfg, cell, out_dir)):
+      stale.append(cell.name)
+  return stale
 
 
 def sampler_options(cfg: grid.StudyConfig, cell: grid.Cell) -> dict[str, Any]:
