@@ -1,0 +1,230 @@
+"""Runs the study's cells: one worker process per cell, finished cells skipped.
+
+The runner writes each cell's spec (the gin files and bindings of each
+stage, `dynpt.study.cell`), starts `python -m dynpt.study.cell` on it, and
+waits. A worker that fails, hangs past `cell_timeout_s` or is killed leaves a
+`failed.json` with its exit code and the tail of its log; the study goes on
+with the next cell and the report lists the failure. A cell whose reference
+(DoReMi's uniform run) is not done is not started and is recorded as failed
+for that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import logging
+
+from dynpt.study import grid, store
+from dynpt.study.cell import SPEC
+
+LOG = "worker.log"
+LOG_TAIL_CHARS = 4000
+
+
+def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str, Any]:
+  """Everything the worker of `cell` needs, as plain JSON."""
+  out_dir = os.path.abspath(out_dir)
+  directory = store.cell_dir(out_dir, cell.name)
+  data = grid.data_dir(cfg, out_dir)
+  spec: dict[str, Any] = {
+      "name": cell.name, "sampler": cell.sampler, "mixture": cell.mixture,
+      "seed": cell.seed, "init": cell.init, "out_dir": out_dir, "cell_dir": directory,
+      "pretrain": None, "finetune": []}
+  if cell.init == "pretrained":
+    run_dir = os.path.join(directory, "pretrain")
+    options = sampler_options(cfg, cell)
+    if cell.reference is not None:
+      options.update(reference_run_dir=os.path.join(
+          store.cell_dir(out_dir, cell.reference), "pretrain"),
+                     num_steps=cfg.pretrain_steps)
+    values = {"RUN_DIR": run_dir, "DATA_DIR": data, "MIXTURE": cell.mixture,
+              "SAMPLER": cell.sampler, "SAMPLER_OPTIONS": options, "SEED": cell.seed,
+              "NUM_STEPS": cfg.pretrain_steps,
+              "WARMUP_STEPS": grid.warmup_steps(cfg, cfg.pretrain_steps),
+              **cfg.common_bindings, **cfg.pretrain_bindings}
+    spec["pretrain"] = {"gin_files": [cfg.pretrain_gin], "bindings": grid.bindings(values),
+                        "run_dir": run_dir, "loss_fraction": cfg.pretrain_loss_fraction}
+  for task in cell.tasks:
+    run_dir = os.path.join(directory, f"finetune_{task}")
+    values = {"RUN_DIR": run_dir, "DATA_DIR": data, "SEED": cell.seed,
+              "NUM_STEPS": cfg.finetune_steps,
+              "WARMUP_STEPS": grid.warmup_steps(cfg, cfg.finetune_steps),
+              "EVAL_EVERY": cfg.finetune_steps,  # One evaluation, after the last step.
+              **cfg.common_bindings, **cfg.finetune_bindings}
+    spec["finetune"].append({"task": task, "run_dir": run_dir,
+                             "gin_files": [grid.finetune_gin_file(cfg, task)],
+                             "bindings": grid.bindings(values)})
+  spec["fingerprint"] = fingerprint(spec)
+  return spec
+
+
+def fingerprint(spec: dict[str, Any]) -> str:
+  """A digest of what the cell computes: its gin files and bindings.
+
+  The study directory's own path is left out, so cells copied in from a
+  shard that ran elsewhere match.
+  """
+  what = {"pretrain": spec["pretrain"] and {k: spec["pretrain"][k] for k in
+                                             ("gin_files", "bindings", "loss_fraction")},
+          "finetune": [{k: f[k] for k in ("task", "gin_files", "bindings")}
+                       for f in spec["finetune"]]}
+  text = json.dumps(what, sort_keys=True).replace(spec["out_dir"], "<out_dir>")
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stale_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str) -> list[str]:
+  """Cells finished or started under another configuration than `cfg`'s.
+
+  Their results would silently mix two configurations into one table, so the
+  study refuses to continue in that directory.
+  """
+  stale = []
+  for cell in cells:
+    directory = store.cell_dir(out_dir, cell.name)
+    old = (store.read_json(os.path.join(directory, store.DONE))
+           or store.read_json(os.path.join(directory, SPEC)))
+    if old and old.get("fingerprint") != fingerprint(cell_spec(cfg, cell, out_dir)):
+      stale.append(cell.name)
+  return stale
+
+
+def sampler_options(cfg: grid.StudyConfig, cell: grid.Cell) -> dict[str, Any]:
+  """The cell's SAMPLER_OPTIONS: the config's, plus what the cell decides.
+
+  A sampler that draws at random (takes `seed`) gets the cell's seed unless
+  the config sets one, so seeds differ in the draws too.
+  """
+  import inspect
+
+  from dynpt import mixing
+
+  options = dict(cfg.sampler_options.get(cell.sampler, {}))
+  cls = mixing.SAMPLERS.get(cell.sampler)
+  if cls is not None and "seed" in inspect.signature(cls.__init__).parameters:
+    options.setdefault("seed", cell.seed)
+  return options
+
+
+def predicted_seconds(cfg: grid.StudyConfig, cell: grid.Cell) -> float:
+  """The prior estimate of one cell's wall time (StudyConfig's seconds_per_*)."""
+  pretrained = cell.init == "pretrained"
+  return (cfg.seconds_per_run * (pretrained + len(cell.tasks))
+          + pretrained * cfg.pretrain_steps * cfg.seconds_per_pretrain_step
+          + len(cell.tasks) * cfg.finetune_steps * cfg.seconds_per_finetune_step)
+
+
+def estimate_seconds(cfg: grid.StudyConfig, cells: Sequence[grid.Cell],
+                     done: dict[str, dict[str, Any]]) -> tuple[float, str]:
+  """(seconds the cells not yet done will take, how that was estimated).
+
+  Cells of this study that finished already calibrate the prior: it is
+  scaled by their measured over predicted time.
+  """
+  by_name = {c.name: c for c in cells}
+  timed = [(r["seconds"], predicted_seconds(cfg, by_name[n]))
+           for n, r in done.items() if n in by_name and r.get("seconds")]
+  scale, how = 1.0, "prior (StudyConfig.seconds_per_*)"
+  if timed:
+    scale = sum(t for t, _ in timed) / max(sum(p for _, p in timed), 1e-9)
+    how = f"prior x {scale:.2f}, calibrated on {len(timed)} finished cell(s)"
+  todo = [c for c in cells if c.name not in done]
+  return scale * sum(predicted_seconds(cfg, c) for c in todo), how
+
+
+@dataclasses.dataclass
+class RunSummary:
+  ran: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  failed: list[str] = dataclasses.field(default_factory=list)
+
+
+def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
+              env: dict[str, str] | None = None, progress: bool = True) -> RunSummary:
+  """Runs every cell of `cells` that is not done, in order; never raises for a cell."""
+  import tqdm
+
+  summary = RunSummary()
+  failed_here: set[str] = set()
+  with tqdm.tqdm(total=len(cells), desc="study", unit="cell", disable=not progress,
+                 file=sys.stdout) as bar:
+    for cell in cells:
+      bar.set_postfix_str(cell.name)
+      if store.is_done(out_dir, cell.name):
+        summary.skipped.append(cell.name)
+      elif cell.reference is not None and not store.is_done(out_dir, cell.reference):
+        why = (f"its reference cell {cell.reference} "
+               + ("failed" if cell.reference in failed_here else "is not done"))
+        store.mark_failed(out_dir, cell.name, {"returncode": None, "error": why,
+                                               "time": time.time()})
+        summary.failed.append(cell.name)
+        failed_here.add(cell.name)
+        logging.warning("cell %s not started: %s", cell.name, why)
+      elif run_one(cfg, cell, out_dir, env):
+        summary.ran.append(cell.name)
+      else:
+        summary.failed.append(cell.name)
+        failed_here.add(cell.name)
+      bar.update(1)
+  return summary
+
+
+def run_one(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str,
+            env: dict[str, str] | None = None) -> bool:
+  """Runs one cell's worker; True when it finished, else its failure is recorded."""
+  spec = cell_spec(cfg, cell, out_dir)
+  directory = spec["cell_dir"]
+  os.makedirs(directory, exist_ok=True)
+  spec_path = os.path.join(directory, SPEC)
+  store.write_json_atomic(spec_path, spec)
+  log_path = os.path.join(directory, LOG)
+  t0 = time.time()
+  with open(log_path, "ab") as log:
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.name}\n".encode())
+    log.flush()
+    proc = subprocess.Popen([sys.executable, "-m", "dynpt.study.cell", spec_path],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, **(env or {})))
+    try:
+      code = proc.wait(timeout=cfg.cell_timeout_s)
+      error = None if code == 0 else _error_line(log_path)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      code, error = None, f"no result after {cfg.cell_timeout_s:.0f} s (cell_timeout_s)"
+    except BaseException:  # Ctrl-C / SIGTERM of the study: stop the worker too.
+      proc.terminate()
+      proc.wait()
+      raise
+  if code == 0 and store.is_done(out_dir, cell.name):
+    return True
+  if code == 0:
+    error = "the worker exited 0 without writing its done marker"
+  store.mark_failed(out_dir, cell.name, {
+      "returncode": code, "error": error, "seconds": round(time.time() - t0, 2),
+      "log": log_path, "log_tail": _tail(log_path), "time": time.time()})
+  logging.warning("cell %s failed (exit %s): %s; log: %s", cell.name, code, error, log_path)
+  return False
+
+
+def _tail(path: str) -> str:
+  with open(path, "rb") as f:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - LOG_TAIL_CHARS))
+    return f.read().decode(errors="replace")
+
+
+def _error_line(log_path: str) -> str:
+  """The worker's `error:` line, else the last line of its log (a traceback's)."""
+  lines = [ln for ln in _tail(log_path).splitlines() if ln.strip()]
+  for line in reversed(lines):
+    if line.startswith("error:"):
+      return line[len("error:"):].strip()
+  return lines[-1].strip() if lines else "no output"

@@ -1,0 +1,306 @@
+"""The study runner (tools/study.py, dynpt.study): grid, shards, statistics, report, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats as scipy_stats
+
+from dynpt.study import grid, pretrain_loss, report, runner, stats, store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE4 = ("easiest", "hardest", "uniform", "size", "loss_reweight", "dsg", "dynamic",
+          "odm", "doremi", "ado", "softmax")
+
+
+def _config(**kw) -> grid.StudyConfig:
+  base = dict(samplers=TABLE4, mixture="dynpt_24", sweep_samplers=("uniform", "dynamic"),
+              sweep_mixtures=("dynpt_4", "dynpt_8"), seeds=(0, 1, 2),
+              downstream=("vqav2", "gqa"))
+  return grid.StudyConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- statistics
+
+_values = st.lists(st.floats(-100, 100, allow_nan=False), min_size=2, max_size=8)
+
+
+@given(_values, st.floats(-50, 50))
+@settings(max_examples=50, deadline=None)
+def test_paired_difference_shift_and_sign(values, shift):
+  a = dict(enumerate(values))
+  b = {s: v - shift for s, v in a.items()}
+  d = stats.paired_difference(a, b)
+  assert d.n == len(values)
+  assert d.mean == pytest.approx(shift, abs=1e-6)
+  assert d.low <= d.mean + 1e-9 <= d.high + 2e-9
+  swapped = stats.paired_difference(b, a)
+  assert swapped.mean == pytest.approx(-d.mean, abs=1e-9)
+  assert swapped.low == pytest.approx(-d.high, abs=1e-6)
+
+
+@given(_values, _values)
+@settings(max_examples=50, deadline=None)
+def test_paired_difference_matches_scipy_ttest(a_vals, b_vals):
+  n = min(len(a_vals), len(b_vals))
+  a, b = dict(enumerate(a_vals[:n])), dict(enumerate(b_vals[:n]))
+  d = stats.paired_difference(a, b)
+  diffs = np.asarray(a_vals[:n]) - np.asarray(b_vals[:n])
+  if np.std(diffs) < 1e-9:
+    assert d.high - d.low == pytest.approx(0.0, abs=1e-6)
+    return
+  low, high = scipy_stats.t.interval(0.95, n - 1, loc=diffs.mean(),
+                                     scale=scipy_stats.sem(diffs))
+  assert (d.low, d.high) == pytest.approx((low, high), rel=1e-6, abs=1e-6)
+  # The interval excludes 0 exactly when the paired t-test rejects at 5%.
+  p = scipy_stats.ttest_rel(a_vals[:n], b_vals[:n]).pvalue
+  if abs(p - 0.05) > 1e-6:
+    assert (d.low > 0 or d.high < 0) == (p < 0.05)
+
+
+def test_paired_difference_pairs_by_seed_and_handles_few_seeds():
+  d = stats.paired_difference({0: 10.0, 1: 12.0, 5: 99.0}, {0: 9.0, 1: 10.0, 7: 0.0})
+  assert (d.n, d.mean) == (2, 1.5)
+  one = stats.paired_difference({0: 3.0}, {0: 1.0})
+  assert one.mean == 2.0 and math.isnan(one.low) and one.verdict.startswith("undetermined")
+  assert stats.paired_difference({}, {0: 1.0}).n == 0
+  assert stats.paired_difference({0: 5.0, 1: 6.0, 2: 7.0},
+                                 {0: 1.0, 1: 1.5, 2: 2.2}).verdict == "better"
+
+
+@given(_values)
+@settings(max_examples=30, deadline=None)
+def test_summarize_and_pearson(values):
+  s = stats.summarize(values)
+  assert s.mean == pytest.approx(float(np.mean(values)))
+  assert s.std == pytest.approx(float(np.std(values, ddof=1)), abs=1e-9)
+  if len(values) >= 3 and np.ptp(values) > 1e-6:
+    y = [2 * v + 1 for v in values]
+    assert stats.pearson(values, y) == pytest.approx(1.0, abs=1e-9)
+    assert stats.pearson(values, [-v for v in y]) == pytest.approx(-1.0, abs=1e-9)
+  assert math.isnan(stats.summarize(values[:1]).std)
+
+
+def test_training_loss_weights_by_count_and_falls_back_for_starved_tasks():
+  recs = [{"step": s, "counts": {"a": 2, "b": 1}, "task_loss": {"a": 4.0, "b": 8.0}}
+          for s in range(8)]
+  recs += [{"step": 8, "counts": {"a": 1, "b": 0}, "task_loss": {"a": 1.0, "b": None}},
+           {"step": 9, "counts": {"a": 3, "b": 0}, "task_loss": {"a": 3.0, "b": None}}]
+  mean, per_task = pretrain_loss.training_loss(recs, fraction=0.2)
+  assert per_task == {"a": 2.5, "b": 8.0}  # (1*1 + 3*3) / 4; b starved: its last loss.
+  assert mean == 5.25
+  with pytest.raises(ValueError, match="no mixture history"):
+    pretrain_loss.training_loss([])
+
+
+# ---------------------------------------------------------------- grid
+
+def test_grid_has_table4_table5_scratch_and_orders_references():
+  cfg = _config()
+  cells = grid.expand(cfg)
+  names = [c.name for c in cells]
+  assert len(names) == len(set(names))
+  pretrained = [c for c in cells if c.init == "pretrained"]
+  # 11 Table-4 samplers + uniform/dynamic on 2 more mixtures, 3 seeds each.
+  assert len(pretrained) == (11 + 4) * 3
+  assert len([c for c in cells if c.init == "scratch"]) == 2 * 3
+  for cell in cells:
+    if cell.sampler == "doremi":
+      ref = next(c for c in cells if c.name == cell.reference)
+      assert (ref.sampler, ref.mixture) == ("uniform", cell.mixture)
+      assert ref.seed != cell.seed  # A same-seed reference leaves DoReMi at uniform.
+      assert names.index(ref.name) < names.index(cell.name)
+  one_seed = grid.expand(_config(seeds=(4,)))
+  refs = [c for c in one_seed if c.name == "uniform-dynpt_24-s5"]
+  assert len(refs) == 1 and refs[0].tasks == ()  # Reference only: no finetuning.
+
+
+@given(st.integers(1, 9))
+@settings(max_examples=9, deadline=None)
+def test_shards_cover_each_cell_once_and_keep_references_together(count):
+  cells = grid.expand(_config())
+  shards = [grid.shard(cells, i, count) for i in range(count)]
+  names = [c.name for s in shards for c in s]
+  assert sorted(names) == sorted(c.name for c in cells)
+  for s in shards:
+    mine = {c.name for c in s}
+    assert all(c.reference is None or c.reference in mine for c in s)
+    assert [c.name for c in s] == [c.name for c in cells if c.name in mine]  # grid order
+
+
+def test_select_adds_references():
+  cells = grid.expand(_config())
+  picked = [c.name for c in grid.select(cells, ["doremi-dynpt_24-s2", "scratch-gqa-s0"])]
+  assert picked == ["uniform-dynpt_24-s0", "doremi-dynpt_24-s2", "scratch-gqa-s0"]
+  with pytest.raises(ValueError, match="--cell=nope"):
+    grid.select(cells, ["nope"])
+
+
+@pytest.mark.parametrize("text", ["3/2", "2/2", "-1/2", "1", "a/b", "0/0", "1/2/3"])
+def test_parse_shard_rejects(text):
+  with pytest.raises(ValueError, match="--shard"):
+    grid.parse_shard(text)
+
+
+def test_config_validation_and_quick():
+  with pytest.raises(ValueError, match="seeds"):
+    _config(seeds=(1, 1))
+  with pytest.raises(ValueError, match="sampler_options names"):
+    _config(sampler_options={"temperature": {}})
+  quick = _config(pretrain_steps=100, finetune_steps=10, quick_downstream=1,
+                  quick_sweep_mixtures=0).quick()
+  assert (quick.seeds, quick.pretrain_steps, quick.finetune_steps) == ((0,), 25, 2)
+  assert (quick.downstream, quick.sweep_mixtures) == (("vqav2",), ())
+
+
+def test_cell_spec_bindings_parse_in_gin():
+  cfg = _config(sampler_options={"doremi": {"eta": 1.0}, "odm": {"min_per_task": 1}},
+                common_bindings={"IMAGE_SIZE": 32, "config.ModelConfig.name": "tiny"})
+  cells = {c.name: c for c in grid.expand(cfg)}
+  spec = runner.cell_spec(cfg, cells["doremi-dynpt_24-s1"], "/tmp/study")
+  bindings = spec["pretrain"]["bindings"]
+  assert "SAMPLER='doremi'" in bindings and "SEED=1" in bindings
+  options = next(b for b in bindings if b.startswith("SAMPLER_OPTIONS="))
+  assert "/tmp/study/cells/uniform-dynpt_24-s2/pretrain" in options
+  odm = runner.cell_spec(cfg, cells["odm-dynpt_24-s2"], "/tmp/study")
+  assert "'seed': 2" in next(b for b in odm["pretrain"]["bindings"]
+                             if b.startswith("SAMPLER_OPTIONS="))
+  moved = runner.cell_spec(cfg, cells["doremi-dynpt_24-s1"], "/elsewhere/study")
+  assert moved["fingerprint"] == spec["fingerprint"]  # Shards copied in still match.
+  longer = dataclasses.replace(cfg, pretrain_steps=cfg.pretrain_steps + 1)
+  assert runner.cell_spec(longer, cells["doremi-dynpt_24-s1"],
+                          "/tmp/study")["fingerprint"] != spec["fingerprint"]
+  from dynpt import main as dynpt_main
+
+  dynpt_main.parse_gin([spec["pretrain"]["gin_files"][0]], bindings)
+  assert gin.query_parameter("%SAMPLER_OPTIONS")["num_steps"] == cfg.pretrain_steps
+  assert gin.query_parameter("%IMAGE_SIZE") == 32
+  assert [f["task"] for f in spec["finetune"]] == ["vqav2", "gqa"]
+
+
+# ---------------------------------------------------------------- report merge
+
+def _fake_cell(out_dir, cell, values, loss=None):
+  rows = [{"cell": cell.name, "sampler": cell.sampler, "mixture": cell.mixture,
+           "seed": cell.seed, "init": cell.init, "task": t, "metric": "acc",
+           "value": values[t], "pretrain_loss": loss,
+           "pretrain_steps": 10 if loss is not None else 0, "finetune_steps": 5}
+          for t in cell.tasks]
+  store.mark_done(out_dir, cell.name, {"cell": cell.name, "rows": rows, "seconds": 1.0,
+                                       "pretrain_loss": loss, "pretrain_run_dir": None})
+
+
+def test_report_merges_existing_cells_and_lists_failures(tmp_path):
+  out = str(tmp_path)
+  cfg = _config(samplers=("uniform", "dynamic", "odm"), sweep_samplers=(),
+                sweep_mixtures=(), seeds=(0, 1, 2), downstream=("vqav2", "gqa"))
+  cells = grid.expand(cfg)
+  rng = np.random.default_rng(0)
+  bonus = {"uniform": 0.0, "dynamic": 5.0, "odm": -0.1, grid.SCRATCH: -20.0}
+  for cell in cells:
+    if cell.name == "odm-dynpt_24-s2":
+      store.mark_failed(out, cell.name, {"returncode": 1, "error": "boom"})
+      continue
+    base = 50 + cell.seed  # Seeds move every method alike: pairing removes it.
+    values = {t: base + bonus[cell.sampler] + rng.normal(0, 0.1) for t in cell.tasks}
+    _fake_cell(out, cell, values, None if cell.init == "scratch" else 3.0 - 0.1 * base)
+  # Rows appended twice (a shard's copy) are merged to one each.
+  store.append_rows(os.path.join(out, store.RESULTS),
+                    store.done_cells(out)["uniform-dynpt_24-s0"]["rows"])
+  path = report.write_report(cfg, cells, out)
+  text = open(path).read()
+  with open(os.path.join(out, store.RESULTS)) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 2 * (3 * 3 - 1) + 2 * 3
+  assert all(set(store.ROW_KEYS) <= set(r) for r in rows)
+  assert "14 of 15 planned cells done; 1 failed" in text
+  assert "`odm-dynpt_24-s2`: boom" in text
+  assert "Methods that beat uniform: `dynamic`." in text
+  assert "does **not** beat" not in text
+  assert re.search(r"\| ODM \(online data mixing\) \| `odm` \| 50\.\d ± 0\.\d \(n=2\)", text)
+  assert "ODM (online data mixing) | -0.2 [" in text  # Paired over seeds 0 and 1.
+  assert os.path.exists(os.path.join(out, report.FIGURE1))
+
+
+# ---------------------------------------------------------------- end to end
+
+def _study(out_dir, *flags, timeout=600):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tools", "study.py"),
+       "--gin_file=study/smoke.gin", f"--out_dir={out_dir}", "--noprogress", *flags],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_shard_flag_is_one_error_line(tmp_path):
+  res = _study(str(tmp_path), "--shard=3/2", timeout=120)
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines()[-1].startswith("error: --shard=3/2")
+  assert "Traceback" not in res.stderr
+
+
+def test_study_end_to_end_resumes_and_reports(tmp_path):
+  out = str(tmp_path / "study")
+  # A third sampler whose options the sampler refuses: that cell fails, the rest run.
+  bad = ("--gin.grid.StudyConfig.samplers=('uniform', 'dynamic', 'softmax')",
+         "--gin.grid.StudyConfig.sampler_options={'uniform': {'min_per_task': 1}, "
+         "'dynamic': {'window': 1, 'min_per_task': 1}, 'softmax': {'bogus': 1}}")
+  first = _study(out, *bad)
+  assert first.returncode == 2, first.stdout + first.stderr
+  assert "1 cell(s) failed: softmax-dynpt_4-s0" in first.stderr
+  with open(os.path.join(out, store.RESULTS)) as f:
+    rows = [json.loads(line) for line in f]
+  assert sorted((r["sampler"], r["init"]) for r in rows) == [
+      ("dynamic", "pretrained"), ("none", "scratch"), ("uniform", "pretrained")]
+  for r in rows:
+    assert set(store.ROW_KEYS) <= set(r) and r["task"] == "vqav2"
+    assert r["metric"] == "vqa_accuracy" and 0.0 <= r["value"] <= 100.0
+    assert r["finetune_steps"] == 2
+    assert (r["pretrain_steps"], r["pretrain_loss"] is None) == (
+        (0, True) if r["init"] == "scratch" else (2, False))
+  text = open(os.path.join(out, report.REPORT)).read()
+  assert "`softmax-dynpt_4-s0`:" in text and "bogus" in text
+  assert "## Table 4" in text and "## Figure 2" in text
+  assert os.path.exists(os.path.join(out, report.FIGURE2))
+
+  # A cell killed after its last stage, before its done marker: the rerun finishes
+  # it from the stage markers; no finished cell or stage runs again.
+  scratch = store.cell_dir(out, "scratch-vqav2-s0")
+  os.remove(os.path.join(scratch, store.DONE))
+  done_mtime = os.path.getmtime(os.path.join(store.cell_dir(out, "uniform-dynpt_4-s0"),
+                                             store.DONE))
+  second = _study(out)  # The smoke config as it is: the failed cell is not in it.
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert "3 cells, 2 done" in second.stdout
+  assert os.path.getmtime(os.path.join(store.cell_dir(out, "uniform-dynpt_4-s0"),
+                                       store.DONE)) == done_mtime
+  assert "finetune_vqav2" in open(os.path.join(scratch, store.DONE)).read()
+  log = open(os.path.join(scratch, runner.LOG)).read().split("=== ")[-1]
+  assert "model tiny" not in log  # No stage ran: no model was built.
+  with open(os.path.join(out, store.RESULTS)) as f:
+    assert len(f.readlines()) == 3
+  assert "3 of 3 planned cells done" in open(os.path.join(out, report.REPORT)).read()
+
+  # The same directory with another configuration is refused, naming the cells.
+  changed = _study(out, "--gin.STEPS=3", timeout=120)
+  assert changed.returncode == 1
+  assert "ran with another configuration" in changed.stderr.strip().splitlines()[-1]
+
+  # --report_only rebuilds results.jsonl and the report from the cells alone.
+  for name in (store.RESULTS, report.REPORT):
+    os.remove(os.path.join(out, name))
+  merged = _study(out, "--report_only", timeout=120)
+  assert merged.returncode == 0, merged.stderr
+  with open(os.path.join(out, store.RESULTS)) as f:
+    assert len(f.readlines()) == 3
+  assert os.path.exists(os.path.join(out, report.REPORT))
