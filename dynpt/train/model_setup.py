@@ -53,8 +53,10 @@ def model_config(model_cfg: ModelConfig, vocab_size: int, image_size: int,
 
   `ModelConfig.cpu_kernels` is resolved here, once, for the devices the model will run
   on (default `jax.devices()`, the devices `partitioning.create_mesh` uses): 'auto'
-  turns the XLA:CPU kernels on exactly when they are CPU devices. Every path that builds
-  the run's model (train, finetune, eval, export, decoding, tools) comes through here.
+  turns the XLA:CPU kernels on exactly when they are CPU devices. The run's paths
+  (pretrain, finetune, eval, captioning, tools/check_config.py) come through here; the
+  checkpoint importer, tools/model_summary.py and the benchmarks, which have no
+  `ModelConfig`, call `cpu_kernels.resolve('auto', ...)` themselves.
 
   Raises:
     ValueError: for an unknown `cpu_kernels` mode or an invalid size override.
