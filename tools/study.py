@@ -126,7 +126,10 @@ def main(argv) -> None:
     cells = grid.expand(cfg)
   except ValueError as e:
     _error(str(e))
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    _error(f"--out_dir={_OUT_DIR.value}: {e}")
   mine = grid.shard(cells, index, count)
   if _CELL.value:
     try:

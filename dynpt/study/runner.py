@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -126,15 +127,16 @@ def estimate_seconds(cfg: grid.StudyConfig, cells: Sequence[grid.Cell],
   """(seconds the cells not yet done will take, how that was estimated).
 
   Cells of this study that finished already calibrate the prior: it is
-  scaled by their measured over predicted time.
+  scaled by the median of their measured over predicted times.
   """
   by_name = {c.name: c for c in cells}
   timed = [(r["seconds"], predicted_seconds(cfg, by_name[n]))
            for n, r in done.items() if n in by_name and r.get("seconds")]
   scale, how = 1.0, "prior (StudyConfig.seconds_per_*)"
   if timed:
-    scale = sum(t for t, _ in timed) / max(sum(p for _, p in timed), 1e-9)
-    how = f"prior x {scale:.2f}, calibrated on {len(timed)} finished cell(s)"
+    # The median ratio: the first cells also fill the compilation cache.
+    scale = statistics.median(t / max(p, 1e-9) for t, p in timed)
+    how = f"prior x {scale:.2f}, the median over {len(timed)} finished cell(s)"
   todo = [c for c in cells if c.name not in done]
   return scale * sum(predicted_seconds(cfg, c) for c in todo), how
 
