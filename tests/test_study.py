@@ -221,6 +221,25 @@ def test_every_configured_sampler_builds_with_the_study_options(gin_file, tmp_pa
     mixing.make_sampler(cell.sampler, tasks, batch, **options)
 
 
+def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_path):
+  out = str(tmp_path)
+  cfg = _config(samplers=("uniform",), sweep_samplers=(), seeds=(0,), downstream=("vqav2",))
+  cell = grid.expand(cfg)[0]
+  spec = runner.cell_spec(cfg, cell, out)
+  store.write_json_atomic(os.path.join(spec["cell_dir"], "spec.json"), spec)
+  store.write_json_atomic(os.path.join(spec["cell_dir"], "stages", "pretrain.json"), {})
+  changed = dataclasses.replace(cfg, finetune_steps=cfg.finetune_steps + 1)
+  assert runner.stale_cells(changed, [cell], out) == []  # Not done: no refusal.
+  runner._set_aside_if_changed(runner.cell_spec(changed, cell, out))
+  assert not os.path.exists(spec["cell_dir"])
+  (moved,) = os.listdir(os.path.join(out, "stale"))
+  assert moved.startswith(cell.name)
+  store.mark_done(out, cell.name, {"cell": cell.name, "rows": [],
+                                   "fingerprint": spec["fingerprint"]})
+  assert runner.stale_cells(cfg, [cell], out) == []
+  assert runner.stale_cells(changed, [cell], out) == [cell.name]
+
+
 # ---------------------------------------------------------------- report merge
 
 def _fake_cell(out_dir, cell, values, loss=None):
