@@ -188,6 +188,58 @@ def test_cell_spec_bindings_parse_in_gin():
   assert [f["task"] for f in spec["finetune"]] == ["vqav2", "gqa"]
 
 
+@pytest.mark.parametrize("gin_file", ["study/default.gin", "study/smoke.gin"])
+def test_every_configured_sampler_builds_with_the_study_options(gin_file, tmp_path):
+  """Each cell's SAMPLER_OPTIONS are accepted at its mixture's size and batch size."""
+  from dynpt import main as dynpt_main
+  from dynpt import mixing
+  from dynpt.data import task_registry
+
+  dynpt_main.parse_gin([gin_file], [])
+  cfg = gin.get_configurable(grid.StudyConfig)()
+  gin.clear_config()
+  ref = tmp_path / "cells" / "uniform-dynpt_24-s1" / "pretrain"
+  ref.mkdir(parents=True)
+  for cell in grid.expand(cfg):
+    if cell.init != "pretrained":
+      continue
+    tasks = task_registry.mixture_task_names(cell.mixture)
+    if cell.reference:  # DoReMi reads its reference's history: a flat one will do.
+      ref = tmp_path / "cells" / cell.reference / "pretrain"
+      ref.mkdir(parents=True, exist_ok=True)
+      with open(ref / "mixture_history.jsonl", "w") as f:
+        for step in range(cfg.pretrain_steps):
+          f.write(json.dumps({"step": step, "shares": {t: 1 / len(tasks) for t in tasks},
+                              "counts": {t: 2 for t in tasks},
+                              "task_loss": {t: 3.0 for t in tasks}}) + "\n")
+    spec = runner.cell_spec(cfg, cell, str(tmp_path))
+    values = dict(b.split("=", 1) for b in spec["pretrain"]["bindings"])
+    batch = eval(values["BATCH_SIZE"])  # noqa: S307  (a literal the runner wrote)
+    options = eval(values["SAMPLER_OPTIONS"])  # noqa: S307
+    if cell.sampler in ("size", "temperature"):
+      options["task_sizes"] = [100] * len(tasks)  # The loop counts them from the data.
+    mixing.make_sampler(cell.sampler, tasks, batch, **options)
+
+
+def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_path):
+  out = str(tmp_path)
+  cfg = _config(samplers=("uniform",), sweep_samplers=(), seeds=(0,), downstream=("vqav2",))
+  cell = grid.expand(cfg)[0]
+  spec = runner.cell_spec(cfg, cell, out)
+  store.write_json_atomic(os.path.join(spec["cell_dir"], "spec.json"), spec)
+  store.write_json_atomic(os.path.join(spec["cell_dir"], "stages", "pretrain.json"), {})
+  changed = dataclasses.replace(cfg, finetune_steps=cfg.finetune_steps + 1)
+  assert runner.stale_cells(changed, [cell], out) == []  # Not done: no refusal.
+  runner._set_aside_if_changed(runner.cell_spec(changed, cell, out))
+  assert not os.path.exists(spec["cell_dir"])
+  (moved,) = os.listdir(os.path.join(out, "stale"))
+  assert moved.startswith(cell.name)
+  store.mark_done(out, cell.name, {"cell": cell.name, "rows": [],
+                                   "fingerprint": spec["fingerprint"]})
+  assert runner.stale_cells(cfg, [cell], out) == []
+  assert runner.stale_cells(changed, [cell], out) == [cell.name]
+
+
 # ---------------------------------------------------------------- report merge
 
 def _fake_cell(out_dir, cell, values, loss=None):

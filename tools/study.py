@@ -39,6 +39,7 @@ from dynpt import main as dynpt_main  # noqa: E402
 
 EXIT_ERROR = 1
 EXIT_CELLS_FAILED = 2
+COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dynpt", "jax")
 
 FLAGS = flags.FLAGS
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "The study directory (cells, results, report).")
@@ -126,7 +127,10 @@ def main(argv) -> None:
     cells = grid.expand(cfg)
   except ValueError as e:
     _error(str(e))
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    _error(f"--out_dir={_OUT_DIR.value}: {e}")
   mine = grid.shard(cells, index, count)
   if _CELL.value:
     try:
@@ -164,8 +168,9 @@ def main(argv) -> None:
       except ValueError as e:
         _error(f"StudyConfig.toy_*: {e}")
     env = {}
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # Cells share their compilations.
-      env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(out_dir, "jax_cache")
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+      # Cells and studies share their compilations (XLA keys them by program).
+      env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
     failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value).failed
   path = report.write_report(cfg, cells, out_dir,
                              title=f"dynpt study ({', '.join(FLAGS.gin_file)})")

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -81,19 +82,37 @@ def fingerprint(spec: dict[str, Any]) -> str:
 
 
 def stale_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str) -> list[str]:
-  """Cells finished or started under another configuration than `cfg`'s.
+  """Cells finished under another configuration than `cfg`'s.
 
   Their results would silently mix two configurations into one table, so the
-  study refuses to continue in that directory.
+  study refuses to continue in that directory. (A cell that only started
+  under another configuration is set aside when it runs: `run_one`.)
   """
   stale = []
   for cell in cells:
-    directory = store.cell_dir(out_dir, cell.name)
-    old = (store.read_json(os.path.join(directory, store.DONE))
-           or store.read_json(os.path.join(directory, SPEC)))
+    old = store.read_json(os.path.join(store.cell_dir(out_dir, cell.name), store.DONE))
     if old and old.get("fingerprint") != fingerprint(cell_spec(cfg, cell, out_dir)):
       stale.append(cell.name)
   return stale
+
+
+def _set_aside_if_changed(spec: dict[str, Any]) -> None:
+  """Moves an unfinished cell's directory away when its configuration changed.
+
+  Its stage markers and checkpoints belong to the old configuration (for
+  example a failed cell whose sampler options were then fixed); they move to
+  `<out_dir>/stale/<cell>-<time>` rather than being deleted.
+  """
+  directory = spec["cell_dir"]
+  old = store.read_json(os.path.join(directory, SPEC))
+  if old is None or old.get("fingerprint") == spec["fingerprint"]:
+    return
+  target = os.path.join(spec["out_dir"], "stale",
+                        f"{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.replace(directory, target)
+  logging.warning("cell %s: its configuration changed since it last ran; the old "
+                  "directory is now %s", spec["name"], target)
 
 
 def sampler_options(cfg: grid.StudyConfig, cell: grid.Cell) -> dict[str, Any]:
@@ -126,15 +145,16 @@ def estimate_seconds(cfg: grid.StudyConfig, cells: Sequence[grid.Cell],
   """(seconds the cells not yet done will take, how that was estimated).
 
   Cells of this study that finished already calibrate the prior: it is
-  scaled by their measured over predicted time.
+  scaled by the median of their measured over predicted times.
   """
   by_name = {c.name: c for c in cells}
   timed = [(r["seconds"], predicted_seconds(cfg, by_name[n]))
            for n, r in done.items() if n in by_name and r.get("seconds")]
   scale, how = 1.0, "prior (StudyConfig.seconds_per_*)"
   if timed:
-    scale = sum(t for t, _ in timed) / max(sum(p for _, p in timed), 1e-9)
-    how = f"prior x {scale:.2f}, calibrated on {len(timed)} finished cell(s)"
+    # The median ratio: the first cells also fill the compilation cache.
+    scale = statistics.median(t / max(p, 1e-9) for t, p in timed)
+    how = f"prior x {scale:.2f}, the median over {len(timed)} finished cell(s)"
   todo = [c for c in cells if c.name not in done]
   return scale * sum(predicted_seconds(cfg, c) for c in todo), how
 
@@ -180,6 +200,7 @@ def run_one(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str,
             env: dict[str, str] | None = None) -> bool:
   """Runs one cell's worker; True when it finished, else its failure is recorded."""
   spec = cell_spec(cfg, cell, out_dir)
+  _set_aside_if_changed(spec)
   directory = spec["cell_dir"]
   os.makedirs(directory, exist_ok=True)
   spec_path = os.path.join(directory, SPEC)
