@@ -40,7 +40,10 @@ class PairedDifference:
 
   @property
   def verdict(self) -> str:
-    """'better' when the interval lies above 0, 'worse' below, else 'no clear difference'."""
+    """'better' when the interval lies above 0, 'worse' below, else 'no clear difference'
+    (or why there is no interval)."""
+    if self.n == 0:
+      return "missing (no paired seed)"
     if math.isnan(self.low):
       return "undetermined (fewer than 2 paired seeds)"
     if self.low > 0:
