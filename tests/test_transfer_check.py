@@ -1,4 +1,4 @@
-"""The grounding probe (true vs shuffled images), the transfer table and the toy model size."""
+"""The grounding probe (true vs shuffled images) and the transfer table."""
 
 import jax
 import numpy as np
@@ -6,7 +6,6 @@ import pytest
 
 from dynpt.data import vocab as vocab_lib
 from dynpt.metrics import transfer
-from dynpt.models import configs as model_configs
 from dynpt.train import grounding, model_setup
 from dynpt.train.config import DataConfig, ModelConfig
 
@@ -50,12 +49,6 @@ def test_grounding_probe_blind_model_has_no_gap(toy_data_dir):
   for r in _probe(toy_data_dir, blind).values():
     assert r["gap"] == 0.0
     assert r["loss_true"] == pytest.approx(r["loss_shuffled"], rel=1e-6)
-
-
-def test_toy_size_is_registered():
-  cfg = model_configs.get_config("toy")
-  assert cfg.image_size == 64 and cfg.t5.emb_dim == 64
-  assert cfg.resnet.width == 2 * model_configs.get_config("tiny").resnet.width
 
 
 def _ft(seed, task, init, score):

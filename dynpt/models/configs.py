@@ -1,4 +1,4 @@
-"""Model configurations: dataclasses and the named sizes (tiny, toy, small, base, large).
+"""Model configurations: dataclasses and the named sizes (tiny, small, base, large).
 
 The dataclasses are frozen so a config is hashable and can be a static argument of
 `jax.jit` (the decoding functions rely on that). Sizes follow T5 v1.1 (t5x's
@@ -100,11 +100,6 @@ _SIZES = {
     'tiny': (dict(emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                   num_encoder_layers=2, num_decoder_layers=2),
              dict(depth=26, width=0.125, num_groups=4), 32),
-    # The toy-world study size (docs/study/transfer.md): twice tiny's widths on both
-    # towers, the smallest that learns to ground toy-world text in the image on a CPU.
-    'toy': (dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
-                 num_encoder_layers=2, num_decoder_layers=2),
-            dict(depth=26, width=0.25, num_groups=8), 64),
     'small': (dict(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
                    num_encoder_layers=8, num_decoder_layers=8),
               dict(depth=26, width=1.0, num_groups=32), 224),
@@ -131,9 +126,9 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
   """Returns the named model size with optional overrides.
 
   Args:
-    name: one of 'tiny', 'toy', 'small', 'base' (the paper's model), 'large'.
+    name: one of 'tiny', 'small', 'base' (the paper's model), 'large'.
     vocab_size: overrides the T5 vocabulary size (default 32128).
-    image_size: overrides the input image size (default 224; 32 for 'tiny', 64 for 'toy').
+    image_size: overrides the input image size (default 224; 32 for 'tiny').
     dtype: compute dtype for both towers ('float32' or 'bfloat16').
     remat: per-layer rematerialisation for both towers.
     dropout_rate: T5 dropout rate (default 0.1).
