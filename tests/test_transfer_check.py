@@ -56,9 +56,9 @@ def _ft(seed, task, init, score):
 
 
 def test_summarize_mean_std_and_gain():
-  results = [_ft(0, "vqav2", "pretrained", 0.50), _ft(0, "vqav2", "scratch", 0.40),
-             _ft(1, "vqav2", "pretrained", 0.60), _ft(1, "vqav2", "scratch", 0.40),
-             _ft(2, "vqav2", "pretrained", 0.70)]  # Seed 2 lacks its scratch arm.
+  results = [_ft(0, "vqav2", "pretrained", 50.0), _ft(0, "vqav2", "scratch", 40.0),
+             _ft(1, "vqav2", "pretrained", 60.0), _ft(1, "vqav2", "scratch", 40.0),
+             _ft(2, "vqav2", "pretrained", 70.0)]  # Seed 2 lacks its scratch arm.
   lines = transfer.summarize(results, ["vqav2", "gqa"])
   vqa = lines[1].split()
   # pretrained 55.0 +- 7.1, scratch 40.0 +- 0.0, gain 15.0 +- 7.1 over seeds 0,1.

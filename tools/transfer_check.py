@@ -142,7 +142,7 @@ def main(argv) -> None:
         run_dir = os.path.join(out_dir, f"seed{seed}", f"{task}_{init}")
         done[key] = _finetune(seed, task, init_from, run_dir, data_dir)
         _append(path, done[key])
-        print(f"seed {seed} {task} {init}: {100 * done[key]['score']:.1f} "
+        print(f"seed {seed} {task} {init}: {done[key]['score']:.1f} "
               f"({done[key]['seconds']:.0f} s)", flush=True)
   from dynpt.metrics import transfer
 

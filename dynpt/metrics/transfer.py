@@ -22,7 +22,7 @@ def paired_scores(results: Iterable[dict], task: str) -> dict[int, dict[str, flo
   by_seed: dict[int, dict[str, float]] = {}
   for r in results:
     if r.get("kind") == "finetune" and r["task"] == task:
-      by_seed.setdefault(r["seed"], {})[r["init"]] = 100.0 * r["score"]
+      by_seed.setdefault(r["seed"], {})[r["init"]] = float(r["score"])
   return {s: v for s, v in sorted(by_seed.items()) if {"pretrained", "scratch"} <= set(v)}
 
 
@@ -31,7 +31,8 @@ def summarize(results: Sequence[dict], tasks: Sequence[str]) -> list[str]:
 
   Args:
     results: records with kind='finetune', seed, task, init ('pretrained' or
-      'scratch') and score (the task's primary metric in [0, 1]); others are ignored.
+      'scratch') and score (the task's primary metric, in points as `dynpt.metrics` reports
+      it); other records are ignored.
     tasks: the rows, in order.
 
   Returns:
