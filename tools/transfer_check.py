@@ -117,6 +117,25 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  from dynpt import main as dynpt_main
+
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    print(f"error: --seeds={','.join(_SEEDS.value)}: seeds must be integers", file=sys.stderr)
+    sys.exit(dynpt_main.EXIT_ERROR)
+  try:
+    _run(seeds)
+  except Exception as e:  # A user's mistake gets one line; a bug keeps its traceback.
+    code = dynpt_main.exit_code_for(e)
+    if code is None:
+      raise
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _run(seeds: list[int]) -> None:
+  """Every missing run of the grid, then the table."""
   from dynpt.data.toyworld import build
 
   data_dir = os.path.abspath(_DATA_DIR.value)
@@ -125,7 +144,7 @@ def main(argv) -> None:
   build.build_toy_world(data_dir, seed=0, scale=_SCALE.value, progress=False)
   path = os.path.join(out_dir, RESULTS_FILE)
   done = _read_results(path)
-  for seed in [int(s) for s in _SEEDS.value]:
+  for seed in seeds:
     key = ("pretrain", seed, None, None)
     if key not in done:
       done[key] = _pretrain(seed, os.path.join(out_dir, f"seed{seed}", "pretrain"), data_dir)
