@@ -53,7 +53,8 @@ def answer_accuracy(task_names: tuple[str, ...] | list[str], params: Any, model,
     data_cfg: the run's data config (vocabulary, lengths, image size, data dir).
     split: the split to read; pretraining sources have `validation`.
     examples: examples per task, read in order from the split's start.
-    batch_size: examples per forward pass; the image shuffle is within a batch.
+    batch_size: examples per forward pass; the image shuffle is within a batch (so a
+      last batch of one example keeps its own image: choose `examples` to avoid it).
 
   Returns:
     {task: {'true': acc, 'shuffled': acc, 'gap': true - shuffled, 'loss_true': ce,
