@@ -169,5 +169,5 @@ def _run(seeds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   app.run(main)

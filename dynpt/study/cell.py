@@ -207,5 +207,5 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
   from dynpt import hostalloc
 
-  hostalloc.reexec_with_tuned_allocator()
+  hostalloc.configure_process()
   sys.exit(main(sys.argv))
