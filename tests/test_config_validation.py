@@ -51,6 +51,8 @@ def test_wrong_types_name_the_key_and_value(cfg, key):
     (DataConfig(max_damaged_fraction=1.5),
      "DataConfig.max_damaged_fraction=1.5: must be <= 1"),
     (TrainConfig(partition_mode="nope"), "TrainConfig.partition_mode='nope'"),
+    (ModelConfig(visual_fusion="middle"),
+     "ModelConfig.visual_fusion='middle': expected one of decoder, encoder"),
 ])
 def test_out_of_range_values_are_rejected(cfg, message):
   with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

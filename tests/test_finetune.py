@@ -159,6 +159,15 @@ def test_position_tables_are_resampled_for_another_image_size(pretrained_export)
     finetune._check_params_match(abstract, params, "test")
 
 
+def test_an_export_of_the_other_fusion_is_refused(pretrained_export):
+  from dynpt.train import model_setup
+
+  early = model_setup.build_model(ModelConfig("tiny", visual_fusion="encoder"),
+                                  vocab_lib.get_vocabulary(), 32)
+  with pytest.raises(ValueError, match="visual_fusion='decoder', the run uses 'encoder'"):
+    finetune.load_init_params(pretrained_export, early, DataConfig(image_size=32))
+
+
 def test_finetune_refcoco_beats_the_constant_box(pretrained_export, refcoco_data_dir,
                                                  tmp_path):
   """Boxes as text from a toy-pretrained checkpoint: clearly above the best constant box."""

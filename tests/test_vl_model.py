@@ -202,3 +202,35 @@ def test_get_config():
     configs.get_config('tiny', dtype='float16')
   with pytest.raises(ValueError, match='max_frames'):
     num_visual_tokens(CFG, CFG.max_frames + 1)
+
+
+def test_early_fusion_runs_the_visual_tokens_through_the_text_encoder(setup):
+  """Same params, same encoded shape; the text encodings now depend on the image."""
+  _, variables, image, forward, encode, _ = setup
+  early = VLModel(configs.get_config('tiny', vocab_size=32, visual_fusion='encoder'))
+  enc_early = jax.jit(functools.partial(early.apply, method=VLModel.encode))
+  fwd_early = jax.jit(early.apply)
+  # The parameter tree (names and shapes) is the late-fusion model's.
+  shapes = nn.meta.unbox(jax.eval_shape(early.init, jax.random.key(0), image, ENC, DEC))
+  assert jax.tree.map(np.shape, shapes) == jax.tree.map(np.shape, variables)
+  late_encoded, late_mask = encode(variables, image, ENC)
+  encoded, mask = enc_early(variables, image, ENC)
+  assert encoded.shape == late_encoded.shape
+  np.testing.assert_array_equal(mask, late_mask)
+  # Late fusion: text encodings ignore the image. Early fusion: they read it.
+  other = _images(7)
+  np.testing.assert_array_equal(encode(variables, other, ENC)[0][:, :6], late_encoded[:, :6])
+  moved = enc_early(variables, other, ENC)[0]
+  assert float(jnp.max(jnp.abs(moved[:, :4] - encoded[:, :4]))) > 1e-3
+  # Padded text positions stay invisible to the visual tokens and the decoder.
+  padded = ENC.copy()
+  padded[1, 2:] = 0
+  garbage = ENC.copy()
+  garbage[1, 2:] = 17  # not pad: visible
+  base = fwd_early(variables, image, padded, DEC)
+  assert float(jnp.max(jnp.abs(fwd_early(variables, image, garbage, DEC)[1] - base[1]))) > 1e-3
+  widened = np.concatenate([padded, np.zeros((2, 3), np.int32)], axis=1)
+  np.testing.assert_allclose(fwd_early(variables, image, widened, DEC), base, atol=1e-5)
+  assert float(jnp.max(jnp.abs(base - forward(variables, image, ENC, DEC)))) > 1e-3
+  with pytest.raises(ValueError, match='visual_fusion'):
+    configs.get_config('tiny', visual_fusion='middle')

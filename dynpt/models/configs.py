@@ -11,6 +11,8 @@ import dataclasses
 # embedding table to 32128 so it divides evenly over model-parallel shards.
 T5_VOCAB_SIZE = 32128
 _DTYPES = ('float32', 'bfloat16')
+# Where the visual tokens join the text: `VLConfig.visual_fusion`.
+VISUAL_FUSIONS = ('decoder', 'encoder')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +93,23 @@ class VLConfig:
     resnet: image encoder config.
     image_size: input height and width in pixels; fixes the visual position table.
     max_frames: rows of the learned temporal embedding (video inputs).
+    visual_fusion: where the visual tokens meet the text. 'decoder' (the paper's):
+      they skip the text encoder and the decoder cross-attends to [text encodings;
+      visual tokens]. 'encoder': they join the text encoder's input, so its
+      self-attention relates question words to image regions in every layer (early
+      fusion); the decoder then cross-attends to the encodings of both. Same params,
+      same shapes; docs/study/transfer.md measures why a miniature needs it.
   """
   t5: T5Config
   resnet: ResNetConfig
   image_size: int = 224
   max_frames: int = 8
+  visual_fusion: str = 'decoder'
+
+  def __post_init__(self):
+    if self.visual_fusion not in VISUAL_FUSIONS:
+      raise ValueError(f'visual_fusion must be one of {VISUAL_FUSIONS}, got '
+                       f'{self.visual_fusion!r}')
 
 
 def _check_dtype(dtype: str, where: str) -> None:
@@ -131,7 +145,8 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
                dropout_rate: float | None = None,
                t5_overrides: dict | None = None,
                resnet_preactivation: bool | None = None,
-               cpu_kernels: bool = False) -> VLConfig:
+               cpu_kernels: bool = False,
+               visual_fusion: str = 'decoder') -> VLConfig:
   """Returns the named model size with optional overrides.
 
   Args:
@@ -148,6 +163,7 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
     cpu_kernels: both towers use the XLA:CPU kernels of `dynpt.models.cpu_kernels`
       (resolved from `ModelConfig.cpu_kernels` by `cpu_kernels.resolve`); default: plain
       flax layers, as on TPU and GPU. Params and function are the same either way.
+    visual_fusion: `VLConfig.visual_fusion` ('decoder', the paper's, or 'encoder').
 
   Returns:
     A frozen `VLConfig`.
@@ -178,4 +194,4 @@ def get_config(name: str, *, vocab_size: int | None = None, image_size: int | No
   if image_size < 1:
     raise ValueError(f'image_size must be positive, got {image_size}')
   return VLConfig(t5=T5Config(**t5_kw), resnet=ResNetConfig(**resnet_kw),
-                  image_size=image_size)
+                  image_size=image_size, visual_fusion=visual_fusion)

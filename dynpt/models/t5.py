@@ -292,20 +292,37 @@ def _relpos(config: T5Config, bidirectional: bool) -> RelativePositionBias:
 
 
 class Encoder(nn.Module):
-  """T5 text encoder: tokens [B, L] -> encodings [B, L, emb_dim]; pad id 0 is masked."""
+  """T5 text encoder: tokens [B, L] -> encodings [B, L, emb_dim]; pad id 0 is masked.
+
+  `appended` embeddings [B, N, emb_dim] (the visual tokens under early fusion) join
+  the token embeddings after the last (padded) text position, always valid; the
+  output is then [B, L+N, D]. For the relative position bias they sit at positions
+  0..N-1 and the text at N..N+L-1, so the padded text length never moves them.
+  """
   config: T5Config
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, tokens: Array, deterministic: bool = True) -> Array:
+  def __call__(self, tokens: Array, deterministic: bool = True,
+               appended: Array | None = None) -> Array:
     cfg = self.config
     if tokens.ndim != 2:
       raise ValueError(f'encoder_input_tokens must be [batch, length], got {tokens.shape}')
     valid = tokens > 0
+    x = self.shared_embedding(tokens.astype(jnp.int32))  # [B, L, emb]
+    if appended is not None:
+      if appended.shape[0] != tokens.shape[0] or appended.shape[2] != x.shape[2]:
+        raise ValueError(f'appended embeddings {appended.shape} do not fit tokens '
+                         f'{tokens.shape} with emb_dim {x.shape[2]}')
+      x = jnp.concatenate([x, appended.astype(x.dtype)], axis=1)
+      valid = jnp.concatenate([valid, jnp.ones(appended.shape[:2], dtype=bool)], axis=1)
     mask = valid[:, None, None, :]  # [B, 1, 1, L]: padded keys are never attended to.
     positions = jnp.arange(tokens.shape[1])
+    if appended is not None:  # Positions 0..N-1 for them, so that the text's padded
+      # length does not move the image relative to the words.
+      n = appended.shape[1]
+      positions = jnp.concatenate([positions + n, jnp.arange(n)])
     bias = _relpos(cfg, bidirectional=True)(positions, positions)  # [1, heads, L, L]
-    x = self.shared_embedding(tokens.astype(jnp.int32))  # [B, L, emb]
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = _residual_dropout(cfg, x, deterministic).astype(jnp.dtype(cfg.dtype))
     layer_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer

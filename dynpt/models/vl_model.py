@@ -7,7 +7,9 @@
 
 The visual tokens skip the text encoder (as in the paper: "we concatenate the 196
 vision features with the text features ... after the encoder layers"). Padded text
-positions (id 0) are masked everywhere; visual tokens are always valid.
+positions (id 0) are masked everywhere; visual tokens are always valid. Under
+`VLConfig.visual_fusion='encoder'` they instead join the text encoder's input (early
+fusion), with the same params and the same encoded shape.
 """
 import flax.linen as nn
 import jax
@@ -127,14 +129,20 @@ class VLModel(nn.Module):
   def encode(self, image: Array, encoder_input_tokens: Array,
              enable_dropout: bool = False) -> tuple[Array, Array]:
     """Returns encoded [B, L_txt + N_vis, D] and its mask [B, L_txt + N_vis] (bool)."""
-    text = self.encoder(encoder_input_tokens, deterministic=not enable_dropout)  # [B, L, D]
-    visual = self.encode_image(image, enable_dropout)  # [B, N_vis, D]
-    if visual.shape[0] != text.shape[0]:
+    early = self.config.visual_fusion == 'encoder'
+    # Under early fusion the encoder's input dropout covers the visual tokens too.
+    visual = self.encode_image(image, enable_dropout and not early)  # [B, N_vis, D]
+    if visual.shape[0] != encoder_input_tokens.shape[0]:
       raise ValueError(f'image batch {visual.shape[0]} != encoder_input_tokens batch '
-                       f'{text.shape[0]}')
-    encoded = jnp.concatenate([text, visual.astype(text.dtype)], axis=1)
+                       f'{encoder_input_tokens.shape[0]}')
     mask = jnp.concatenate(
         [encoder_input_tokens > 0, jnp.ones(visual.shape[:2], dtype=bool)], axis=1)
+    if early:
+      encoded = self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
+                             appended=visual)  # [B, L + N_vis, D]
+      return encoded, mask
+    text = self.encoder(encoder_input_tokens, deterministic=not enable_dropout)  # [B, L, D]
+    encoded = jnp.concatenate([text, visual.astype(text.dtype)], axis=1)
     return encoded, mask
 
   def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,

@@ -36,8 +36,11 @@ def load_captioner(export_dir: str, **kwargs) -> generated_captions.Captioner:
   if missing:
     raise ValueError(f"{export_dir}/export_info.json lacks {missing}")
   vocab = vocab_lib.get_vocabulary(info.get("vocabulary_path"))
-  model = model_setup.build_model(ModelConfig(name=info["model"]), vocab,
-                                  info["image_size"])
+  model_cfg = ModelConfig(
+      name=info["model"], t5_overrides=info.get("t5_overrides"),
+      resnet_preactivation=bool(info.get("resnet_preactivation", False)),
+      visual_fusion=info.get("visual_fusion") or "decoder")
+  model = model_setup.build_model(model_cfg, vocab, info["image_size"])
   data_cfg = DataConfig(image_size=info["image_size"], input_length=info["input_length"],
                         target_length=info["target_length"])
   _check_shapes(model_setup.init_params_fn(model, data_cfg), params, export_dir)

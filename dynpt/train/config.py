@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from dynpt.models import configs as model_configs
 from dynpt.models import cpu_kernels as cpu_kernels_lib
 from dynpt.train import losses, partitioning
 
@@ -175,9 +176,15 @@ class ModelConfig:
   # The XLA:CPU kernels of `dynpt.models.cpu_kernels`: 'on', 'off', or 'auto' (on exactly
   # when the mesh's devices are CPUs). Params and function are the same either way.
   cpu_kernels: str = "auto"
+  # Where the visual tokens meet the text (`VLConfig.visual_fusion`): 'decoder', the
+  # paper's late fusion, or 'encoder' (early fusion, for miniatures: docs/study.md).
+  visual_fusion: str = "decoder"
 
   def validate(self) -> None:
     check_fields(self)
+    if self.visual_fusion not in model_configs.VISUAL_FUSIONS:
+      raise ConfigError(f"ModelConfig.visual_fusion={self.visual_fusion!r}: expected one "
+                        f"of {', '.join(model_configs.VISUAL_FUSIONS)}")
     if self.cpu_kernels not in cpu_kernels_lib.MODES:
       raise ConfigError(f"ModelConfig.cpu_kernels={self.cpu_kernels!r}: expected one of "
                         f"{', '.join(cpu_kernels_lib.MODES)}")

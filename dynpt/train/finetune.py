@@ -226,6 +226,7 @@ def load_init_params(init_from: str | None, model, data_cfg: DataConfig,
     init_params, info = export.load_export(init_from)
     logging.info("starting from %s (pretrained step %s)", init_from, info.get("step"))
     _check_vocabulary(info, data_cfg, init_from)
+    _check_visual_fusion(info, model.config.visual_fusion, init_from)
     init_params = resize_visual_positions(abstract, init_params, init_from)
     _check_params_match(abstract, init_params, init_from)
   if frozen_patterns:
@@ -250,6 +251,18 @@ def pretrain_init_params(init_from: str | None = None,
   vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
   model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
   return load_init_params(init_from, model, data_cfg, tuple(frozen_patterns))
+
+
+def _check_visual_fusion(info: dict, ours: str, source: str) -> None:
+  """Fails when the export fused the image elsewhere than the run's model does.
+
+  The params are the same either way, so such an export would load silently into a
+  model that reads them as another function. Exports before the field: 'decoder'.
+  """
+  theirs = info.get("visual_fusion") or "decoder"
+  if theirs != ours:
+    raise ValueError(f"export {source} was trained with visual_fusion={theirs!r}, the run "
+                     f"uses {ours!r}: set ModelConfig.visual_fusion to the export's")
 
 
 def _check_vocabulary(info: dict, data_cfg: DataConfig, source: str) -> None:

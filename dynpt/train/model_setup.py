@@ -66,7 +66,8 @@ def model_config(model_cfg: ModelConfig, vocab_size: int, image_size: int,
       image_size=image_size, dtype=model_cfg.dtype, remat=model_cfg.remat,
       dropout_rate=model_cfg.dropout_rate, t5_overrides=model_cfg.t5_overrides,
       resnet_preactivation=model_cfg.resnet_preactivation,
-      cpu_kernels=cpu_kernels.resolve(model_cfg.cpu_kernels, devices))
+      cpu_kernels=cpu_kernels.resolve(model_cfg.cpu_kernels, devices),
+      visual_fusion=model_cfg.visual_fusion)
 
 
 def build_model(model_cfg: ModelConfig, vocab, image_size: int,
