@@ -276,3 +276,45 @@ def test_make_toy_data_tool(tmp_path):
   assert len(schema.read_records(str(tmp_path), "cc3m", "train")) == 48
   rec = schema.read_records(str(tmp_path), "cc3m", "validation")[0]
   assert render.decode_image(rec["image/encoded"]).shape == (16, 16, 3)
+
+
+def test_simple_palette_draws_only_its_vocabulary_and_is_recorded(tmp_path):
+  """Every randomly drawn object, word and answer comes from the 'simple' palette."""
+  from dynpt.data.toyworld import language as lang
+  from dynpt.data.toyworld import scene as scene_lib
+
+  simple = scene_lib.get_palette("simple")
+  names = ["oi", "vg", "cc3m", "vqav2", "gqa", "snli_ve", "refcoco", "msvd_qa"]
+  d = str(tmp_path)
+  build.build_toy_world(d, seed=SEED, scale="tiny", datasets=names, progress=False,
+                        palette="simple")
+  other_shapes = set(scene_lib.SHAPES) - set(simple.shapes)
+  other_words = other_shapes | {lang.plural(s) for s in other_shapes}
+  for name in names:
+    for split in ds_lib.get_spec(name).splits:
+      with open(os.path.join(d, name, split, build.META_FILE)) as f:
+        assert '"palette": "simple"' in f.read()
+      for r in _read(d, name, split):
+        _, scene = ds_lib.make_example(name, split, _index(r), seed=SEED,
+                                       image_size=TINY.image_size,
+                                       num_frames=TINY.num_frames, palette="simple")
+        for o in scene.objects:
+          assert o.shape in simple.shapes and o.texture == "plain", (name, o)
+          if name not in ("msvd_qa",):  # Videos keep their small distractors.
+            assert o.size in simple.sizes, (name, o)
+        text = " ".join(x.decode() if isinstance(x, bytes) else str(x) for k in (
+            "objects/label", "text/captions", "question", "answers", "hypothesis", "refexp")
+            for x in np.atleast_1d(r[k]))
+        assert not set(re.findall(r"[a-z]+", text)) & other_words, (name, text)
+  # The default is the full palette, and a build of another palette is rebuilt, not reused.
+  default, _ = ds_lib.make_example("oi", "train", 0, seed=SEED, image_size=32, num_frames=4)
+  full, _ = ds_lib.make_example("oi", "train", 0, seed=SEED, image_size=32, num_frames=4,
+                                palette="full")
+  assert repr(default) == repr(full)
+  build.build_toy_world(d, seed=SEED, scale="tiny", datasets=["oi"], progress=False)
+  with open(os.path.join(d, "oi", "train", build.META_FILE)) as f:
+    assert '"palette": "full"' in f.read()
+  with pytest.raises(ValueError, match="unknown toy-world palette 'bright'"):
+    build.build_toy_world(d, seed=SEED, scale="tiny", datasets=["oi"], palette="bright")
+  with pytest.raises(ValueError, match="unknown"):
+    scene_lib.Palette(shapes=("circle", "blob"))

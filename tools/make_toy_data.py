@@ -2,7 +2,7 @@ r"""Builds the procedural toy world: every stand-in dataset, in the dynpt schema
 
   python tools/make_toy_data.py --data_dir=data/toy [--seed=0] [--scale=tiny|default] \
       [--image_size=64] [--num_frames=8] [--datasets=cc3m,vqav2] [--records=train=8000] \
-      [--overwrite]
+      [--palette=full|simple] [--overwrite]
 
 Deterministic in --seed. Splits that are already complete are skipped unless
 --overwrite. See docs/data.md for what each dataset contains.
@@ -13,6 +13,7 @@ from absl import flags
 
 from dynpt.data.toyworld import build
 from dynpt.data.toyworld import datasets
+from dynpt.data.toyworld import scene
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output data dir.", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Global seed of the toy world.")
@@ -26,6 +27,9 @@ _DATASETS = flags.DEFINE_list("datasets", None, "Datasets to build (default: all
 _RECORDS = flags.DEFINE_list("records", None, "Records per split overriding the scale's, "
                              "as split=count pairs, e.g. train=8000,val=500.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild splits that already exist.")
+_PALETTE = flags.DEFINE_enum("palette", "full", sorted(scene.PALETTES),
+                             "Visual vocabulary: every shape/colour/size/texture, or four "
+                             "plain shapes at medium/large size (docs/data.md).")
 
 
 def _parse_records(pairs):
@@ -44,9 +48,10 @@ def main(argv):
   counts = build.build_toy_world(
       _DATA_DIR.value, seed=_SEED.value, scale=_SCALE.value, image_size=_IMAGE_SIZE.value,
       num_frames=_NUM_FRAMES.value, datasets=_DATASETS.value, records=records,
-      overwrite=_OVERWRITE.value)
+      overwrite=_OVERWRITE.value, palette=_PALETTE.value)
   width = max(len(name) for name in counts)
-  print(f"toy world ({_SCALE.value}, seed {_SEED.value}) in {_DATA_DIR.value}:")
+  print(f"toy world ({_SCALE.value}, {_PALETTE.value} palette, seed {_SEED.value}) in "
+        f"{_DATA_DIR.value}:")
   for name, splits in counts.items():
     print(f"  {name:<{width}}  " + "  ".join(f"{s}={n}" for s, n in splits.items()))
   print(f"  total records: {sum(sum(s.values()) for s in counts.values())}")

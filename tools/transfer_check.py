@@ -44,6 +44,8 @@ _PROBE_TASKS = flags.DEFINE_list(
     "Pretraining tasks probed for grounding after pretraining (empty: none).")
 _SCALE = flags.DEFINE_enum("scale", "default", ["tiny", "default"],
                            "Toy world size to build if absent.")
+_PALETTE = flags.DEFINE_enum("palette", "full", ["full", "simple"],
+                             "Toy world palette to build if absent (scene.PALETTES).")
 
 RESULTS_FILE = "results.jsonl"
 
@@ -141,7 +143,8 @@ def _run(seeds: list[int]) -> None:
   data_dir = os.path.abspath(_DATA_DIR.value)
   out_dir = os.path.abspath(_OUT_DIR.value)
   os.makedirs(out_dir, exist_ok=True)
-  build.build_toy_world(data_dir, seed=0, scale=_SCALE.value, progress=False)
+  build.build_toy_world(data_dir, seed=0, scale=_SCALE.value, progress=False,
+                        palette=_PALETTE.value)
   path = os.path.join(out_dir, RESULTS_FILE)
   done = _read_results(path)
   for seed in seeds:

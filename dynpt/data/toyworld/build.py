@@ -3,7 +3,7 @@
 Each split is written with `schema.ShardedWriter` and then marked complete
 by a small `toyworld.json` beside its shards, recording what was built. A
 later build skips a split whose marker matches the request (same seed, scale,
-image size, frame count, generator version), so re-running is cheap; any
+image size, frame count, palette, generator version), so re-running is cheap; any
 mismatch, or `overwrite=True`, rewrites that split from scratch.
 """
 
@@ -19,6 +19,7 @@ import tqdm
 
 from dynpt.data import schema
 from dynpt.data.toyworld import datasets as ds_lib
+from dynpt.data.toyworld import scene as scene_lib
 
 # Bump when the generator's output changes, so old builds are rebuilt.
 GENERATOR_VERSION = 1
@@ -64,7 +65,8 @@ def _write_split(data_dir: str, dataset: str, split: str, meta: dict,
     for index in range(meta["num_records"]):
       record, _ = ds_lib.make_example(dataset, split, index, seed=meta["seed"],
                                       image_size=meta["image_size"],
-                                      num_frames=meta["num_frames"])
+                                      num_frames=meta["num_frames"],
+                                      palette=meta["palette"])
       writer.write(record)
       bar.update(1)
   tmp = _meta_path(data_dir, dataset, split) + ".tmp"
@@ -77,7 +79,7 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
                     image_size: int | None = None, *, num_frames: int | None = None,
                     datasets: Iterable[str] | None = None,
                     records: Mapping[str, int] | None = None, overwrite: bool = False,
-                    progress: bool = True) -> dict[str, dict[str, int]]:
+                    progress: bool = True, palette: str = "full") -> dict[str, dict[str, int]]:
   """Builds the toy world under `data_dir` in the shared schema.
 
   Args:
@@ -93,12 +95,16 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
       that has that split, e.g. `{'train': 8000}` for a larger toy RefCOCO train set.
     overwrite: rebuild splits that are already complete.
     progress: show a tqdm progress bar.
+    palette: the visual vocabulary of random objects (`scene.PALETTES`): 'full' (every
+      shape, colour, size, texture) or 'simple' (four plain shapes, medium or large:
+      what a miniature image tower can read, docs/study/transfer.md).
 
   Returns:
     Records per dataset and split, e.g. `{'cc3m': {'train': 48, 'validation': 16}}`,
     counting splits that were skipped because they were already built.
   """
   sc = ds_lib.get_scale(scale)
+  scene_lib.get_palette(palette)  # An unknown name fails before anything is written.
   image_size = int(image_size or sc.image_size)
   if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
     raise ValueError(f"toy world image_size={image_size} is outside "
@@ -121,6 +127,7 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
       n = int(records.get(split, ds_lib.num_records(name, split, scale)))
       meta = {"version": GENERATOR_VERSION, "seed": int(seed), "scale": scale,
               "image_size": image_size, "num_frames": num_frames, "num_records": n,
+              "palette": palette,
               "num_shards": max(1, n // RECORDS_PER_SHARD)}
       jobs.append((name, split, meta))
   todo = [j for j in jobs if overwrite or not _is_complete(data_dir, *j)]

@@ -118,8 +118,9 @@ def _refexp_maker(style: str) -> Maker:
   """RefCOCO-like: a target with look-alike distractors; testA/testB split by family."""
   def make(rng, split, image_size, num_frames):
     del num_frames
-    family = {"testA": scene_lib.CURVED_SHAPES,
-              "testB": scene_lib.ANGULAR_SHAPES}.get(split, scene_lib.SHAPES)
+    family = {"testA": scene_lib.family_shapes("curved"),
+              "testB": scene_lib.family_shapes("angular")}.get(split,
+                                                               scene_lib.palette().shapes)
     for attempt in range(50):
       target = scene_lib.place_object(rng, [], image_size, shape=str(rng.choice(family)))
       objs = [target]
@@ -217,8 +218,8 @@ def image_id(dataset: str, split: str, index: int) -> str:
 
 
 def make_example(dataset: str, split: str, index: int, *, seed: int, image_size: int,
-                 num_frames: int) -> tuple[dict[str, Any], Scene]:
-  """One schema record and the scene truth it was made from.
+                 num_frames: int, palette: str = "full") -> tuple[dict[str, Any], Scene]:
+  """One schema record and the scene truth it was made from, drawn from `palette`.
 
   Returns:
     (record, scene): the record is keyed by `dynpt.data.schema` feature names;
@@ -228,7 +229,8 @@ def make_example(dataset: str, split: str, index: int, *, seed: int, image_size:
   if split not in spec.splits:
     raise ValueError(f"toy dataset {dataset!r} has no split {split!r}; splits: {spec.splits}")
   rng = scene_lib.record_rng(seed, dataset, split, index)
-  record, scene = spec.make(rng, split, image_size, num_frames)
+  with scene_lib.using_palette(palette):
+    record, scene = spec.make(rng, split, image_size, num_frames)
   record["image/id"] = image_id(dataset, split, index)
   record["image/width"] = image_size
   record["image/height"] = image_size

@@ -89,9 +89,9 @@ def _mutate(rng: np.random.Generator, obj: Obj) -> Obj:
   """A copy of `obj` with its colour or shape changed: a wrong caption."""
   if rng.random() < 0.5:
     return dataclasses.replace(obj, color=str(rng.choice(
-        [c for c in scene_lib.COLORS if c != obj.color])))
+        [c for c in scene_lib.palette().colors if c != obj.color])))
   return dataclasses.replace(obj, shape=str(rng.choice(
-      [s for s in scene_lib.SHAPES if s != obj.shape])))
+      [s for s in scene_lib.palette().shapes if s != obj.shape])))
 
 
 def _mentioned(rng: np.random.Generator, scene: Scene, k: int, p_wrong: float) -> list[Obj]:
@@ -118,7 +118,8 @@ def cc3m_caption(rng: np.random.Generator, scene: Scene) -> str:
 def cc12m_caption(rng: np.random.Generator, scene: Scene) -> str:
   """Longer, noisier web text: wrong attributes, junk phrases, sometimes unrelated."""
   if rng.random() < 0.1:  # Alt-text that has nothing to do with the image.
-    fake = Obj(str(rng.choice(scene_lib.SHAPES)), str(rng.choice(list(scene_lib.COLORS))),
+    fake = Obj(str(rng.choice(scene_lib.palette().shapes)),
+               str(rng.choice(scene_lib.palette().colors)),
                "medium", "plain", 0.0, 0.0, 1.0)
     objs = [fake]
   else:

@@ -31,10 +31,12 @@ def _alternative(rng: np.random.Generator, answer: str) -> str:
   """A plausible wrong answer of the same type (annotator noise)."""
   if answer.isdigit():
     return str(max(0, int(answer) + int(rng.choice([-1, 1]))))
-  for pool in (YES_NO, tuple(scene_lib.COLORS), scene_lib.SHAPES, LOCATIONS,
-               tuple(scene_lib.DIRECTIONS), tuple(scene_lib.SIZES)):
-    if answer in pool:
-      return str(rng.choice([a for a in pool if a != answer]))
+  pal = scene_lib.palette()
+  for pool in (YES_NO, pal.colors, pal.shapes, LOCATIONS, tuple(scene_lib.DIRECTIONS),
+               pal.sizes):
+    others = [a for a in pool if a != answer]
+    if answer in pool and others:
+      return str(rng.choice(others))
   return answer
 
 
@@ -60,7 +62,8 @@ def _absent(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
   """A (color, shape) pair that is not in the scene."""
   present = {(o.color, o.shape) for o in scene.objects}
   while True:
-    pair = (str(rng.choice(list(scene_lib.COLORS))), str(rng.choice(scene_lib.SHAPES)))
+    pair = (str(rng.choice(scene_lib.palette().colors)),
+            str(rng.choice(scene_lib.palette().shapes)))
     if pair not in present:
       return pair
 
@@ -85,7 +88,8 @@ def vqa(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
   if r < 0.4:
     return "how many shapes are there?", str(len(objs))
   if r < 0.7:
-    shape = _pick(rng, objs).shape if rng.random() < 0.8 else str(rng.choice(scene_lib.SHAPES))
+    shape = (_pick(rng, objs).shape if rng.random() < 0.8
+             else str(rng.choice(scene_lib.palette().shapes)))
     return (f"how many {lang.plural(shape)} are there?",
             str(sum(o.shape == shape for o in objs)))
   color = _pick(rng, objs).color
@@ -186,9 +190,9 @@ def entailment(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
     if h != "middle":
       side = h if true else {"left": "right", "right": "left"}[h]
       return f"the {named[1]} is on the {side} side of the picture", label
-  if kind == "none_of":
-    shapes = {o.shape for o in objs}
-    pool = sorted(set(scene_lib.SHAPES) - shapes) if true else sorted(shapes)
+  shapes = {o.shape for o in objs}
+  pool = sorted(set(scene_lib.palette().shapes) - shapes) if true else sorted(shapes)
+  if kind == "none_of" and pool:  # Empty when a small palette's shapes are all there.
     return f"there are no {lang.plural(str(rng.choice(pool)))} in the picture", label
   present = {(o.color, o.shape) for o in objs}
   if true:

@@ -7,6 +7,8 @@ tests regenerate a scene from its seed and check the records against it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import zlib
 from typing import Sequence
@@ -39,6 +41,71 @@ BACKGROUNDS = {
 SIZES = {"small": 0.09, "medium": 0.13, "large": 0.18}
 TEXTURES = ("plain", "striped", "dotted", "checkered")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Palette:
+  """The visual vocabulary a toy world draws its random objects from.
+
+  'full' is every shape, colour, size and texture above. A miniature image tower
+  cannot tell ten textured shapes apart down to 6 px within a CPU budget
+  (docs/study/transfer.md, sections 10-11), so 'simple' keeps four distinct shapes,
+  drawn plain at medium or large size: what the model has to learn is then the tie
+  between words and image regions, as in the paper where the ResNet-50 already tells
+  objects apart. Objects a generator places with an explicit attribute (the small
+  unlabelled distractors of in21k and of videos) keep it.
+  """
+  shapes: tuple[str, ...] = SHAPES
+  colors: tuple[str, ...] = tuple(COLORS)
+  sizes: tuple[str, ...] = tuple(SIZES)
+  textures: tuple[str, ...] = TEXTURES
+
+  def __post_init__(self):
+    for name, values, known in (("shapes", self.shapes, SHAPES),
+                                ("colors", self.colors, tuple(COLORS)),
+                                ("sizes", self.sizes, tuple(SIZES)),
+                                ("textures", self.textures, TEXTURES)):
+      unknown = sorted(set(values) - set(known))
+      if unknown or len(values) < (2 if name in ("shapes", "colors") else 1):
+        raise ValueError(f"toy world palette {name}={values}: unknown {unknown} or too "
+                         f"few; known: {known}")
+
+
+PALETTES = {
+    "full": Palette(),
+    "simple": Palette(shapes=("circle", "square", "triangle", "cross"),
+                      sizes=("medium", "large"), textures=("plain",)),
+}
+_CURRENT = contextvars.ContextVar("toy_world_palette", default=PALETTES["full"])
+
+
+def get_palette(name: str) -> Palette:
+  if name not in PALETTES:
+    raise ValueError(f"unknown toy-world palette {name!r}; known: {sorted(PALETTES)}")
+  return PALETTES[name]
+
+
+def palette() -> Palette:
+  """The palette generators draw from now (`using_palette`; default 'full')."""
+  return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def using_palette(name: str):
+  """Within the block, random objects, captions and questions use palette `name`."""
+  token = _CURRENT.set(get_palette(name))
+  try:
+    yield
+  finally:
+    _CURRENT.reset(token)
+
+
+def family_shapes(family: str) -> tuple[str, ...]:
+  """The current palette's shapes of a family ('curved', 'angular'); all if it has none."""
+  pool = CURVED_SHAPES if family == "curved" else ANGULAR_SHAPES
+  return tuple(s for s in palette().shapes if s in pool) or palette().shapes
+
 
 # An object whose visible fraction is below this is "partly hidden".
 OCCLUDED_BELOW = 0.95
@@ -124,10 +191,11 @@ def place_object(rng: np.random.Generator, objs: list[Obj], image_size: int, *,
   the two half-extents apart. `margin` keeps the object that far (pixels)
   from the border, e.g. to leave room for motion in videos.
   """
-  shape = shape or str(rng.choice(SHAPES))
-  color = color or str(rng.choice(list(COLORS)))
-  size = size or str(rng.choice(list(SIZES)))
-  texture = texture or str(rng.choice(TEXTURES))
+  pal = palette()
+  shape = shape or str(rng.choice(pal.shapes))
+  color = color or str(rng.choice(pal.colors))
+  size = size or str(rng.choice(pal.sizes))
+  texture = texture or str(rng.choice(pal.textures))
   r = max(2.0, SIZES[size] * image_size)
   for _ in range(30):
     if center is None:
