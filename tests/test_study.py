@@ -238,6 +238,13 @@ def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_
                                    "fingerprint": spec["fingerprint"]})
   assert runner.stale_cells(cfg, [cell], out) == []
   assert runner.stale_cells(changed, [cell], out) == [cell.name]
+  # Another toy-world palette reads another data dir: its cells are never the same.
+  simple = dataclasses.replace(cfg, toy_palette="simple")
+  assert grid.data_dir(simple, out) == os.path.join(out, "data_simple")
+  assert grid.data_dir(cfg, out) == os.path.join(out, "data")
+  assert runner.stale_cells(simple, [cell], out) == [cell.name]
+  with pytest.raises(ValueError, match="toy_palette='bright'"):
+    _config(toy_palette="bright")
 
 
 # ---------------------------------------------------------------- report merge

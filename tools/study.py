@@ -164,6 +164,7 @@ def main(argv) -> None:
       try:
         build.build_toy_world(grid.data_dir(cfg, out_dir), seed=0, scale=cfg.toy_scale,
                               image_size=size, records=dict(cfg.toy_records),
+                              palette=cfg.toy_palette,
                               progress=_PROGRESS.value)
       except ValueError as e:
         _error(f"StudyConfig.toy_*: {e}")

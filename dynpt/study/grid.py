@@ -25,6 +25,8 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from dynpt.data.toyworld import scene as scene_lib
+
 SCRATCH = "none"  # The `sampler` and `mixture` of a from-scratch cell.
 REFERENCE_SAMPLERS = {"doremi": "uniform"}  # Sampler -> the sampler of its reference.
 
@@ -60,6 +62,9 @@ class StudyConfig:
     toy_scale: toy-world scale built into `<out_dir>/data` ('tiny' or
       'default'); None: use `data_dir` as it is.
     toy_records: records per split name overriding the scale's.
+    toy_palette: the toy world's visual vocabulary (`toyworld.scene.PALETTES`:
+      'full' or 'simple'); another palette than 'full' is built into
+      `<out_dir>/data_<palette>`, so its cells never count as done under another.
     data_dir: an existing data dir (used when `toy_scale` is None).
     figure2_sampler: the sampler whose first-seed run on `mixture` Figure 2
       shows.
@@ -96,6 +101,7 @@ class StudyConfig:
   pretrain_loss_fraction: float = 0.1
   toy_scale: str | None = "tiny"
   toy_records: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  toy_palette: str = "full"
   data_dir: str | None = None
   figure2_sampler: str = "dynamic"
   quick_seeds: int = 1
@@ -129,6 +135,9 @@ class StudyConfig:
     unknown = set(self.sampler_options) - set(self.samplers) - set(self.sweep_samplers)
     _check(not unknown, f"StudyConfig.sampler_options names sampler(s) {sorted(unknown)} "
            "that no cell runs")
+    _check(self.toy_palette in scene_lib.PALETTES,
+           f"StudyConfig.toy_palette={self.toy_palette!r}: expected one of "
+           f"{', '.join(sorted(scene_lib.PALETTES))}")
     _check(self.toy_scale is not None or bool(self.data_dir),
            "StudyConfig: set toy_scale (build a toy world) or data_dir (use existing data)")
 
@@ -318,4 +327,5 @@ def data_dir(cfg: StudyConfig, out_dir: str) -> str:
   """Where the cells read data: the study's own toy world, or `cfg.data_dir`."""
   if cfg.toy_scale is None:
     return os.path.abspath(str(cfg.data_dir))
-  return os.path.abspath(os.path.join(out_dir, "data"))
+  name = "data" if cfg.toy_palette == "full" else f"data_{cfg.toy_palette}"
+  return os.path.abspath(os.path.join(out_dir, name))
