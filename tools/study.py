@@ -3,6 +3,7 @@ r"""The pretraining-mixture study: a resumable grid of cells, then a report.
   python tools/study.py --gin_file=study/default.gin --out_dir=studies/default
   python tools/study.py --gin_file=study/default.gin --out_dir=studies/quick --quick
   python tools/study.py --gin_file=study/default.gin --out_dir=DIR --shard=0/4
+  python tools/study.py --gin_file=study/default.gin --out_dir=DIR --jobs=2
   python tools/study.py --gin_file=study/default.gin --out_dir=DIR --report_only
 
 Each cell (sampler x mixture x seed: pretrain -> pretraining loss -> export ->
@@ -11,7 +12,7 @@ finetuning per task and seed) runs in its own worker process
 (`dynpt.study.cell`). A finished cell is never run again, so running the same
 command after a crash or a kill continues where it stopped. `--shard=i/N`
 runs every N-th group of cells (for N machines or array tasks sharing
-`--out_dir`); `--cell=NAME` runs named cells only (with their references); `--report_only`
+`--out_dir`); `--jobs=N` runs N cells at once on this machine; `--cell=NAME` runs named cells only (with their references); `--report_only`
 merges whatever cells exist into
 `results.jsonl`, `report.md` and the figures. `--quick` keeps
 StudyConfig.quick_seeds seeds and scales the steps by quick_step_scale.
@@ -52,6 +53,9 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "Run no cell: merge the existing ones and write the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and the estimate; run nothing.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over cells.")
+_JOBS = flags.DEFINE_integer(
+    "jobs", 1, "Cells run at once on this machine (each in its own worker process); "
+    "2 on a 2-core CPU overlaps one cell's compiling with another's training.")
 
 
 def _error(message: str) -> None:
@@ -119,6 +123,8 @@ def main(argv) -> None:
 
   if not _OUT_DIR.value:
     _error("--out_dir is required")
+  if _JOBS.value < 1:
+    _error(f"--jobs={_JOBS.value}: must be at least 1")
   out_dir = os.path.abspath(_OUT_DIR.value)
   try:
     index, count = grid.parse_shard(_SHARD.value)
@@ -150,7 +156,7 @@ def main(argv) -> None:
         f"{len(cfg.seeds)} seed(s), {cfg.pretrain_steps} pretraining / "
         f"{cfg.finetune_steps} finetuning steps{' (--quick)' if _QUICK.value else ''}")
   print(f"shard {index}/{count}: {len(mine)} cells, {sum(c.name in done for c in mine)} "
-        f"done; estimated {seconds / 60:.0f} min to go ({how})", flush=True)
+        f"done; estimated {seconds / 60:.0f} min of cell time to go ({how})", flush=True)
   if _DRY_RUN.value:
     for cell in mine:
       print(f"  {cell.name}{' (done)' if cell.name in done else ''}")
@@ -172,7 +178,8 @@ def main(argv) -> None:
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
       # Cells and studies share their compilations (XLA keys them by program).
       env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
-    failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value).failed
+    failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value,
+                              jobs=_JOBS.value).failed
   path = report.write_report(cfg, cells, out_dir,
                              title=f"dynpt study ({', '.join(FLAGS.gin_file)})")
   print(f"report: {path}")

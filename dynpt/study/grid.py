@@ -42,6 +42,8 @@ class StudyConfig:
     sweep_samplers: Table 5's samplers, run on each of `sweep_mixtures`.
     sweep_mixtures: Table 5's further mixtures (`mixture` is its last row).
     seeds: seeds of every cell (pretraining data order, init, finetuning).
+    sweep_seeds: Table 5's further mixtures run on the first this many seeds
+      only (None: all); its last row, `mixture`, has every seed from Table 4.
     downstream: registered downstream task names; each pretrained cell is
       finetuned on all of them, and each has a scratch cell per seed.
     pretrain_gin: the pretraining gin file every pretrained cell starts from.
@@ -61,7 +63,8 @@ class StudyConfig:
       (mixture_history.jsonl), averaged over the mixture's tasks.
     toy_scale: toy-world scale built into `<out_dir>/data` ('tiny' or
       'default'); None: use `data_dir` as it is.
-    toy_records: records per split name overriding the scale's.
+    toy_records: records per split ('train') or per dataset and split
+      ('cc3m/train') overriding the scale's (`build.build_toy_world`).
     toy_palette: the toy world's visual vocabulary (`toyworld.scene.PALETTES`:
       'full' or 'simple'); another palette than 'full' is built into
       `<out_dir>/data_<palette>`, so its cells never count as done under another.
@@ -88,6 +91,7 @@ class StudyConfig:
   sweep_samplers: Sequence[str] = ()
   sweep_mixtures: Sequence[str] = ()
   seeds: Sequence[int] = (0,)
+  sweep_seeds: int | None = None
   downstream: Sequence[str] = ("vqav2",)
   pretrain_gin: str = "pretrain/toy_cpu.gin"
   finetune_gin: str = "finetune/toy_{task}.gin"
@@ -126,6 +130,8 @@ class StudyConfig:
            f"StudyConfig.warmup_fraction={self.warmup_fraction}: must be in [0, 1)")
     _check(0.0 < self.quick_step_scale <= 1.0,
            f"StudyConfig.quick_step_scale={self.quick_step_scale}: must be in (0, 1]")
+    _check(self.sweep_seeds is None or self.sweep_seeds >= 1,
+           f"StudyConfig.sweep_seeds={self.sweep_seeds}: must be >= 1 (or None: every seed)")
     _check(self.quick_seeds >= 1, f"StudyConfig.quick_seeds={self.quick_seeds}: must be >= 1")
     _check(0.0 < self.pretrain_loss_fraction <= 1.0,
            f"StudyConfig.pretrain_loss_fraction={self.pretrain_loss_fraction}: "
@@ -194,21 +200,25 @@ def pretrained_name(sampler: str, mixture: str, seed: int) -> str:
 
 def expand(cfg: StudyConfig) -> list[Cell]:
   """Every cell of the study, each reference before the cells that read it."""
-  pairs = [(s, cfg.mixture) for s in cfg.samplers]
-  pairs += [(s, m) for m in cfg.sweep_mixtures for s in cfg.sweep_samplers]
-  pairs = list(dict.fromkeys(pairs))  # Table 5's last row is Table 4's mixture.
-  tasks = tuple(cfg.downstream)
   seeds = list(cfg.seeds)
+  sweep_seeds = seeds[:cfg.sweep_seeds] if cfg.sweep_seeds is not None else seeds
+  pairs = [(s, cfg.mixture, seeds) for s in cfg.samplers]
+  # Table 5's last row is Table 4's mixture, with every seed.
+  pairs += [(s, m, seeds if m == cfg.mixture else sweep_seeds)
+            for m in cfg.sweep_mixtures for s in cfg.sweep_samplers]
+  tasks = tuple(cfg.downstream)
   cells: dict[str, Cell] = {}
   for seed in seeds:
-    for sampler, mixture in pairs:
-      cells.setdefault(pretrained_name(sampler, mixture, seed),
-                       Cell(sampler, mixture, seed, tasks))
-  for sampler, mixture in pairs:
+    for sampler, mixture, pair_seeds in pairs:
+      if seed in pair_seeds:
+        cells.setdefault(pretrained_name(sampler, mixture, seed),
+                         Cell(sampler, mixture, seed, tasks))
+  for sampler, mixture, pair_seeds in pairs:
     if sampler not in REFERENCE_SAMPLERS:
       continue
-    for i, seed in enumerate(seeds):
-      ref_seed = seeds[(i + 1) % len(seeds)] if len(seeds) > 1 else seed + 1
+    for i, seed in enumerate(pair_seeds):
+      ref_seed = (pair_seeds[(i + 1) % len(pair_seeds)] if len(pair_seeds) > 1
+                  else seed + 1)
       ref = Cell(REFERENCE_SAMPLERS[sampler], mixture, ref_seed, ())
       ref = cells.setdefault(ref.name, ref)
       name = pretrained_name(sampler, mixture, seed)

@@ -91,8 +91,9 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
     image_size: side of the square images in pixels; defaults to the scale's.
     num_frames: frames per video; defaults to the scale's.
     datasets: names to build (default: all of `datasets.DATASETS`).
-    records: records per split name, overriding the scale's for every built dataset
-      that has that split, e.g. `{'train': 8000}` for a larger toy RefCOCO train set.
+    records: records per split, overriding the scale's: a split name for every built
+      dataset that has that split (`{'train': 8000}`), or 'dataset/split' for one
+      dataset (`{'cc3m/train': 4000}`), which wins over the split name.
     overwrite: rebuild splits that are already complete.
     progress: show a tqdm progress bar.
     palette: the visual vocabulary of random objects (`scene.PALETTES`): 'full' (every
@@ -114,17 +115,20 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
     raise ValueError(f"toy world num_frames={num_frames}: videos need at least 2 frames")
   names = list(datasets) if datasets is not None else list(ds_lib.DATASETS)
   records = dict(records or {})
-  for split, n in records.items():
+  for key, n in records.items():
     if int(n) < 1:
-      raise ValueError(f"toy world records[{split!r}]={n}: must be at least 1")
+      raise ValueError(f"toy world records[{key!r}]={n}: must be at least 1")
   known_splits = {s for name in names for s in ds_lib.get_spec(name).splits}
-  if set(records) - known_splits:
-    raise ValueError(f"toy world records for unknown split(s) {sorted(set(records) - known_splits)}"
-                     f" of datasets {names}; their splits: {sorted(known_splits)}")
+  known_pairs = {f"{name}/{s}" for name in names for s in ds_lib.get_spec(name).splits}
+  unknown = {k for k in records if k not in known_splits and k not in known_pairs}
+  if unknown:
+    raise ValueError(f"toy world records for unknown split(s) {sorted(unknown)} of datasets "
+                     f"{names}; their splits: {sorted(known_splits)} (or 'dataset/split')")
   jobs = []
   for name in names:
     for split in ds_lib.get_spec(name).splits:
-      n = int(records.get(split, ds_lib.num_records(name, split, scale)))
+      n = int(records.get(f"{name}/{split}",
+                          records.get(split, ds_lib.num_records(name, split, scale))))
       meta = {"version": GENERATOR_VERSION, "seed": int(seed), "scale": scale,
               "image_size": image_size, "num_frames": num_frames, "num_records": n,
               "palette": palette,
