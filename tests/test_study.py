@@ -125,6 +125,21 @@ def test_grid_has_table4_table5_scratch_and_orders_references():
   assert len(refs) == 1 and refs[0].tasks == ()  # Reference only: no finetuning.
 
 
+def test_sweep_seeds_run_table5_mixtures_on_the_first_seeds_only():
+  cells = grid.expand(_config(sweep_seeds=1, sweep_samplers=("uniform", "doremi")))
+  seeds = lambda s, m: sorted(c.seed for c in cells  # noqa: E731
+                              if (c.sampler, c.mixture) == (s, m) and c.tasks)
+  assert seeds("uniform", "dynpt_4") == seeds("doremi", "dynpt_8") == [0]
+  assert seeds("uniform", "dynpt_24") == seeds("doremi", "dynpt_24") == [0, 1, 2]
+  # The one-seed sweep's DoReMi reads a reference-only uniform run of the next seed.
+  doremi = next(c for c in cells if c.name == "doremi-dynpt_8-s0")
+  ref = next(c for c in cells if c.name == doremi.reference)
+  assert (ref.sampler, ref.mixture, ref.seed, ref.tasks) == ("uniform", "dynpt_8", 1, ())
+  assert len(grid.expand(_config(sweep_seeds=5))) == len(grid.expand(_config()))
+  with pytest.raises(ValueError, match="sweep_seeds=0"):
+    _config(sweep_seeds=0)
+
+
 @given(st.integers(1, 9))
 @settings(max_examples=9, deadline=None)
 def test_shards_cover_each_cell_once_and_keep_references_together(count):
@@ -299,6 +314,44 @@ def _study(out_dir, *flags, timeout=600):
       [sys.executable, os.path.join(ROOT, "tools", "study.py"),
        "--gin_file=study/smoke.gin", f"--out_dir={out_dir}", "--noprogress", *flags],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_parallel_cells_wait_for_references_and_respect_the_limit(tmp_path, monkeypatch, jobs):
+  import threading
+  import time
+
+  cfg = _config(seeds=(0, 1), sweep_mixtures=())
+  cells = grid.expand(cfg)
+  out = str(tmp_path)
+  lock, live, peak, started = threading.Lock(), [0], [0], []
+
+  def fake_run_one(cfg_, cell, out_dir, env=None):
+    with lock:
+      live[0] += 1
+      peak[0] = max(peak[0], live[0])
+      started.append(cell.name)
+    assert cell.reference is None or store.is_done(out_dir, cell.reference), cell.name
+    time.sleep(0.01)
+    ok = cell.name != "uniform-dynpt_24-s1"  # The reference of doremi-s0 fails.
+    if ok:
+      store.mark_done(out_dir, cell.name, {"rows": [], "seconds": 0.01})
+    with lock:
+      live[0] -= 1
+    return ok
+
+  monkeypatch.setattr(runner, "run_one", fake_run_one)
+  summary = runner.run_cells(cfg, cells, out, progress=False, jobs=jobs)
+  assert peak[0] <= jobs and (jobs == 1 or peak[0] > 1)
+  assert sorted(summary.failed) == ["doremi-dynpt_24-s0", "uniform-dynpt_24-s1"]
+  assert "doremi-dynpt_24-s0" not in started  # Never started: its reference failed.
+  assert sorted(summary.ran + summary.failed) == sorted(c.name for c in cells)
+  if jobs == 1:  # One job keeps the grid order.
+    assert started == [c.name for c in cells if c.name != "doremi-dynpt_24-s0"]
+  again = runner.run_cells(cfg, cells, out, progress=False, jobs=jobs)
+  assert sorted(again.skipped) == sorted(summary.ran)
+  with pytest.raises(ValueError, match="jobs=0"):
+    runner.run_cells(cfg, cells, out, progress=False, jobs=0)
 
 
 def test_bad_shard_flag_is_one_error_line(tmp_path):

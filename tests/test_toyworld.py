@@ -140,6 +140,17 @@ def test_build_is_idempotent_and_rebuilds_incomplete(tmp_path):
     build.build_toy_world(d, records={"val": 5}, **kw)
   with pytest.raises(ValueError, match="at least 1"):
     build.build_toy_world(d, records={"train": 0}, **kw)
+  with pytest.raises(ValueError, match="unknown split.*'vqav2/train'"):
+    build.build_toy_world(d, records={"vqav2/train": 5}, **kw)
+
+
+def test_records_per_dataset_win_over_records_per_split(tmp_path):
+  counts = build.build_toy_world(
+      str(tmp_path), seed=0, scale="tiny", image_size=16, datasets=["cc3m", "vg"],
+      records={"train": 3, "vg/train": 5, "validation": 2}, progress=False)
+  assert counts == {"cc3m": {"train": 3, "validation": 2}, "vg": {"train": 5, "validation": 2}}
+  assert len(schema.read_records(str(tmp_path), "vg", "train")) == 5
+  assert len(schema.read_records(str(tmp_path), "cc3m", "train")) == 3
 
 
 _COUNT_Q = re.compile(r"how many (\w+)(?: (\w+))? are there\?")

@@ -25,7 +25,8 @@ _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video "
                                    "(default: 4 for tiny, 8 for default).")
 _DATASETS = flags.DEFINE_list("datasets", None, "Datasets to build (default: all).")
 _RECORDS = flags.DEFINE_list("records", None, "Records per split overriding the scale's, "
-                             "as split=count pairs, e.g. train=8000,val=500.")
+                             "as split=count pairs (every dataset with that split) or dataset/split=count "
+                             "(one dataset), e.g. train=8000,val=500,vg/train=500.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild splits that already exist.")
 _PALETTE = flags.DEFINE_enum("palette", "full", sorted(scene.PALETTES),
                              "Visual vocabulary: every shape/colour/size/texture, or four "
