@@ -301,6 +301,8 @@ def test_report_merges_existing_cells_and_lists_failures(tmp_path):
   assert "`odm-dynpt_24-s2`: boom" in text
   assert "Methods that beat uniform: `dynamic`." in text
   assert "does **not** beat" not in text
+  assert re.search(r"Dynamic `dynpt_24` pretraining against no pretraining, per task: "
+                   r"vqav2 \+25\.0 \[.*\] \(n=3\) \(better\); gqa \+2[45]\.\d", text)
   assert re.search(r"\| ODM \(online data mixing\) \| `odm` \| 50\.\d ± 0\.\d \(n=2\)", text)
   assert "ODM (online data mixing) | -0.2 [" in text  # Paired over seeds 0 and 1.
   assert os.path.exists(os.path.join(out, report.FIGURE1))

@@ -180,6 +180,13 @@ def findings(cfg: grid.StudyConfig, table: Table) -> list[str]:
     out.append(f"- Pretraining (uniform) against no pretraining: {_fmt_diff(transfer)} "
                f"points ({transfer.verdict}). Where pretraining does not help at all, no "
                "choice of mixture can show an effect downstream.")
+  dynamic = table.get((PAPER_SAMPLER, cfg.mixture), {})
+  per_task = [(t, stats.paired_difference(dynamic.get(t, {}), _scratch_values(table, t)))
+              for t in cfg.downstream]
+  if any(d.n for _, d in per_task):
+    out.append(f"- Dynamic `{cfg.mixture}` pretraining against no pretraining, per task: "
+               + "; ".join(f"{t} {_fmt_diff(d)} ({d.verdict})" for t, d in per_task if d.n)
+               + ".")
   return out + [""]
 
 
