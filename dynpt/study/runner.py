@@ -183,6 +183,7 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
 
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: must be at least 1")
+  _STOPPING.clear()
   summary = RunSummary()
   pending = list(cells)
   names = {c.name for c in cells}
