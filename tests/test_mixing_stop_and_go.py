@@ -44,6 +44,41 @@ def test_dsg_lower_is_better_for_losses():
   assert s.modes()["t"] == "go"
 
 
+def test_dsg_train_loss_signal_scores_each_task_epoch_by_its_mean_loss():
+  # Task a: 4 examples an epoch, 2 a step (batch 4, two tasks): an epoch every 2 steps.
+  s = mixing.make_sampler("dsg", ["a", "b"], 4, signal="train_loss", task_sizes=[4, 100],
+                          min_per_task=1)
+  count = np.array([2, 2])
+  # a's epoch means: 2.0, 1.0, 0.9995 (+0.05%: bad), 0.999 (bad) -> stop after epoch 4.
+  losses = [3.0, 1.0, 1.5, 0.5, 0.9995, 0.9995, 0.999, 0.999]
+  modes = []
+  for step, loss in enumerate(losses):
+    assert s.counts(step).tolist() == ([2, 2] if s.modes()["a"] == "go" else
+                                       ([2, 2] if step % s.iter_gap == 0 else [0, 4]))
+    s.update(step, [loss, 5.0], task_count=count)
+    modes.append(s.modes()["a"])
+  assert modes == ["go"] * 7 + ["stop"]
+  assert s.modes()["b"] == "go"  # b has not finished an epoch: never scored.
+  assert s.state_dict()["epochs_validated"].tolist() == [4, 0]
+  assert s.state_dict()["epoch_examples"].tolist() == [0.0, 16.0]
+  # A stopped task's loss rising past the best by more than 0.5% puts it back in go.
+  s.update(8, [0.0, 5.0], task_count=np.array([0, 4]))  # Not a's step: no epoch ends.
+  s.update(9, [1.2, 5.0], task_count=count)
+  s.update(10, [1.2, 5.0], task_count=count)
+  assert s.modes()["a"] == "go"
+
+
+def test_dsg_train_loss_signal_needs_sizes_and_old_states_resume():
+  with pytest.raises(ValueError, match="needs task_sizes"):
+    mixing.make_sampler("dsg", ["a"], 4, signal="train_loss")
+  with pytest.raises(ValueError, match="signal='val'"):
+    mixing.make_sampler("dsg", ["a"], 4, signal="val", task_sizes=[4])
+  old = mixing.make_sampler("dsg", ["a", "b"], 8, task_sizes=[4, 4]).state_dict()
+  new = mixing.make_sampler("dsg", ["a", "b"], 8, task_sizes=[4, 4], signal="train_loss")
+  new.load_state_dict(old)  # Saved before the signal existed: empty accumulators.
+  assert new.state_dict()["epoch_loss_sum"].tolist() == [0.0, 0.0]
+
+
 def _reference_modes(scores, higher=True, thr=0.001, epochs=2, div=0.005):
   """Independent replay of 12-in-1's rules over one task's score sequence."""
   stopped, best, bad, out = False, None, 0, []

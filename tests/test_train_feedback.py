@@ -106,3 +106,19 @@ def test_out_of_order_use_is_refused():
 def test_task_losses_are_nan_without_tokens():
   np.testing.assert_array_equal(
       feedback.task_losses(np.array([3.0, 0.0]), np.array([2.0, 0.0])), [1.5, np.nan])
+
+
+def test_the_training_loop_builds_stop_and_go_samplers_on_the_train_loss(monkeypatch):
+  from dynpt.train import config, setup
+
+  sizes = {"a": 10, "b": 20, "c": 30}
+  monkeypatch.setattr(setup.model_setup, "dataset_size",
+                      lambda task, split, data_dir: sizes[task])
+  data_cfg = config.DataConfig(data_dir="unused")
+  for name in setup.STOP_AND_GO_SAMPLERS:
+    sampler = setup.make_sampler(config.SamplerConfig(name, {"min_per_task": 1}), TASKS, 12,
+                                 data_cfg)
+    assert sampler.signal == "train_loss" and sampler.task_sizes.tolist() == [10, 20, 30]
+  with pytest.raises(ValueError, match="feeds it no validation scores"):
+    setup.make_sampler(config.SamplerConfig("dsg", {"signal": "validation"}), TASKS, 12,
+                       data_cfg)

@@ -25,6 +25,15 @@ idle; a fixed-size batch cannot).
 Validation scores come in through `update_validation(step, scores)`; with
 `task_sizes` the sampler also counts examples per task and `validation_due()`
 says which tasks finished an epoch since their last score.
+
+`signal="train_loss"` scores a task without an evaluation: when the task
+finishes an epoch (`task_sizes` examples since its last score), its score is
+its mean training loss over that epoch (lower is better), fed through the
+same rule. 12-in-1 scores each task on its validation split; the training
+loop has no per-task evaluation inside pretraining, so it builds `dsg` (and
+the curricula) with this signal. A training loss measured on examples the
+model has not yet trained on (the first epoch) is a held-out loss; on later
+epochs it includes memorisation, so a task stops later than by validation.
 """
 
 from __future__ import annotations
@@ -51,8 +60,13 @@ class StopAndGoSampler(base.Sampler):
     higher_is_better: True for accuracy-like scores, False for losses.
     task_sizes: optional examples per task epoch (sequence or name -> n), for
       `validation_due()`.
+    signal: where scores come from: "validation" (the caller's
+      `update_validation`) or "train_loss" (the task's mean training loss over
+      each of its epochs, lower is better; needs `task_sizes`).
     min_per_task: floor for active tasks (checked against B at build time).
   """
+
+  SIGNALS = ("validation", "train_loss")
 
   name = "dsg"
 
@@ -61,8 +75,15 @@ class StopAndGoSampler(base.Sampler):
                converge_epochs: int = 2, diverge_threshold: float = 0.005,
                higher_is_better: bool = True,
                task_sizes: Sequence[int] | Mapping[str, int] | None = None,
+               signal: str = "validation",
                min_per_task: int = 4):
     super().__init__(task_names, global_batch_size, min_per_task=min_per_task)
+    if signal not in self.SIGNALS:
+      raise ValueError(f"{self.name} sampler: signal={signal!r}: expected one of "
+                       f"{', '.join(self.SIGNALS)}")
+    if signal == "train_loss" and task_sizes is None:
+      raise ValueError(f"{self.name} sampler: signal='train_loss' needs task_sizes= "
+                       "(a task's epoch ends after that many of its examples)")
     if int(iter_gap) != iter_gap or iter_gap < 1:
       raise ValueError(f"{self.name} sampler: iter_gap must be a positive integer, "
                        f"got {iter_gap!r}")
@@ -77,7 +98,9 @@ class StopAndGoSampler(base.Sampler):
     self.converge_threshold = float(converge_threshold)
     self.converge_epochs = int(converge_epochs)
     self.diverge_threshold = float(diverge_threshold)
-    self.higher_is_better = bool(higher_is_better)
+    self.signal = signal
+    # A loss is better when lower, whatever the validation metric's direction.
+    self.higher_is_better = bool(higher_is_better) and signal == "validation"
     self.task_sizes = None
     if task_sizes is not None:
       sizes = self._per_task(task_sizes, "task_sizes")
@@ -92,6 +115,11 @@ class StopAndGoSampler(base.Sampler):
         "examples_seen": np.zeros(n, np.int64),     # training examples per task
         "epochs_validated": np.zeros(n, np.int64),  # task epochs already scored
     })
+    if signal == "train_loss":
+      self._state.update({
+          "epoch_loss_sum": np.zeros(n, np.float64),  # loss x examples, this epoch
+          "epoch_examples": np.zeros(n, np.float64),  # examples with a loss, this epoch
+      })
 
   # ---- Batch ---------------------------------------------------------------
 
@@ -112,8 +140,29 @@ class StopAndGoSampler(base.Sampler):
 
   def _observe(self, step: int, loss: np.ndarray, valid: np.ndarray,
                counts: np.ndarray) -> None:
-    del step, loss, valid
-    self._state["examples_seen"] = self._state["examples_seen"] + counts
+    st = self._state
+    st["examples_seen"] = st["examples_seen"] + counts
+    if self.signal != "train_loss":
+      return
+    weight = np.where(valid, counts, 0).astype(np.float64)
+    st["epoch_loss_sum"] = st["epoch_loss_sum"] + np.where(valid, loss, 0.0) * weight
+    st["epoch_examples"] = st["epoch_examples"] + weight
+    due = self.validation_due() & (st["epoch_examples"] > 0)
+    if np.any(due):
+      mean = st["epoch_loss_sum"] / np.maximum(st["epoch_examples"], 1.0)
+      self.update_validation(step, np.where(due, mean, np.nan))
+      st = self._state
+      st["epoch_loss_sum"] = np.where(due, 0.0, st["epoch_loss_sum"])
+      st["epoch_examples"] = np.where(due, 0.0, st["epoch_examples"])
+
+  def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+    """As `Sampler.load_state_dict`; a state saved before the train-loss signal
+    existed (no epoch accumulators) resumes with empty ones."""
+    state = dict(state)
+    if self.signal == "train_loss":
+      for key in ("epoch_loss_sum", "epoch_examples"):
+        state.setdefault(key, np.zeros(self.num_tasks, np.float64))
+    super().load_state_dict(state)
 
   # ---- Validation ----------------------------------------------------------
 

@@ -47,13 +47,29 @@ def claimed_run_dir(run_dir: str) -> Iterator[None]:
 
 def make_sampler(sampler_cfg: SamplerConfig, task_names, batch_size: int,
                  data_cfg: DataConfig) -> mixing.Sampler:
-  """The configured sampler; size-based ones get the tasks' dataset sizes."""
+  """The configured sampler; size-based ones get the tasks' dataset sizes.
+
+  12-in-1's stop-and-go family scores tasks once per task epoch; pretraining
+  runs no per-task evaluation, so they get `signal='train_loss'` (the
+  epoch's mean training loss, `dynpt/mixing/stop_and_go.py`) and the sizes
+  that define an epoch, unless the options say otherwise.
+  """
   options = dict(sampler_cfg.options)
-  if sampler_cfg.name in ("size", "temperature") and "task_sizes" not in options:
+  name = sampler_cfg.name
+  if name in STOP_AND_GO_SAMPLERS:
+    if options.setdefault("signal", "train_loss") != "train_loss":
+      raise ValueError(f"SamplerConfig.options: signal={options['signal']!r} for the {name} "
+                       "sampler, but the training loop feeds it no validation scores; use "
+                       "signal='train_loss' (the default)")
+  if (name in ("size", "temperature") + STOP_AND_GO_SAMPLERS
+      and "task_sizes" not in options):
     options["task_sizes"] = [
         model_setup.dataset_size(t, sampler_cfg.size_split, data_cfg.data_dir)
         for t in task_names]
-  return mixing.make_sampler(sampler_cfg.name, task_names, batch_size, **options)
+  return mixing.make_sampler(name, task_names, batch_size, **options)
+
+
+STOP_AND_GO_SAMPLERS = ("dsg", "curriculum", "anti_curriculum")
 
 
 @dataclasses.dataclass
