@@ -150,8 +150,7 @@ class StopAndGoSampler(base.Sampler):
     due = self.validation_due() & (st["epoch_examples"] > 0)
     if np.any(due):
       mean = st["epoch_loss_sum"] / np.maximum(st["epoch_examples"], 1.0)
-      self.update_validation(step, np.where(due, mean, np.nan))
-      st = self._state
+      self.update_validation(step, np.where(due, mean, np.nan))  # Updates `st` in place.
       st["epoch_loss_sum"] = np.where(due, 0.0, st["epoch_loss_sum"])
       st["epoch_examples"] = np.where(due, 0.0, st["epoch_examples"])
 
