@@ -328,7 +328,7 @@ def test_parallel_cells_wait_for_references_and_respect_the_limit(tmp_path, monk
   out = str(tmp_path)
   lock, live, peak, started = threading.Lock(), [0], [0], []
 
-  def fake_run_one(cfg_, cell, out_dir, env=None):
+  def fake_run_one(cfg_, cell, out_dir, env=None, provenance=None):
     with lock:
       live[0] += 1
       peak[0] = max(peak[0], live[0])

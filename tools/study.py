@@ -115,6 +115,19 @@ def check_names(cfg) -> None:
       raise ValueError(f"StudyConfig.finetune_gin: {path} (task {task!r}) does not exist")
 
 
+def study_provenance(cfg, gin_files) -> dict:
+  """The commit this study runs from (and whether the tree is dirty) and the
+  fingerprint of every gin file it reads (`dynpt.study.provenance`)."""
+  from dynpt.study import grid, provenance
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  search = [os.path.join(root, "gin_configs")]
+  files = (list(gin_files) + [cfg.pretrain_gin]
+           + [grid.finetune_gin_file(cfg, task) for task in cfg.downstream])
+  return {**provenance.code_version(root),
+          "gin_fingerprint": provenance.gin_fingerprint(files, search)}
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     _error(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -164,22 +177,20 @@ def main(argv) -> None:
   failed = []
   if not _REPORT_ONLY.value:
     if cfg.toy_scale is not None:
-      from dynpt.data.toyworld import build
-
-      size = cfg.common_bindings.get("IMAGE_SIZE")
       try:
-        build.build_toy_world(grid.data_dir(cfg, out_dir), seed=0, scale=cfg.toy_scale,
-                              image_size=size, records=dict(cfg.toy_records),
-                              palette=cfg.toy_palette,
-                              progress=_PROGRESS.value)
+        grid.build_world(cfg, out_dir, progress=_PROGRESS.value)
       except ValueError as e:
         _error(f"StudyConfig.toy_*: {e}")
     env = {}
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
       # Cells and studies share their compilations (XLA keys them by program).
       env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
+    try:
+      version = study_provenance(cfg, FLAGS.gin_file)
+    except FileNotFoundError as e:
+      _error(str(e))
     failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value,
-                              jobs=_JOBS.value).failed
+                              jobs=_JOBS.value, provenance=version).failed
   path = report.write_report(cfg, cells, out_dir,
                              title=f"dynpt study ({', '.join(FLAGS.gin_file)})")
   print(f"report: {path}")

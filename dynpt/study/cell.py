@@ -34,6 +34,9 @@ from typing import Any
 
 EXIT_ERROR = 1
 SPEC = "spec.json"
+# What each row says of the code and configuration that made it (the runner's
+# `provenance`, dynpt.study.provenance).
+PROVENANCE_KEYS = ("commit", "dirty", "gin_fingerprint")
 # gin appends "In call to configurable 'train' (<function train at 0x...>)" to
 # errors raised inside a configurable; the key is already in the message.
 _GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
@@ -153,7 +156,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                  "mixture": spec["mixture"], "seed": spec["seed"], "init": spec["init"],
                  "task": ft["task"], "metric": res["metric"], "value": res["value"],
                  "pretrain_loss": pretrain_loss, "pretrain_steps": pretrain_steps,
-                 "finetune_steps": res["step"], "eval_examples": res["num_examples"]})
+                 "finetune_steps": res["step"], "eval_examples": res["num_examples"],
+                 "world_seed": spec.get("world_seed", 0),
+                 **{k: v for k, v in (spec.get("provenance") or {}).items()
+                    if k in PROVENANCE_KEYS}})
   record = {"cell": spec["name"], "rows": rows, "pretrain_loss": pretrain_loss,
             "fingerprint": spec.get("fingerprint"),
             "pretrain_steps": pretrain_steps,

@@ -25,6 +25,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from dynpt.data.toyworld import datasets as toy_datasets
 from dynpt.data.toyworld import scene as scene_lib
 
 SCRATCH = "none"  # The `sampler` and `mixture` of a from-scratch cell.
@@ -69,6 +70,18 @@ class StudyConfig:
       'full' or 'simple'); another palette than 'full' is built into
       `<out_dir>/data_<palette>`, so its cells never count as done under another.
     data_dir: an existing data dir (used when `toy_scale` is None).
+    world_seed: the seed of the toy world the cells read (every image, caption,
+      question and answer, `toyworld.build.build_toy_world`); a world seed other
+      than 0 is built into `<out_dir>/data[_<palette>]_w<seed>`.
+    eval_examples: the size of each downstream task's `val` split (the toy
+      world's `<task>/val` records) and the examples each finetuning scores
+      (`EVAL_EXAMPLES`); None: the scale's split and the finetuning gin's.
+    contrasts: the comparisons declared before the study runs, each
+      '<a> - <b>: <task>' with `a`, `b` samplers of the study (`scratch`: no
+      pretraining) and `task` a downstream task or `mean` (the mean over tasks);
+      the report gives each a paired interval and a Holm-corrected p-value.
+    exploratory_results: a results.jsonl of an earlier (tuned) study on which
+      this one's choices were made; the report shows it apart from this one's.
     figure2_sampler: the sampler whose first-seed run on `mixture` Figure 2
       shows.
     quick_seeds: `--quick` keeps the first this many seeds.
@@ -107,6 +120,10 @@ class StudyConfig:
   toy_records: Mapping[str, int] = dataclasses.field(default_factory=dict)
   toy_palette: str = "full"
   data_dir: str | None = None
+  world_seed: int = 0
+  eval_examples: int | None = None
+  contrasts: Sequence[str] = ()
+  exploratory_results: str | None = None
   figure2_sampler: str = "dynamic"
   quick_seeds: int = 1
   quick_step_scale: float = 0.25
@@ -146,6 +163,15 @@ class StudyConfig:
            f"{', '.join(sorted(scene_lib.PALETTES))}")
     _check(self.toy_scale is not None or bool(self.data_dir),
            "StudyConfig: set toy_scale (build a toy world) or data_dir (use existing data)")
+    _check(self.world_seed >= 0, f"StudyConfig.world_seed={self.world_seed}: must be >= 0")
+    _check(self.eval_examples is None or self.eval_examples >= 1,
+           f"StudyConfig.eval_examples={self.eval_examples}: must be >= 1 (or None)")
+    bound = self.finetune_bindings.get("EVAL_EXAMPLES")
+    _check(self.eval_examples is None or bound is None or bound == self.eval_examples,
+           f"StudyConfig.eval_examples={self.eval_examples} contradicts "
+           f"finetune_bindings EVAL_EXAMPLES={bound}; set one of them")
+    for text in self.contrasts:
+      parse_contrast(text, self)
 
   def quick(self) -> "StudyConfig":
     """The `--quick` study: fewer seeds, steps, tasks and mixtures (`quick_*`)."""
@@ -159,6 +185,48 @@ class StudyConfig:
         sweep_mixtures=keep(self.sweep_mixtures, self.quick_sweep_mixtures),
         toy_records=(self.toy_records if self.quick_toy_records is None
                      else self.quick_toy_records))
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+  """A declared comparison: `a` - `b` on `task`, paired by seed."""
+  a: str
+  b: str
+  task: str
+
+  @property
+  def text(self) -> str:
+    return f"{self.a} - {self.b}: {self.task}"
+
+
+MEAN_TASK = "mean"
+
+
+def parse_contrast(text: str, cfg: StudyConfig | None = None) -> Contrast:
+  """'<a> - <b>: <task>' -> Contrast (`scratch` is stored as SCRATCH); ValueError.
+
+  With `cfg`, the samplers must be cells of the study and the task one of its
+  downstream tasks (or `mean`).
+  """
+  where = f"StudyConfig.contrasts: {text!r}"
+  pair, sep, task = text.partition(":")
+  names = [n.strip() for n in pair.split(" - ")]
+  if not sep or len(names) != 2 or not all(names) or not task.strip():
+    raise ValueError(f"{where}: expected '<a> - <b>: <task>', e.g. 'dynamic - uniform: mean'")
+  a, b = (SCRATCH if n == "scratch" else n for n in names)
+  task = task.strip()
+  if a == b:
+    raise ValueError(f"{where}: compares {a!r} with itself")
+  if cfg is not None:
+    known = set(cfg.samplers) | {SCRATCH}
+    for name in (a, b):
+      if name not in known:
+        raise ValueError(f"{where}: {name!r} is not a sampler of the study "
+                         f"({', '.join(cfg.samplers)}, or scratch)")
+    if task not in set(cfg.downstream) | {MEAN_TASK}:
+      raise ValueError(f"{where}: task {task!r} is not downstream "
+                       f"({', '.join(cfg.downstream)}, or {MEAN_TASK})")
+  return Contrast(a, b, task)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -338,4 +406,33 @@ def data_dir(cfg: StudyConfig, out_dir: str) -> str:
   if cfg.toy_scale is None:
     return os.path.abspath(str(cfg.data_dir))
   name = "data" if cfg.toy_palette == "full" else f"data_{cfg.toy_palette}"
+  if cfg.world_seed:
+    name += f"_w{cfg.world_seed}"
   return os.path.abspath(os.path.join(out_dir, name))
+
+
+def toy_records(cfg: StudyConfig) -> dict[str, int]:
+  """Records per split of the study's toy world: `toy_records`, and each
+  downstream task's `val` split of `eval_examples` records when that is set."""
+  records = dict(cfg.toy_records)
+  if cfg.eval_examples is not None:
+    for task in cfg.downstream:
+      spec = toy_datasets.DATASETS.get(task)
+      if spec is not None and "val" in spec.splits:
+        records[f"{task}/val"] = int(cfg.eval_examples)
+  return records
+
+
+def build_world(cfg: StudyConfig, out_dir: str, progress: bool = False) -> str:
+  """Builds the study's toy world (seed `world_seed`, `toy_records(cfg)`); its data dir.
+
+  Splits already built with the same seed and sizes are kept.
+  """
+  from dynpt.data.toyworld import build  # TensorFlow: only when a world is built.
+
+  path = data_dir(cfg, out_dir)
+  build.build_toy_world(path, seed=cfg.world_seed, scale=cfg.toy_scale,
+                        image_size=cfg.common_bindings.get("IMAGE_SIZE"),
+                        records=toy_records(cfg), palette=cfg.toy_palette,
+                        progress=progress)
+  return path

@@ -60,11 +60,13 @@ def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str,
               "NUM_STEPS": cfg.finetune_steps,
               "WARMUP_STEPS": grid.warmup_steps(cfg, cfg.finetune_steps),
               "EVAL_EVERY": cfg.finetune_steps,  # One evaluation, after the last step.
+              **({} if cfg.eval_examples is None else {"EVAL_EXAMPLES": cfg.eval_examples}),
               **cfg.common_bindings, **cfg.finetune_bindings}
     spec["finetune"].append({"task": task, "run_dir": run_dir,
                              "gin_files": [grid.finetune_gin_file(cfg, task)],
                              "bindings": grid.bindings(values)})
   spec["fingerprint"] = fingerprint(spec)
+  spec["world_seed"] = cfg.world_seed
   return spec
 
 
@@ -169,13 +171,15 @@ class RunSummary:
 
 def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
               env: dict[str, str] | None = None, progress: bool = True,
-              jobs: int = 1) -> RunSummary:
+              jobs: int = 1, provenance: dict[str, Any] | None = None) -> RunSummary:
   """Runs every cell of `cells` that is not done; never raises for a cell.
 
   With `jobs` > 1 that many workers run at once (a cell waits for its
   reference); a worker spends much of its time in single-threaded work
   (starting Python, building the input pipeline, compiling), so two workers
   on two cores finish a grid sooner than one. Cells start in grid order.
+  `provenance` (the code's commit, the gin files' fingerprint:
+  `dynpt.study.provenance`) goes into each cell's spec and rows.
   """
   import concurrent.futures
 
@@ -222,7 +226,7 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
             bar.update(1)
           elif not blocked(cell):
             pending.remove(cell)
-            running[pool.submit(run_one, cfg, cell, out_dir, env)] = cell
+            running[pool.submit(run_one, cfg, cell, out_dir, env, provenance)] = cell
             bar.set_postfix_str(", ".join(c.name for c in running.values()))
         if not running:
           for cell in pending:  # Unreachable with `grid.order`ed cells; never spin.
@@ -260,9 +264,11 @@ def _stop_workers() -> None:
 
 
 def run_one(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str,
-            env: dict[str, str] | None = None) -> bool:
+            env: dict[str, str] | None = None,
+            provenance: dict[str, Any] | None = None) -> bool:
   """Runs one cell's worker; True when it finished, else its failure is recorded."""
   spec = cell_spec(cfg, cell, out_dir)
+  spec["provenance"] = dict(provenance or {})
   _set_aside_if_changed(spec)
   directory = spec["cell_dir"]
   os.makedirs(directory, exist_ok=True)
