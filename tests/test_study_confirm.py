@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 
@@ -10,7 +11,7 @@ import pytest
 
 from dynpt import main as dynpt_main
 from dynpt.data import schema
-from dynpt.study import grid, provenance, runner
+from dynpt.study import grid, prior, provenance, report, runner, stats
 
 DOWNSTREAM_TEXT = {"vqav2": "question", "gqa": "question", "snli_ve": "hypothesis"}
 
@@ -85,3 +86,64 @@ def test_provenance_names_the_commit_and_the_gin_contents(tmp_path):
   assert provenance.gin_fingerprint(["top.gin"], search) != before
   assert provenance.code_version(repo) == dict(clean, dirty=True)
   assert provenance.code_version(str(tmp_path / "nowhere"))["commit"] == provenance.UNKNOWN
+
+
+# ------------------------------------------------ the confirmatory statistics
+
+def test_holm_and_paired_p_against_hand_computed_values():
+  # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
+  assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  out = stats.holm([0.02, math.nan, 0.5])  # nan does not count: m = 2.
+  assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.5)
+  assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+  # Differences 1, 2, 3: t = 2 / (1 / sqrt 3) = sqrt 12 on 2 df, where the two-sided
+  # p is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(12 / 14).
+  p = stats.paired_p_value({0: 5.0, 1: 6.0, 2: 7.0, 3: 1.0}, {0: 4.0, 1: 4.0, 2: 4.0})
+  assert p == pytest.approx(1 - math.sqrt(12 / 14))
+  assert stats.paired_p_value({0: 3.0, 1: 4.0}, {0: 1.0, 1: 2.0}) == 0.0
+  assert stats.paired_p_value({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}) == 1.0
+  assert math.isnan(stats.paired_p_value({0: 1.0}, {0: 2.0}))
+  # Fisher z: atanh(0.5) = 0.5493, se = 1 / sqrt(7 - 3) = 0.5, 1.96 * 0.5 = 0.98.
+  low, high = stats.pearson_interval(0.5, 7)
+  assert (low, high) == pytest.approx((math.tanh(0.549306 - 0.979982),
+                                       math.tanh(0.549306 + 0.979982)), abs=1e-5)
+  assert math.isnan(stats.pearson_interval(0.5, 3)[0])
+
+
+def test_blind_prior_by_hand():
+  train = [("What color is a", ["red"]), ("what color is b", ["red"]),
+           ("what color is c", ["blue"]), ("how many d", ["2"]), ("is there e", ["yes"]),
+           ("is there f", ["yes"])]
+  val = [("what color g", ["red"]), ("how many h", ["3"]), ("is there i", ["yes"]),
+         ("where is j", ["left"])]
+  p = prior.blind_prior(train, val, prior.score_fn("gqa"))
+  # Overall: 'red' (tied with 'yes', seen first) is right once in 4. By type: red, 2, yes,
+  # and 'red' for the unseen type "where is": right twice.
+  assert (p.answer, p.overall, p.by_type, p.types, p.best) == ("red", 25.0, 50.0, 3, 50.0)
+  # VQA accuracy: 4 of 10 annotators said "2" -> 1.0; 1 of 10 -> 0.3.
+  vqa = prior.blind_prior([("how many", ["2"])], [("how many", ["2"] * 4 + ["3"] * 6),
+                                                  ("how many", ["2"] + ["3"] * 9)],
+                          prior.score_fn("vqav2"))
+  assert vqa.overall == pytest.approx(65.0)
+
+
+def _row(sampler, seed, task, value, commit="a" * 40, loss=1.0):
+  return {"cell": f"{sampler}-m-s{seed}", "sampler": sampler, "mixture": "m", "seed": seed,
+          "init": "pretrained", "task": task, "value": value, "pretrain_loss": loss,
+          "commit": commit, "dirty": False, "gin_fingerprint": "f" * 16, "world_seed": 29}
+
+
+def test_report_refuses_mixed_code_unless_pooled_and_figure1_points_per_sampler():
+  rows = [_row("uniform", s, "vqav2", 50.0 + s) for s in (0, 1)]
+  assert "one code version" in report.provenance_lines(rows, pool_mixed=False)[0]
+  mixed = rows + [_row("dynamic", 0, "vqav2", 60.0, commit="b" * 40)]
+  with pytest.raises(ValueError, match="2 code versions.*--pool_mixed"):
+    report.provenance_lines(mixed, pool_mixed=False)
+  assert report.provenance_lines(mixed, pool_mixed=True)[0].startswith("Pooled")
+  # dsg's runs equal uniform's: one point; dynamic is another, mean over its seeds.
+  rows += [_row("dsg", s, "vqav2", 50.0 + s) for s in (0, 1)]
+  rows += [_row("dynamic", s, "vqav2", 60.0 + 2 * s, loss=2.0 + s) for s in (0, 1)]
+  points = report.sampler_points(rows, ["vqav2"])
+  assert [p["samplers"] for p in points] == [["uniform", "dsg"], ["dynamic"]]
+  assert points[1]["accuracy"].mean == 61.0 and points[1]["loss"].mean == 2.5
+  assert points[1]["accuracy"].std == pytest.approx(math.sqrt(2))

@@ -52,6 +52,9 @@ _CELL = flags.DEFINE_multi_string(
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "Run no cell: merge the existing ones and write the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and the estimate; run nothing.")
+_POOL_MIXED = flags.DEFINE_bool(
+    "pool_mixed", False, "Report rows of different commits or gin files together (the "
+    "report names each); without it such a results.jsonl is refused.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over cells.")
 _JOBS = flags.DEFINE_integer(
     "jobs", 1, "Cells run at once on this machine (each in its own worker process); "
@@ -191,8 +194,12 @@ def main(argv) -> None:
       _error(str(e))
     failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value,
                               jobs=_JOBS.value, provenance=version).failed
-  path = report.write_report(cfg, cells, out_dir,
-                             title=f"dynpt study ({', '.join(FLAGS.gin_file)})")
+  try:
+    path = report.write_report(cfg, cells, out_dir,
+                               title=f"dynpt study ({', '.join(FLAGS.gin_file)})",
+                               pool_mixed=_POOL_MIXED.value)
+  except ValueError as e:
+    _error(f"{out_dir}: {e}")
   print(f"report: {path}")
   print(f"results: {os.path.join(out_dir, store.RESULTS)}")
   if failed:

@@ -211,44 +211,102 @@ def difficulty_spread(cfg: grid.StudyConfig, out_dir: str) -> list[str]:
           "floor (`min_per_task`) and temperature act on these differences.", ""]
 
 
+# The paper's Figure 1 relates pretraining loss and downstream accuracy with a
+# positive sign (the mixtures with the higher training loss transferred better;
+# issue 29 reads it so): a negative r here has the opposite sign.
+PAPER_FIGURE1_SIGN = +1
+
+
+def sampler_points(rows: Sequence[Mapping[str, Any]], downstream: Sequence[str]
+                   ) -> list[dict[str, Any]]:
+  """One point per (sampler, mixture): per-seed pretraining loss and task-mean accuracy.
+
+  Seeds with every downstream task count. A sampler whose per-seed values all
+  equal another's (the same runs, e.g. DSG before it had a signal) joins that
+  point rather than counting twice.
+  """
+  by_cell: dict[str, dict[str, Any]] = {}
+  for r in rows:
+    if r["init"] == "pretrained" and r.get("pretrain_loss") is not None:
+      by_cell.setdefault(r["cell"], {"key": (r["sampler"], r["mixture"]), "seed": r["seed"],
+                                     "loss": r["pretrain_loss"], "values": {}}
+                         )["values"][r["task"]] = r["value"]
+  groups: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+  for c in by_cell.values():
+    if all(t in c["values"] for t in downstream):
+      acc = sum(c["values"][t] for t in downstream) / len(downstream)
+      groups.setdefault(c["key"], {})[int(c["seed"])] = (float(c["loss"]), acc)
+  points: list[dict[str, Any]] = []
+  for key, seeds in groups.items():
+    twin = next((p for p in points if p["seeds"] == seeds), None)
+    if twin is not None:
+      twin["samplers"].append(key[0])
+      continue
+    loss = stats.summarize([v[0] for v in seeds.values()])
+    acc = stats.summarize([v[1] for v in seeds.values()])
+    points.append({"samplers": [key[0]], "mixture": key[1], "seeds": seeds,
+                   "loss": loss, "accuracy": acc})
+  return points
+
+
 def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str) -> list[str]:
-  """Scatter of pretraining loss against mean downstream accuracy, with Pearson's r."""
+  """Pretraining loss against mean downstream accuracy: one point per sampler.
+
+  Each point is the mean over seeds, its error bars the seeds' standard
+  deviation; Pearson's r is over the points (independent runs, not seeds),
+  with a Fisher-z 95% interval, and its sign is compared with the paper's.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  by_cell: dict[str, dict[str, Any]] = {}
-  for r in rows:
-    if r["init"] == "pretrained" and r.get("pretrain_loss") is not None:
-      by_cell.setdefault(r["cell"], {"loss": r["pretrain_loss"], "mixture": r["mixture"],
-                                     "values": {}})["values"][r["task"]] = r["value"]
-  points = [(c["loss"], sum(c["values"].values()) / len(c["values"]), c["mixture"])
-            for c in by_cell.values() if len(c["values"]) == len(cfg.downstream)]
+  points = sampler_points(rows, cfg.downstream)
   if not points:
     return []
-  r_all = stats.pearson([p[0] for p in points], [p[1] for p in points])
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for mixture in dict.fromkeys(p[2] for p in points):
-    xs = [p[0] for p in points if p[2] == mixture]
-    ys = [p[1] for p in points if p[2] == mixture]
-    ax.scatter(xs, ys, label=mixture, alpha=0.8)
+  xs = [p["loss"].mean for p in points]
+  ys = [p["accuracy"].mean for p in points]
+  r = stats.pearson(xs, ys)
+  low, high = stats.pearson_interval(r, len(points))
+  zero = lambda v: 0.0 if math.isnan(v) else v  # noqa: E731
+  fig, ax = plt.subplots(figsize=(6.5, 4.8))
+  for mixture in dict.fromkeys(p["mixture"] for p in points):
+    mine = [p for p in points if p["mixture"] == mixture]
+    ax.errorbar([p["loss"].mean for p in mine], [p["accuracy"].mean for p in mine],
+                xerr=[zero(p["loss"].std) for p in mine],
+                yerr=[zero(p["accuracy"].std) for p in mine], fmt="o", capsize=3,
+                label=mixture, alpha=0.85)
+    for p in mine:
+      ax.annotate("=".join(p["samplers"]), (p["loss"].mean, p["accuracy"].mean),
+                  fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax.set_xlabel("pretraining loss (train split, mean over the mixture's tasks)")
   ax.set_ylabel("downstream accuracy (%, mean over tasks)")
-  ax.set_title(f"Figure 1: Pearson r = {r_all:.2f} over {len(points)} runs")
+  ax.set_title(f"Figure 1: r = {r:.2f} over {len(points)} samplers (mean ± std over seeds)",
+               fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-  per_task = []
-  for task in cfg.downstream:
-    pairs = [(c["loss"], c["values"][task]) for c in by_cell.values() if task in c["values"]]
-    r = stats.pearson([p[0] for p in pairs], [p[1] for p in pairs])
-    per_task.append(f"`{task}` r = {r:.2f} (n={len(pairs)})")
+  interval = ("no interval with fewer than 4 points" if math.isnan(low)
+              else f"95% interval [{low:+.2f}, {high:+.2f}]")
+  if math.isnan(r):
+    sign = "With fewer than 3 points (or no spread) there is no correlation to compare."
+  else:
+    same = (r > 0) == (PAPER_FIGURE1_SIGN > 0)
+    sure = not math.isnan(low) and (low > 0 or high < 0)
+    sign = (f"Its sign is {'the same as' if same else 'the opposite of'} the paper's "
+            f"Figure 1 (positive: higher pretraining loss, better transfer)"
+            + ("" if sure else ", but the interval includes 0, so the sign is not settled")
+            + ".")
+  merged = [p for p in points if len(p["samplers"]) > 1]
   return ["## Figure 1: pretraining loss against downstream accuracy", "",
           f"![Figure 1]({os.path.basename(path)})", "",
-          f"Pearson r over all pretrained runs: {r_all:.2f} (n={len(points)}); per task: "
-          + "; ".join(per_task) + ". The losses of mixtures of different tasks are "
-          "averages over different task sets.", ""]
+          f"One point per sampler and mixture (mean over its seeds, error bars one standard "
+          f"deviation over seeds). Pearson r over the {len(points)} points: {r:.2f} "
+          f"({interval}). {sign}"
+          + (" Samplers whose runs are identical count once: "
+             + ", ".join("=".join(p["samplers"]) for p in merged) + "." if merged else "")
+          + " The losses of mixtures of different tasks are averages over different task "
+          "sets.", ""]
 
 
 def figure2(cfg: grid.StudyConfig, out_dir: str, path: str) -> list[str]:
@@ -271,6 +329,27 @@ def figure2(cfg: grid.StudyConfig, out_dir: str, path: str) -> list[str]:
           f"From `{hist}` ({len(records)} sampler updates).", ""]
 
 
+def confirmatory(cfg: grid.StudyConfig, table: Table, out_dir: str) -> list[str]:
+  """The declared contrasts, blind priors and the exploratory study (`confirm`)."""
+  from dynpt.study import confirm, prior
+
+  priors = {}
+  if cfg.toy_scale is not None or cfg.data_dir:
+    for task in cfg.downstream:
+      try:
+        priors[task] = prior.task_prior(grid.data_dir(cfg, out_dir), task, cfg.eval_examples)
+      except (ValueError, OSError) as e:
+        logging.warning("blind prior of %s: %s", task, e)
+  explored = None
+  if cfg.exploratory_results:
+    path = confirm.resolve(cfg.exploratory_results)
+    if os.path.exists(path):
+      explored = collect(confirm.read_rows(path))
+    else:
+      logging.warning("exploratory results %s not found", path)
+  return confirm.section(cfg, table, priors, explored)
+
+
 def status_lines(cells: Sequence[grid.Cell], done: Mapping[str, Any],
                  failed: Mapping[str, Mapping[str, Any]]) -> list[str]:
   planned = {c.name for c in cells}
@@ -289,17 +368,54 @@ def status_lines(cells: Sequence[grid.Cell], done: Mapping[str, Any],
   return out + [""]
 
 
+PROVENANCE = ("commit", "dirty", "gin_fingerprint")
+
+
+def code_versions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], int]:
+  """(commit, dirty, gin fingerprint) -> rows; 'unrecorded' where a row has none."""
+  out: dict[tuple[str, ...], int] = collections.Counter()
+  for r in rows:
+    out[tuple(str(r.get(k, "unrecorded")) for k in PROVENANCE)] += 1
+  return dict(out)
+
+
+def provenance_lines(rows: Sequence[Mapping[str, Any]], pool_mixed: bool) -> list[str]:
+  """Which code and gin files made the rows; ValueError when they differ, unless pooled."""
+  versions = code_versions(rows)
+  named = [f"commit `{c[:10]}`{' (dirty tree)' if d == 'True' else ''}, gin files `{g}`: "
+           f"{n} rows" for (c, d, g), n in sorted(versions.items())]
+  if len(versions) > 1 and not pool_mixed:
+    raise ValueError(f"results.jsonl holds rows of {len(versions)} code versions "
+                     f"({'; '.join(named)}); pass --pool_mixed to pool them in one report, "
+                     "or run them into separate --out_dir")
+  worlds = sorted({str(r.get("world_seed", "unrecorded")) for r in rows})
+  head = ("Pooled (--pool_mixed) rows of different code versions: " if len(versions) > 1
+          else "Every row comes from one code version: ")
+  return [head + "; ".join(named) + f". World seed(s): {', '.join(worlds)}.", ""]
+
+
 def write_report(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
-                 title: str = "dynpt study") -> str:
-  """Merges the finished cells into results.jsonl and writes report.md and the PNGs."""
+                 title: str = "dynpt study", pool_mixed: bool = False) -> str:
+  """Merges the finished cells into results.jsonl and writes report.md and the PNGs.
+
+  Raises:
+    ValueError: the rows come from different commits or gin files and
+      `pool_mixed` is False.
+  """
   rows = store.merge_results(out_dir)
   done, failed = store.done_cells(out_dir), store.failed_cells(out_dir)
   table = collect(rows)
   lines = [f"# {title}", "", f"Study directory `{os.path.abspath(out_dir)}`; "
            f"{len(rows)} rows in `{store.RESULTS}`; seeds {list(cfg.seeds)}; downstream "
            f"tasks {list(cfg.downstream)}.", ""]
+  lines += provenance_lines(rows, pool_mixed)
   lines += status_lines(cells, done, failed)
-  lines += findings(cfg, table)
+  if cfg.contrasts:
+    lines += confirmatory(cfg, table, out_dir)
+    lines += ["The tables below are descriptive: their paired differences are not the "
+              "declared tests and are not corrected for multiplicity.", ""]
+  else:
+    lines += findings(cfg, table)
   lines += table4(cfg, table)
   lines += table5(cfg, table)
   lines += figure1(rows, cfg, os.path.join(out_dir, FIGURE1))

@@ -96,3 +96,50 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
   xc, yc = xs - xs.mean(), ys - ys.mean()
   r = float(np.sum(xc * yc) / math.sqrt(np.sum(xc * xc) * np.sum(yc * yc)))
   return max(-1.0, min(1.0, r))
+
+
+def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+  """Two-sided p-value of the paired t-test of a - b = 0 over the seeds both have.
+
+  nan with fewer than 2 paired seeds. Differences without spread give 0 when
+  their mean is not 0 and 1 when it is (the t statistic is infinite or 0/0).
+  """
+  seeds = sorted(set(a) & set(b))
+  diffs = np.asarray([float(a[s]) - float(b[s]) for s in seeds], np.float64)
+  if diffs.size < 2:
+    return math.nan
+  sd = float(np.std(diffs, ddof=1))
+  mean = float(np.mean(diffs))
+  if sd == 0.0:
+    return 1.0 if mean == 0.0 else 0.0
+  t = mean / (sd / math.sqrt(diffs.size))
+  return float(2.0 * scipy_stats.t.sf(abs(t), diffs.size - 1))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm's step-down adjusted p-values, in the input order.
+
+  With the m p-values sorted ascending, the i-th (from 0) is adjusted to
+  max over j <= i of min(1, (m - j) p_(j)); rejecting where the adjusted
+  value is below alpha controls the family-wise error at alpha. nan entries
+  (a contrast without an interval) stay nan and do not count in m.
+  """
+  finite = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+  m = len(finite)
+  out = [math.nan] * len(p_values)
+  running = 0.0
+  for rank, (p, i) in enumerate(sorted(finite)):
+    running = max(running, min(1.0, (m - rank) * p))
+    out[i] = running
+  return out
+
+
+def pearson_interval(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+  """Fisher-z interval of a Pearson r from n independent points; nan for n < 4."""
+  if n < 4 or math.isnan(r):
+    return math.nan, math.nan
+  if abs(r) >= 1.0:
+    return r, r
+  z = math.atanh(r)
+  half = float(scipy_stats.norm.ppf(0.5 + confidence / 2)) / math.sqrt(n - 3)
+  return math.tanh(z - half), math.tanh(z + half)
