@@ -30,9 +30,8 @@ def test_config_parses(gin_file):
       if task in ("msrvtt_qa", "msvd_qa") and not gin_file.startswith("finetune/toy_"):
         assert gin.query_parameter("%ANSWER_VOCAB_SIZE") == 1000
     sampler = os.path.basename(gin_file)[len("sampler_"):-len(".gin")]
-    if gin_file.startswith("pretrain/sampler_") and sampler in ("odm", "doremi", "ado",
-                                                                "softmax"):
-      # The online mixers: the file names the sampler and its options build it.
+    if gin_file.startswith("pretrain/sampler_"):
+      # The file names the sampler, and its options plus what a run hands over build it.
       cfg = gin.query_parameter("loop.train.sampler_cfg").scoped_configurable_fn()
       assert cfg.name == sampler
       if sampler == "doremi":  # Needs the reference run on disk; check the wiring.
@@ -40,7 +39,10 @@ def test_config_parses(gin_file):
         assert set(cfg.options) <= set(inspect.signature(mixing.DoReMiSampler).parameters)
       else:
         tasks = [f"task{i}" for i in range(24)]
-        mixing.make_sampler(cfg.name, tasks, gin.query_parameter("%BATCH_SIZE"),
-                            **cfg.options)
+        run = mixing.RunFacts(task_sizes=lambda: [10 ** 5] * 24,
+                              num_steps=gin.query_parameter("%NUM_STEPS"))
+        built = mixing.make_sampler(cfg.name, tasks, gin.query_parameter("%BATCH_SIZE"),
+                                    run=run, **cfg.options)
+        assert built.name == sampler
   finally:
     gin.clear_config()

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from dynpt import mixing
 from dynpt.train import loop, optim
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 
@@ -58,11 +59,20 @@ def test_softmax_trains_with_a_mixture_that_moves_every_step(softmax_run):
     ("odm", {"seed": 1, "min_per_task": 1}),
     ("doremi", {"eta": 5.0, "window": 1, "min_per_task": 1}),
     ("ado", {"window": 1, "ignore_windows": 0, "min_per_task": 1}),
+    ("aioli", {"round_steps": 7, "probe_steps": 1, "one_hot_factor": 0.5, "seed": 2,
+               "min_per_task": 1}),
 ])
 def test_online_sampler_trains(name, options, softmax_run, toy_data_dir, tmp_path):
   if name == "doremi":
-    options = {**options, "reference_run_dir": softmax_run[0], "num_steps": STEPS}
+    # The trainer hands DoReMi the run's num_steps (its declared need).
+    options = {**options, "reference_run_dir": softmax_run[0]}
   hist = _check(str(tmp_path), _train(tmp_path, toy_data_dir, name, options))
   assert all(min(h["counts"].values()) >= 1 for h in hist)
   if name == "odm":  # EXP3 draws the rows above the floor: they differ step to step.
     assert len({tuple(h["counts"].values()) for h in hist}) > 1
+  if name == "aioli":  # The probe steps are the run's own steps: one task up-weighted each.
+    probes = mixing.make_sampler(name, TASKS.split(","), BATCH, **options)
+    for h in hist:
+      probed = TASKS.split(",")[probes.probe_task(h["step"])]
+      others = [n for t, n in h["counts"].items() if t != probed]
+      assert h["counts"][probed] == BATCH // 2 and max(others) <= 2, h  # epsilon = 0.5.

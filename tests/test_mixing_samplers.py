@@ -26,6 +26,8 @@ OPTIONS = {
     "odm": {"seed": 7},
     "ado": {"window": 2, "ignore_windows": 0, "buffer_size": 4},
     "softmax": {"window": 3},
+    "aioli": {"round_steps": 7, "probe_steps": 1, "seed": 3},
+    "unimax": {"task_sizes": SIZES, "num_steps": 100},
 }
 # "doremi" needs a reference run on disk; tests/test_mixing_online.py covers it.
 FILE_BACKED = {"doremi"}

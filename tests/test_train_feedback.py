@@ -108,17 +108,30 @@ def test_task_losses_are_nan_without_tokens():
       feedback.task_losses(np.array([3.0, 0.0]), np.array([2.0, 0.0])), [1.5, np.nan])
 
 
-def test_the_training_loop_builds_stop_and_go_samplers_on_the_train_loss(monkeypatch):
+def test_the_training_loop_hands_samplers_what_they_declare(monkeypatch):
   from dynpt.train import config, setup
 
   sizes = {"a": 10, "b": 20, "c": 30}
-  monkeypatch.setattr(setup.model_setup, "dataset_size",
-                      lambda task, split, data_dir: sizes[task])
+  counted = []
+
+  def dataset_size(task, split, data_dir):
+    counted.append(task)
+    return sizes[task]
+
+  monkeypatch.setattr(setup.model_setup, "dataset_size", dataset_size)
   data_cfg = config.DataConfig(data_dir="unused")
-  for name in setup.STOP_AND_GO_SAMPLERS:
-    sampler = setup.make_sampler(config.SamplerConfig(name, {"min_per_task": 1}), TASKS, 12,
-                                 data_cfg)
+  build = lambda name, **options: setup.build_sampler(
+      config.SamplerConfig(name, {"min_per_task": 1, **options}), TASKS, 12, data_cfg, 50)
+  # The 12-in-1 samplers score task epochs of the train loss (the loop feeds no
+  # validation scores); samplers that need no sizes never have them counted.
+  for name in [n for n in mixing.SAMPLERS if mixing.registry.SIGNAL in mixing.needs(n)]:
+    sampler = build(name)
     assert sampler.signal == "train_loss" and sampler.task_sizes.tolist() == [10, 20, 30]
+  counted.clear()
+  assert isinstance(build("uniform"), mixing.UniformSampler) and counted == []
+  np.testing.assert_allclose(build("size").shares(0), [1 / 6, 2 / 6, 3 / 6])
+  assert build("size", task_sizes=[1, 1, 2]).shares(0).tolist() == [0.25, 0.25, 0.5]
+  # UniMax gets the run's length: 50 steps x 12 = 600 examples, one epoch each at most.
+  np.testing.assert_allclose(build("unimax").budgets, [10, 20, 30])
   with pytest.raises(ValueError, match="feeds it no validation scores"):
-    setup.make_sampler(config.SamplerConfig("dsg", {"signal": "validation"}), TASKS, 12,
-                       data_cfg)
+    build("dsg", signal="validation")

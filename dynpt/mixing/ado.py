@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dynpt.mixing import base
+from dynpt.mixing import registry
 
 _GRID = 64          # eps candidates in [0, min loss) before the refinement
 _GOLDEN_STEPS = 45  # golden-section iterations: the bracket shrinks by 0.618^45 ~ 4e-10
@@ -153,6 +154,7 @@ def ado_policy_step(pi_bar: np.ndarray, credit: np.ndarray, prior: np.ndarray,
   return pi, pi_bar, credit
 
 
+@registry.register
 class AdoSampler(base.Sampler):
   """Jiang et al.'s Adaptive Data Optimization ("ado").
 

@@ -36,10 +36,14 @@ class Sampler(abc.ABC):
   Subclasses define `shares(step)` (the batch mixture) and may override
   `_observe` (learn from a validated step) and `loss_weights`. Everything a
   subclass must remember across steps lives in `self._state` (numpy arrays,
-  0-d for scalars), which is what `state_dict` saves.
+  0-d for scalars), which is what `state_dict` saves. A concrete sampler
+  registers with `@registry.register` under its `name` and lists in `needs`
+  the options a run hands it (`dynpt.mixing.registry`: task sizes, the run's
+  length, a signal, a reference run).
   """
 
   name: str = "base"
+  needs: tuple[str, ...] = ()
 
   def __init__(self, task_names: Sequence[str], global_batch_size: int, *,
                min_per_task: int = 4):

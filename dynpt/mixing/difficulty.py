@@ -22,6 +22,7 @@ import numpy as np
 
 from dynpt.mixing import allocation
 from dynpt.mixing import base
+from dynpt.mixing import registry
 
 SMOOTHINGS = ("window", "ema")
 NORMALIZATIONS = ("none", "initial")
@@ -134,6 +135,7 @@ class DifficultyTracker:
     return allocation.difficulty_shares(state["difficulty"], temperature, scale)
 
 
+@registry.register
 class DynamicSampler(base.Sampler):
   """The paper's dynamic difficulty sampler.
 
@@ -177,6 +179,7 @@ class DynamicSampler(base.Sampler):
     self.tracker.observe(self._state, loss, valid)
 
 
+@registry.register
 class EasiestSampler(DynamicSampler):
   """All of the batch but the per-task floor goes to the lowest-loss task."""
 
@@ -194,6 +197,7 @@ class EasiestSampler(DynamicSampler):
     return one_hot
 
 
+@registry.register
 class HardestSampler(EasiestSampler):
   """All of the batch but the per-task floor goes to the highest-loss task."""
 
@@ -203,6 +207,7 @@ class HardestSampler(EasiestSampler):
     return int(np.argmax(scaled))
 
 
+@registry.register
 class LossReweightSampler(DynamicSampler):
   """Uniform batch; task t's loss term is weighted by |T| * S_t (mean weight 1).
 

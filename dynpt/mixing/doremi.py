@@ -46,6 +46,7 @@ import numpy as np
 
 from dynpt.mixing import base
 from dynpt.mixing import history
+from dynpt.mixing import registry
 
 
 def doremi_weights(weights: np.ndarray, excess: np.ndarray, eta: float,
@@ -117,6 +118,7 @@ class ReferenceLosses:
     return np.asarray([np.interp(step, s, v) for s, v in zip(self._steps, self._losses)])
 
 
+@registry.register
 class DoReMiSampler(base.Sampler):
   """DoReMi's online excess-loss update against a recorded reference run ("doremi").
 
@@ -136,6 +138,7 @@ class DoReMiSampler(base.Sampler):
   """
 
   name = "doremi"
+  needs = (registry.REFERENCE_RUN, registry.NUM_STEPS)
 
   def __init__(self, task_names: Sequence[str], global_batch_size: int, *,
                reference_run_dir: str, num_steps: int | None = None, eta: float = 1.0,

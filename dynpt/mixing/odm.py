@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from dynpt.mixing import base
+from dynpt.mixing import registry
 
 
 def exploration_rate(num_tasks: int, t: int) -> float:
@@ -82,6 +83,7 @@ def odm_rewards(reward: np.ndarray, loss: np.ndarray, drawn: np.ndarray,
   return np.where(chosen, decay * reward + (1.0 - decay) * estimate, reward)
 
 
+@registry.register
 class OnlineDataMixingSampler(base.Sampler):
   """Albalak et al.'s EXP3 online data mixing ("odm").
 

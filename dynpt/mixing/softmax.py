@@ -19,6 +19,7 @@ import numpy as np
 
 from dynpt.mixing import base
 from dynpt.mixing import difficulty
+from dynpt.mixing import registry
 
 
 def softmax_shares(losses: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:
@@ -43,6 +44,7 @@ def softmax_shares(losses: Sequence[float] | np.ndarray, temperature: float) -> 
   return w / np.sum(w)
 
 
+@registry.register
 class SoftmaxSampler(base.Sampler):
   """Shares softmax(L_t / temperature) of the last window's losses ("softmax").
 

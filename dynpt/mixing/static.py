@@ -13,8 +13,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dynpt.mixing import base
+from dynpt.mixing import registry
 
 
+@registry.register
 class UniformSampler(base.Sampler):
   """B/|T| examples of every task (the paper's "uniform sampling")."""
 
@@ -25,6 +27,7 @@ class UniformSampler(base.Sampler):
     return np.full(self.num_tasks, 1.0 / self.num_tasks)
 
 
+@registry.register
 class FixedSampler(base.Sampler):
   """Shares proportional to user weights (any non-negative numbers, not all zero)."""
 
@@ -45,6 +48,7 @@ class FixedSampler(base.Sampler):
     return self._shares.copy()
 
 
+@registry.register
 class TemperatureSampler(FixedSampler):
   """T5/mT5 temperature-scaled sizes: share_t proportional to min(n_t, cap)^(1/temperature).
 
@@ -55,6 +59,7 @@ class TemperatureSampler(FixedSampler):
   """
 
   name = "temperature"
+  needs = (registry.TASK_SIZES,)
 
   def __init__(self, task_names: Sequence[str], global_batch_size: int, *,
                task_sizes: Sequence[int] | Mapping[str, int],
@@ -78,6 +83,7 @@ class TemperatureSampler(FixedSampler):
     self._shares = w / np.sum(w)
 
 
+@registry.register
 class SizeSampler(TemperatureSampler):
   """Shares proportional to dataset size ("sampling by dataset size" in Table 4)."""
 

@@ -45,8 +45,10 @@ import numpy as np
 from dynpt.mixing import allocation
 from dynpt.mixing import base
 from dynpt.mixing import difficulty
+from dynpt.mixing import registry
 
 
+@registry.register
 class StopAndGoSampler(base.Sampler):
   """Round-robin with 12-in-1's dynamic stop-and-go ("dsg").
 
@@ -66,9 +68,11 @@ class StopAndGoSampler(base.Sampler):
     min_per_task: floor for active tasks (checked against B at build time).
   """
 
-  SIGNALS = ("validation", "train_loss")
+  SIGNALS = (registry.VALIDATION, registry.TRAIN_LOSS)
 
   name = "dsg"
+  # A run hands over the sizes that define a task epoch and the signal it feeds.
+  needs = (registry.TASK_SIZES, registry.SIGNAL)
 
   def __init__(self, task_names: Sequence[str], global_batch_size: int, *,
                iter_gap: int = 4, converge_threshold: float = 0.001,
@@ -229,6 +233,7 @@ class StopAndGoSampler(base.Sampler):
                                         st["epochs_validated"])
 
 
+@registry.register
 class CurriculumSampler(StopAndGoSampler):
   """12-in-1's curriculum: train a first group of easy tasks, then all tasks.
 
@@ -344,6 +349,7 @@ class CurriculumSampler(StopAndGoSampler):
       self._state["phase"] = np.asarray(2, np.int64)
 
 
+@registry.register
 class AntiCurriculumSampler(CurriculumSampler):
   """12-in-1's anti-curriculum: the hardest (highest-loss) group first, then all."""
 

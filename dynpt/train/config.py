@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from dynpt import mixing
 from dynpt.models import configs as model_configs
 from dynpt.models import cpu_kernels as cpu_kernels_lib
 from dynpt.train import losses, partitioning
@@ -155,7 +156,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Which sampler (`dynpt.mixing.make_sampler` name) and its options."""
-  name: str = "dynamic"
+  name: str = mixing.DEFAULT_SAMPLER
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
   size_split: str = "train"  # Split counted for size-based samplers.
 

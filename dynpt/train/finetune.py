@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from dynpt import metrics
+from dynpt import metrics, mixing
 from dynpt.data import answer_vocab, pipeline, schema, task_registry
 from dynpt.data import vocab as vocab_lib
 from dynpt.models import decoding
@@ -176,7 +176,8 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
              data_cfg: DataConfig = DataConfig(mixture="vqav2"),
              optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
              model_cfg: ModelConfig = ModelConfig(),
-             sampler_cfg: SamplerConfig = SamplerConfig("uniform", {"min_per_task": 1}),
+             sampler_cfg: SamplerConfig = SamplerConfig(mixing.EVEN_SAMPLER,
+                                                        {"min_per_task": 1}),
              eval_cfg: EvalConfig = EvalConfig(),
              init_from: str | None = None,
              frozen_patterns: tuple[str, ...] = ()) -> dict[str, Any]:

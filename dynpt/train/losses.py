@@ -29,7 +29,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array,
   Args:
     logits: [batch, length, vocab] float.
     targets: [batch, length] int.
-    label_smoothing: mass spread uniformly over the vocabulary.
+    label_smoothing: mass spread evenly over the vocabulary.
 
   Why a custom VJP (as t5x's `cross_entropy_with_logits`): the gradient of both
   outputs is `softmax(logits) - soft_targets`, one fused elementwise pass over the

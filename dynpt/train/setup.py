@@ -45,31 +45,21 @@ def claimed_run_dir(run_dir: str) -> Iterator[None]:
     yield
 
 
-def make_sampler(sampler_cfg: SamplerConfig, task_names, batch_size: int,
-                 data_cfg: DataConfig) -> mixing.Sampler:
-  """The configured sampler; size-based ones get the tasks' dataset sizes.
+def build_sampler(sampler_cfg: SamplerConfig, task_names, batch_size: int,
+                  data_cfg: DataConfig, num_steps: int) -> mixing.Sampler:
+  """The configured sampler, handed what it declares it needs from this run.
 
-  12-in-1's stop-and-go family scores tasks once per task epoch; pretraining
-  runs no per-task evaluation, so they get `signal='train_loss'` (the
-  epoch's mean training loss, `dynpt/mixing/stop_and_go.py`) and the sizes
-  that define an epoch, unless the options say otherwise.
+  The run knows its tasks' dataset sizes (counted in `sampler_cfg.size_split`,
+  only when the sampler needs them and its options do not give them), its
+  length and the signal it feeds: the training loss of every step, and no
+  validation scores (`dynpt.mixing.registry`).
   """
-  options = dict(sampler_cfg.options)
-  name = sampler_cfg.name
-  if name in STOP_AND_GO_SAMPLERS:
-    if options.setdefault("signal", "train_loss") != "train_loss":
-      raise ValueError(f"SamplerConfig.options: signal={options['signal']!r} for the {name} "
-                       "sampler, but the training loop feeds it no validation scores; use "
-                       "signal='train_loss' (the default)")
-  if (name in ("size", "temperature") + STOP_AND_GO_SAMPLERS
-      and "task_sizes" not in options):
-    options["task_sizes"] = [
-        model_setup.dataset_size(t, sampler_cfg.size_split, data_cfg.data_dir)
-        for t in task_names]
-  return mixing.make_sampler(name, task_names, batch_size, **options)
-
-
-STOP_AND_GO_SAMPLERS = ("dsg", "curriculum", "anti_curriculum")
+  run = mixing.RunFacts(
+      task_sizes=lambda: [model_setup.dataset_size(t, sampler_cfg.size_split,
+                                                   data_cfg.data_dir) for t in task_names],
+      num_steps=num_steps)
+  return mixing.make_sampler(sampler_cfg.name, task_names, batch_size, run=run,
+                             **sampler_cfg.options)
 
 
 @dataclasses.dataclass
@@ -170,7 +160,8 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
   os.makedirs(run_dir, exist_ok=True)
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
   batch_size = train_cfg.global_batch_size
-  feedback = MixtureFeedback(make_sampler(sampler_cfg, task_names, batch_size, data_cfg))
+  feedback = MixtureFeedback(build_sampler(sampler_cfg, task_names, batch_size, data_cfg,
+                                            train_cfg.num_steps))
   mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
   data_devices = mesh.shape[partitioning.DATA]
   if batch_size % max(data_devices, jax.process_count()):
