@@ -156,7 +156,7 @@ def test_shards_cover_each_cell_once_and_keep_references_together(count):
 def test_select_adds_references():
   cells = grid.expand(_config())
   picked = [c.name for c in grid.select(cells, ["doremi-dynpt_24-s2", "scratch-gqa-s0"])]
-  assert picked == ["uniform-dynpt_24-s0", "doremi-dynpt_24-s2", "scratch-gqa-s0"]
+  assert picked == ["uniform-dynpt_24-s0", "scratch-gqa-s0", "doremi-dynpt_24-s2"]
   with pytest.raises(ValueError, match="--cell=nope"):
     grid.select(cells, ["nope"])
 
@@ -231,9 +231,10 @@ def test_every_configured_sampler_builds_with_the_study_options(gin_file, tmp_pa
     values = dict(b.split("=", 1) for b in spec["pretrain"]["bindings"])
     batch = eval(values["BATCH_SIZE"])  # noqa: S307  (a literal the runner wrote)
     options = eval(values["SAMPLER_OPTIONS"])  # noqa: S307
-    if cell.sampler in ("size", "temperature"):
-      options["task_sizes"] = [100] * len(tasks)  # The loop counts them from the data.
-    mixing.make_sampler(cell.sampler, tasks, batch, **options)
+    # The loop hands over what a sampler needs: sizes counted from the data, its length.
+    run = mixing.RunFacts(task_sizes=lambda: [100] * len(tasks),
+                          num_steps=cfg.pretrain_steps)
+    mixing.make_sampler(cell.sampler, tasks, batch, run=run, **options)
 
 
 def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_path):
