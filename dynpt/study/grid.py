@@ -276,11 +276,16 @@ def expand(cfg: StudyConfig) -> list[Cell]:
             for m in cfg.sweep_mixtures for s in cfg.sweep_samplers]
   tasks = tuple(cfg.downstream)
   cells: dict[str, Cell] = {}
+  # Seed by seed, each seed's scratch cells right after its pretrained ones, so a
+  # study stopped early has whole seeds (every row of a paired comparison).
   for seed in seeds:
     for sampler, mixture, pair_seeds in pairs:
       if seed in pair_seeds:
         cells.setdefault(pretrained_name(sampler, mixture, seed),
                          Cell(sampler, mixture, seed, tasks))
+    for task in tasks:
+      cell = Cell(SCRATCH, SCRATCH, seed, (task,))
+      cells[cell.name] = cell
   for sampler, mixture, pair_seeds in pairs:
     if sampler not in REFERENCE_SAMPLERS:
       continue
@@ -291,10 +296,6 @@ def expand(cfg: StudyConfig) -> list[Cell]:
       ref = cells.setdefault(ref.name, ref)
       name = pretrained_name(sampler, mixture, seed)
       cells[name] = dataclasses.replace(cells[name], reference=ref.name)
-  for seed in seeds:
-    for task in tasks:
-      cell = Cell(SCRATCH, SCRATCH, seed, (task,))
-      cells[cell.name] = cell
   return order(list(cells.values()))
 
 
