@@ -34,7 +34,14 @@ def test_register_refuses_a_reused_name_or_an_unknown_need():
 
   with pytest.raises(ValueError, match="unknown needs \\['gpu_count'\\]"):
     registry.register(Odd)
-  assert "odd_needs" not in mixing.SAMPLERS
+
+  class Deaf(mixing.UniformSampler):
+    name = "deaf"
+    needs = (registry.SIGNAL,)
+
+  with pytest.raises(ValueError, match="'deaf' needs a signal but lists no SIGNALS"):
+    registry.register(Deaf)
+  assert "odd_needs" not in mixing.SAMPLERS and "deaf" not in mixing.SAMPLERS
 
 
 def test_the_run_hands_over_only_what_is_declared_and_options_win():

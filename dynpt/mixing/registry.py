@@ -44,7 +44,7 @@ def register(cls: type) -> type:
 
   Raises:
     ValueError: for a name registered twice (a subclass that forgot its own
-      `name`), or a need outside `NEEDS`.
+      `name`), a need outside `NEEDS`, or the signal need without `SIGNALS`.
   """
   name = getattr(cls, "name", "")
   if not isinstance(name, str) or not name or name in SAMPLERS:
@@ -54,5 +54,10 @@ def register(cls: type) -> type:
   if unknown:
     raise ValueError(f"sampler {name!r} declares unknown needs {unknown}; known needs "
                      f"are {list(NEEDS)}")
+  if SIGNAL in cls.needs and not set(getattr(cls, "SIGNALS", ())) <= {TRAIN_LOSS, VALIDATION}:
+    raise ValueError(f"sampler {name!r} needs a signal: list the ones it learns from in "
+                     f"SIGNALS, of {TRAIN_LOSS!r} and {VALIDATION!r}")
+  if SIGNAL in cls.needs and not getattr(cls, "SIGNALS", ()):
+    raise ValueError(f"sampler {name!r} needs a signal but lists no SIGNALS")
   SAMPLERS[name] = cls
   return cls
