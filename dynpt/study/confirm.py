@@ -22,6 +22,13 @@ ALPHA = 0.05
 LABEL_SCRATCH = "scratch"
 
 
+class _MeanPrior:
+  """The blind prior of the task mean (only `best` is defined)."""
+
+  def __init__(self, best: float):
+    self.best = best
+
+
 def _name(sampler: str) -> str:
   return LABEL_SCRATCH if sampler == grid.SCRATCH else sampler
 
@@ -99,6 +106,10 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
             exploratory_table: Mapping | None) -> list[str]:
   """The report's confirmatory sections (markdown lines)."""
   contrasts = [grid.parse_contrast(t, cfg) for t in cfg.contrasts]
+  if priors and all(t in priors for t in cfg.downstream):
+    # The task mean's prior: the mean of the tasks' priors (each task weighs the same).
+    priors = dict(priors, **{grid.MEAN_TASK: _MeanPrior(
+        sum(priors[t].best for t in cfg.downstream) / len(cfg.downstream))})
   tested = tested_contrasts(contrasts, table, cfg.mixture, cfg.downstream)
   explored = {}
   if exploratory_table is not None:
@@ -162,8 +173,9 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
     if prior is not None and r["a"].n and r["a"].mean - prior.best < 2.0:
       note = (f" `{_name(c.a)}` ({r['a'].mean:.1f}) is within 2 points of the blind prior "
               f"({prior.best:.1f}): it barely reads the image.")
-    out.append(f"- **{_name(c.a)} − {_name(c.b)} on {c.task}: {v}.** {_fmt(r['diff'])} "
-               f"points, Holm p = {_fmt_p(r['p_holm'])}"
+    got = ("no seed has both rows yet" if r["diff"].n == 0 else
+           f"{_fmt(r['diff'])} points, Holm p = {_fmt_p(r['p_holm'])}")
+    out.append(f"- **{_name(c.a)} − {_name(c.b)} on {c.task}: {v}.** {got}"
                + (f"; exploratory {_fmt(explored[c.text])}" if c.text in explored else "")
                + "." + note)
   return out + [""]
