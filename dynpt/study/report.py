@@ -22,6 +22,7 @@ from dynpt.study import grid, stats, store
 REPORT = "report.md"
 FIGURE1 = "figure1_pretrain_loss_vs_accuracy.png"
 FIGURE2 = "figure2_shares.png"
+FIGURE1_EXPLORATORY = "figure1_exploratory.png"
 BASELINE = "uniform"
 PAPER_SAMPLER = "dynamic"
 MEAN_TASK = "mean"  # The average over downstream tasks, computed per seed.
@@ -249,7 +250,9 @@ def sampler_points(rows: Sequence[Mapping[str, Any]], downstream: Sequence[str]
   return points
 
 
-def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str) -> list[str]:
+def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str,
+            heading: str = "Figure 1: pretraining loss against downstream accuracy"
+            ) -> list[str]:
   """Pretraining loss against mean downstream accuracy: one point per sampler.
 
   Each point is the mean over seeds, its error bars the seeds' standard
@@ -280,7 +283,7 @@ def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str)
                   fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax.set_xlabel("pretraining loss (train split, mean over the mixture's tasks)")
   ax.set_ylabel("downstream accuracy (%, mean over tasks)")
-  ax.set_title(f"Figure 1: r = {r:.2f} over {len(points)} samplers (mean ± std over seeds)",
+  ax.set_title(f"r = {r:.2f} over {len(points)} sampler-mixture points (mean ± std over seeds)",
                fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -298,7 +301,13 @@ def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str)
             + ("" if sure else ", but the interval includes 0, so the sign is not settled")
             + ".")
   merged = [p for p in points if len(p["samplers"]) > 1]
-  return ["## Figure 1: pretraining loss against downstream accuracy", "",
+  one = [p for p in points if p["mixture"] == cfg.mixture]
+  if len(one) < len(points):  # Losses of different task sets: also one mixture alone.
+    r1 = stats.pearson([p["loss"].mean for p in one], [p["accuracy"].mean for p in one])
+    lo1, hi1 = stats.pearson_interval(r1, len(one))
+    sign += (f" On `{cfg.mixture}` alone (one task set, {len(one)} points): r = {r1:.2f}"
+             + ("" if math.isnan(lo1) else f" [{lo1:+.2f}, {hi1:+.2f}]") + ".")
+  return [f"## {heading}", "",
           f"![Figure 1]({os.path.basename(path)})", "",
           f"One point per sampler and mixture (mean over its seeds, error bars one standard "
           f"deviation over seeds). Pearson r over the {len(points)} points: {r:.2f} "
@@ -419,6 +428,13 @@ def write_report(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str
   lines += table4(cfg, table)
   lines += table5(cfg, table)
   lines += figure1(rows, cfg, os.path.join(out_dir, FIGURE1))
+  if cfg.contrasts and cfg.exploratory_results:
+    from dynpt.study import confirm
+
+    path = confirm.resolve(cfg.exploratory_results)
+    if os.path.exists(path):
+      lines += figure1(confirm.read_rows(path), cfg, os.path.join(out_dir, FIGURE1_EXPLORATORY),
+                       heading="Figure 1 of the exploratory study (tuned world, seeds 0-2)")
   lines += figure2(cfg, out_dir, os.path.join(out_dir, FIGURE2))
   lines += difficulty_spread(cfg, out_dir)
   path = os.path.join(out_dir, REPORT)
