@@ -84,3 +84,43 @@ def test_in_place_cleaning(tmp_path):
       b"coco:3"]
   assert len(schema.read_records(str(data), "vqav2", "val")) == 2
   assert not [f for f in os.listdir(data / "vg/train") if f.startswith(".tmp")]
+
+
+def test_an_out_dir_that_is_a_symlink_to_data_dir_cleans_in_place(tmp_path):
+  data, link = tmp_path / "data", tmp_path / "link"
+  _fixture(data)
+  os.symlink(data, link)
+  clean.clean_splits(str(data), str(link))
+  # Nothing was copied onto itself (which truncated every split to 0 bytes).
+  assert len(schema.read_records(str(data), "vqav2", "val")) == 2
+  assert len(schema.read_records(str(data), "msrvtt_qa", "test")) == 1
+  assert [r["image/id"] for r in schema.read_records(str(data), "vqav2", "train")] == [
+      b"coco:3"]
+
+
+def test_an_output_split_that_resolves_to_an_input_is_refused(tmp_path):
+  data, out = tmp_path / "data", tmp_path / "clean"
+  _fixture(data)
+  out.mkdir()
+  os.symlink(data / "vqav2", out / "vqav2")
+  sizes = {p: p.stat().st_size for p in data.rglob("*.tfrecord-*")}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools/clean_splits.py"), f"--data_dir={data}",
+       f"--out_dir={out}"], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+  assert f"{out / 'vqav2'} resolves to the input {data / 'vqav2'}" in line
+  assert {p: p.stat().st_size for p in data.rglob("*.tfrecord-*")} == sizes
+  assert not (out / "cc3m").exists()  # Refused before anything was written.
+
+
+def test_the_output_keeps_one_shard_plan(tmp_path):
+  data, out = tmp_path / "data", tmp_path / "clean"
+  _fixture(data)
+  _write(out, "vg", "train", [("vg:9", A)], num_shards=3)  # An older cleaning's plan.
+  _write(out, "msrvtt_qa", "test", [("msrvtt:old", A)], num_shards=2)
+  clean.clean_splits(str(data), str(out))
+  assert sorted(os.listdir(out / "vg/train")) == [
+      f"vg-train.tfrecord-0000{i}-of-00002" for i in range(2)]
+  assert sorted(os.listdir(out / "msrvtt_qa/test")) == [
+      "msrvtt_qa-test.tfrecord-00000-of-00001"]

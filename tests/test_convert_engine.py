@@ -1,11 +1,12 @@
 """The Beam conversion pipeline: sharding, resume, plan changes, loud failures, the CLI."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import pytest
 
@@ -13,6 +14,7 @@ from dynpt.data import converters
 from dynpt.data import schema
 from dynpt.data.converters import base
 from dynpt.data.converters import engine
+from dynpt.data.converters import fs
 from tests.test_convert_helpers import (IN_MEMORY, by_id, run, skipped_lines, write,
                                         write_jpeg)
 
@@ -31,6 +33,7 @@ def _shard_files(out, split="train"):
   return sorted(f for f in os.listdir(out / "snli_ve" / split) if ".tfrecord-" in f)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # Busy CI hosts.
 @given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=4),
        st.integers(1, 50))
 def test_item_keys_are_canonical_and_shards_in_range(item, num_shards):
@@ -98,25 +101,132 @@ def test_added_images_redo_their_shards_and_a_new_plan_replaces_the_old(tmp_path
   assert fourth["shards_resumed"] == 2
 
 
-def test_interrupted_shard_leaves_no_visible_file(tmp_path, monkeypatch):
+def test_interrupted_run_publishes_nothing_and_resumes_from_staging(tmp_path, monkeypatch):
   raw, out = tmp_path / "raw", tmp_path / "out"
   _snli_raw(raw, n=6)
-  real = base.check_image
+  real = engine._commit
 
-  def crash_on_image_3(data, where):
-    if where.endswith("/3.jpg"):
+  def killed_at_shard_1(tmp, path, result):
+    if result.index == 1:
       raise RuntimeError("killed")
-    return real(data, where)
+    return real(tmp, path, result)
 
-  monkeypatch.setattr(base, "check_image", crash_on_image_3)
+  monkeypatch.setattr(engine, "_commit", killed_at_shard_1)
   with pytest.raises(RuntimeError, match="killed"):
     run("snli_ve", raw, out, "train", num_shards=3)
-  done = _shard_files(out)
-  assert len(done) < 3 and not any(f.startswith(".") for f in done)
-  monkeypatch.setattr(base, "check_image", real)
+  assert not (out / "snli_ve/train").exists()  # Nothing half-done is published.
+  stage = out / "snli_ve/.staging-train"
+  done = sorted(f for f in os.listdir(stage) if ".tfrecord-" in f and f[0] != ".")
+  assert len(done) < 3
+  monkeypatch.setattr(engine, "_commit", real)
   summary, recs = run("snli_ve", raw, out, "train", num_shards=3)
   assert (summary["shards_resumed"], summary["shards_written"]) == (len(done), 3 - len(done))
-  assert len(recs) == 6
+  assert len(recs) == 6 and summary["published"] and not stage.exists()
+  assert _shard_files(out) == [f"snli_ve-train.tfrecord-0000{i}-of-00003" for i in range(3)]
+
+
+def _killed_at_shard(monkeypatch, index):
+  real = engine._commit
+
+  def commit(tmp, path, result):
+    if result.index == index:
+      raise RuntimeError("killed")
+    return real(tmp, path, result)
+
+  monkeypatch.setattr(engine, "_commit", commit)
+
+
+def test_a_failing_overwrite_rerun_keeps_the_published_split(tmp_path, monkeypatch):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=7)
+  run("snli_ve", raw, out, "train", records_per_shard=100)
+  _snli_raw(raw, n=9)  # 9 items at 4 per shard: a 3-shard plan.
+  _killed_at_shard(monkeypatch, 1)
+  with pytest.raises(RuntimeError, match="killed"):
+    run("snli_ve", raw, out, "train", records_per_shard=4, overwrite=True)
+  # The earlier output is whole and alone: one plan, readable, its summary.
+  assert _shard_files(out) == ["snli_ve-train.tfrecord-00000-of-00001"]
+  assert len(schema.read_records(str(out), "snli_ve", "train")) == 7
+  assert json.loads((out / "snli_ve/train/conversion_summary.json").read_text())[
+      "written"] == 7
+  monkeypatch.undo()
+  summary, recs = run("snli_ve", raw, out, "train", records_per_shard=4)
+  assert (summary["num_shards"], summary["shards_removed"], len(recs)) == (3, 1, 9)
+  assert _shard_files(out) == [f"snli_ve-train.tfrecord-0000{i}-of-00003" for i in range(3)]
+  assert sorted(os.listdir(out / "snli_ve")) == ["train"]
+
+
+def test_a_failed_run_does_not_replace_an_ok_split(tmp_path):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=4)
+  run("snli_ve", raw, out, "train")
+  os.rename(raw / "flickr30k-images", raw / "elsewhere")  # E.g. an unmounted disk.
+  summary, _ = run("snli_ve", raw, out, "train", overwrite=True)
+  stage = out / "snli_ve/.staging-train"
+  assert summary["status"] == "failed" and not summary["published"]
+  assert summary["output_dir"] == str(stage)
+  assert "not published" in converters.format_summary(summary)
+  assert len(schema.read_records(str(out), "snli_ve", "train")) == 4
+  assert json.loads((out / "snli_ve/train/conversion_summary.json").read_text())[
+      "status"] == "ok"
+  assert len((stage / "skipped.jsonl").read_text().splitlines()) == 4
+  # A run killed between the swap's two renames: the next run first restores the split.
+  os.rename(out / "snli_ve/train", out / "snli_ve/.replaced-train")
+  conv = converters.get_converter("snli_ve", converters.ConvertOptions(raw_dir=str(raw)))
+  engine._recover(engine.SplitPlan(conv, "train", str(out), None, 100, False))
+  assert len(schema.read_records(str(out), "snli_ve", "train")) == 4
+  os.rename(raw / "elsewhere", raw / "flickr30k-images")
+  summary, recs = run("snli_ve", raw, out, "train")
+  assert summary["status"] == "ok" and summary["published"] and len(recs) == 4
+  assert sorted(os.listdir(out / "snli_ve")) == ["train"]
+
+
+def test_a_shards_state_is_committed_after_the_shard(tmp_path, monkeypatch, caplog):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=3)
+  run("snli_ve", raw, out, "train", num_shards=1)
+  rows = [{"Flickr30K_ID": str(i), "sentence2": f"changed {i}", "gold_label": "neutral"}
+          for i in range(3)]
+  write(str(raw / "snli_ve_train.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+  real = fs.rename
+
+  def killed_at_shard_rename(src, dst):
+    if os.path.basename(src).startswith(".tmp-snli_ve"):
+      raise RuntimeError("killed")
+    return real(src, dst)
+
+  monkeypatch.setattr(fs, "rename", killed_at_shard_rename)
+  with pytest.raises(RuntimeError, match="killed"):
+    run("snli_ve", raw, out, "train", num_shards=1)
+  monkeypatch.undo()
+  summary, recs = run("snli_ve", raw, out, "train", num_shards=1)
+  assert (summary["shards_resumed"], summary["shards_written"]) == (0, 1)
+  assert sorted(r["hypothesis"] for r in recs) == [b"changed 0", b"changed 1", b"changed 2"]
+  assert not [f for f in os.listdir(out / "snli_ve/train") if f.startswith(".")]
+  # A corrupt state file is no state: a warning, and the shard is written again.
+  state = out / "snli_ve/train/conversion_state/snli_ve-train.tfrecord-00000-of-00001.json"
+  state.write_text("{not json")
+  with caplog.at_level(logging.WARNING):
+    summary, recs = run("snli_ve", raw, out, "train", num_shards=1)
+  assert (summary["shards_resumed"], summary["shards_written"], len(recs)) == (0, 1, 3)
+  assert "unreadable conversion state" in caplog.text
+
+
+def test_one_item_that_raises_is_one_skip(tmp_path, monkeypatch):
+  raw, out = tmp_path / "raw", tmp_path / "out"
+  _snli_raw(raw, n=4)
+  real = base.check_image
+
+  def crash_on_image_2(data, where, *args, **kwargs):
+    if where.endswith("/2.jpg"):
+      raise KeyError("a bug that only item 2 meets")
+    return real(data, where, *args, **kwargs)
+
+  monkeypatch.setattr(base, "check_image", crash_on_image_2)
+  summary, recs = run("snli_ve", raw, out, "train", max_skip_fraction=0.5)
+  assert summary["skipped"] == {"unexpected_error": 1} and len(recs) == 3
+  (line,) = skipped_lines(out, "snli_ve", "train")
+  assert '"image": "2"' in line["where"] and "KeyError" in line["where"]
 
 
 def test_a_different_explicit_plan_needs_overwrite(tmp_path):

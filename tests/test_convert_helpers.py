@@ -53,7 +53,8 @@ IN_MEMORY = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 def run(name: str, raw_dir, out_dir, split: str, **kwargs):
   """Converts one split (Beam DirectRunner, in memory); returns (summary, records)."""
-  option_keys = ("image_dir", "num_frames", "holdout_every")
+  option_keys = ("image_dir", "num_frames", "holdout_every", "max_image_pixels",
+                 "max_file_bytes")
   options = converters.ConvertOptions(
       raw_dir=str(raw_dir), **{k: kwargs.pop(k) for k in option_keys if k in kwargs})
   conv = converters.get_converter(name, options)

@@ -12,10 +12,15 @@ options passed through, e.g. `--runner=DataflowRunner --project=P --region=R
 --temp_location=gs://B/tmp` (then --raw_dir and --out_dir are `gs://` paths).
 
 A flag that is neither convert.py's nor a Beam option is an error (Beam itself would drop
-it). Re-running resumes: shards whose items did not change are kept. Each split's summary
-is printed and written to `<out_dir>/<dataset>/<split>/conversion_summary.json`, every
-skipped item to `skipped.jsonl` beside it. The exit status is 1 if a split wrote 0
-records or skipped more than --max_skip_fraction of its items, 2 for bad input.
+it). Re-running resumes: shards whose items did not change are kept. Each split is
+written into `<out_dir>/<dataset>/.staging-<split>/` and replaces
+`<out_dir>/<dataset>/<split>/` only when it is complete, so a failed or killed run
+(--overwrite too) leaves the earlier output as it was; a run whose status is failed
+does not replace an earlier output whose status was ok. Each split's summary is
+printed and written to `conversion_summary.json`, every skipped item (one bad item is
+one skip, whatever went wrong) to `skipped.jsonl` beside it. The exit status is 1 if a
+split wrote 0 records or skipped more than --max_skip_fraction of its items, 2 for bad
+input.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from dynpt.data import converters
-from dynpt.data.converters import engine
+from dynpt import console
+
+console.setup(__name__)  # Before Beam and TensorFlow load: their start-up chatter goes.
+
+from dynpt.data import converters  # noqa: E402
+from dynpt.data.converters import engine  # noqa: E402
 
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Folder of the data set's raw files.",
                                required=True)
@@ -56,8 +65,16 @@ _MAX_SKIP_FRACTION = flags.DEFINE_float(
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Frames sampled per video.")
 _HOLDOUT_EVERY = flags.DEFINE_integer(
     "holdout_every", 1000, "Sources without a validation split hold out 1 in N items.")
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
-                                  "Replace existing shards instead of resuming.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Write every shard again instead of resuming (the earlier "
+    "output stays until the new one is complete).")
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", converters.DEFAULT_MAX_IMAGE_PIXELS,
+    "Skip images (and video frames) with more pixels (image_too_large); default PIL's "
+    "decompression-bomb threshold.")
+_MAX_FILE_BYTES = flags.DEFINE_integer(
+    "max_file_bytes", converters.DEFAULT_MAX_FILE_BYTES,
+    "Skip image and video files larger than this (file_too_large).")
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -71,10 +88,13 @@ def _report(failed: list[dict]) -> None:
     top = summary["top_skips"][0] if summary["top_skips"] else None
     why = (f"; top reason {top['reason']} ({top['count']}), e.g. {top['examples'][0]}"
            if top and top["examples"] else "")
+    kept = ("" if summary["published"] else
+            f" (not published: {summary['dataset']}/{summary['split']} keeps its earlier "
+            "output, whose status was ok)")
     print(f"error: {summary['dataset']}/{summary['split']} "
           f"{' and '.join(summary['problems'])}{why}; see "
-          f"{os.path.join(_OUT_DIR.value, summary['dataset'], summary['split'])}/"
-          "skipped.jsonl", file=sys.stderr, flush=True)
+          f"{os.path.join(summary['output_dir'], 'skipped.jsonl')}{kept}",
+          file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -95,7 +115,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     options = converters.ConvertOptions(
         raw_dir=_RAW_DIR.value, image_dir=_IMAGE_DIR.value, num_frames=_NUM_FRAMES.value,
-        holdout_every=_HOLDOUT_EVERY.value)
+        holdout_every=_HOLDOUT_EVERY.value, max_image_pixels=_MAX_IMAGE_PIXELS.value,
+        max_file_bytes=_MAX_FILE_BYTES.value)
     converter = converters.get_converter(positional[0], options)
     for split in _SPLIT.value or converter.splits:
       summary = converters.convert(
@@ -115,4 +136,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  console.run_app(main, flags_parser=_parse)

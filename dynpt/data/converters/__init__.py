@@ -7,7 +7,8 @@ Each split is converted by an Apache Beam pipeline (`engine.py`). Use
   summary = converters.convert(conv, "val", out_dir="data/real")
 """
 
-from dynpt.data.converters.base import ConvertOptions, Converter, Skip, Skipped, image_id
+from dynpt.data.converters.base import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
+                                        ConvertOptions, Converter, Skip, Skipped, image_id)
 from dynpt.data.converters.captions import CC3M, CC12M, LocalizedNarratives
 from dynpt.data.converters.engine import DEFAULT_MAX_SKIP_FRACTION, convert, format_summary
 from dynpt.data.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome

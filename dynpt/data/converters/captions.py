@@ -24,7 +24,7 @@ from dynpt.data.converters import labels
 
 def _row_of(name: str) -> int | None:
   stem, ext = os.path.splitext(name)
-  if stem.isdigit() and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
+  if base.is_number(stem) and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
     return int(stem)
   return None
 
@@ -71,13 +71,13 @@ class ConceptualCaptions(base.Converter):
       for sample in img2dataset.index_tar(path):
         if isinstance(sample, base.Skipped):
           yield sample
-        elif not sample["key"].isdigit():
+        elif not base.is_number(sample["key"]):
           yield base.Skipped("malformed_row", f"{path}: key {sample['key']!r}")
         elif self._keep(int(sample["key"]), split):
           yield {"row": int(sample["key"]), "sample": sample}
     elif kind == "parquet":
       for key, status in img2dataset.failed_downloads(path):
-        if not key.isdigit() or self._keep(int(key), split):
+        if not base.is_number(key) or self._keep(int(key), split):
           yield base.Skipped("download_failed", f"{path}: key {key} ({status})")
     elif kind == "tsv":
       yield from self._tsv_rows(split, path)
@@ -92,11 +92,16 @@ class ConceptualCaptions(base.Converter):
   def _tsv_rows(self, split: str, path: str) -> Iterator[Any]:
     rows = base.iter_csv(path, delimiter="\t")
     first = next(rows, None)
-    if first is not None and sorted(f.strip().lower() for f in first[1]) != ["caption", "url"]:
+    if first is not None and (isinstance(first, base.Skipped) or sorted(
+        f.strip().lower() for f in first[1]) != ["caption", "url"]):
       rows = itertools.chain([first], rows)  # No header (as published): a data row.
-    for row, (line, fields) in enumerate(rows):
+    for row, entry in enumerate(rows):
       if not self._keep(row, split):
         continue
+      if isinstance(entry, base.Skipped):  # Not UTF-8: the row keeps its number.
+        yield entry
+        continue
+      line, fields = entry
       if len(fields) != 2 or not fields[self.caption_column].strip():
         yield base.Skipped("malformed_row", f"{path}:{line}")
         continue
@@ -116,14 +121,15 @@ class ConceptualCaptions(base.Converter):
     key = base.image_id(self.name, item["row"])
     if "sample" in item:
       sample = item["sample"]
-      data, width, height = base.check_image(
-          img2dataset.read_member(sample["image"]), f"{sample['image'][0]}:{sample['key']}")
+      data, width, height = self.check_image(
+          img2dataset.read_member(sample["image"], self.options.max_file_bytes),
+          f"{sample['image'][0]}:{sample['key']}")
       caption = img2dataset.sample_caption(sample)
       if not caption:
         raise base.Skip("missing_caption", f"{sample['image'][0]}: key {sample['key']}")
       return {"image/id": key, "image/encoded": data, "image/width": width,
               "image/height": height, "text/captions": [caption]}
-    return {**base.image_record(key, item["path"]), "text/captions": [item["caption"]]}
+    return {**self.image_record(key, item["path"]), "text/captions": [item["caption"]]}
 
 
 class CC3M(ConceptualCaptions):
@@ -171,6 +177,10 @@ class LocalizedNarratives(base.Converter):
       if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
         yield base.Skipped("malformed_row", f"{where}: no image_id or caption")
         continue
+      unsafe = base.unsafe_name(where, "image_id", f"{image}.jpg")
+      if unsafe:
+        yield unsafe
+        continue
       path, line = where.rsplit(":", 1)
       yield image, (path, int(line), caption.strip())
 
@@ -180,5 +190,5 @@ class LocalizedNarratives(base.Converter):
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     path = base.find_image(labels.oi_image_folders(self, item["image_id"]),
                            [f"{item['image_id']}.jpg"])
-    return {**base.image_record(base.image_id("oi", item["image_id"]), path),
+    return {**self.image_record(base.image_id("oi", item["image_id"]), path),
             "text/captions": item["captions"]}

@@ -100,6 +100,34 @@ def collect_eval_images(data_dir: str) -> tuple[set[str], set[str], list[SetStat
   return ids, digests, stats
 
 
+def _real(path: str) -> str:
+  """The path with every symlink resolved (URLs as written: they have none)."""
+  return path.rstrip("/") if "://" in path else os.path.realpath(path)
+
+
+def _check_outputs(data_dir: str, out_dir: str) -> None:
+  """Refuses an `out_dir` whose datasets or splits resolve to those of `data_dir`.
+
+  Writing such a split would read and write the same files (a copy onto itself
+  truncates it). `out_dir` resolving to `data_dir` as a whole is in-place cleaning.
+  """
+  import tensorflow as tf
+
+  for dataset in tf.io.gfile.listdir(data_dir):
+    dataset = dataset.rstrip("/")
+    src = os.path.join(data_dir, dataset)
+    if not tf.io.gfile.isdir(src):
+      continue
+    for split in [None] + [s.rstrip("/") for s in tf.io.gfile.listdir(src)]:
+      out = os.path.join(out_dir, dataset, *[split] if split else [])
+      inp = os.path.join(src, split) if split else src
+      if tf.io.gfile.exists(out) and _real(out) == _real(inp):
+        raise ValueError(
+            f"--out_dir: {out} resolves to the input {_real(inp)} (a symlink into "
+            f"--data_dir); writing it would overwrite the input. Give an --out_dir "
+            "outside --data_dir, or --out_dir equal to --data_dir to clean in place")
+
+
 def _write_shard(path: str, records: list[bytes]) -> None:
   """Writes a shard atomically (hidden temporary name, then rename)."""
   import tensorflow as tf
@@ -111,6 +139,15 @@ def _write_shard(path: str, records: list[bytes]) -> None:
     for r in records:
       w.write(r)
   tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _remove_other_shards(out_dir: str, dataset: str, split: str, keep: set[str]) -> None:
+  """Removes shards of `out_dir`'s split that are not in `keep` (an older plan)."""
+  import tensorflow as tf
+
+  for path in _files(out_dir, dataset, split):
+    if os.path.basename(path) not in keep:
+      tf.io.gfile.remove(path)
 
 
 def clean_set(data_dir: str, dataset: str, split: str, eval_ids: set[str],
@@ -134,18 +171,27 @@ def clean_set(data_dir: str, dataset: str, split: str, eval_ids: set[str],
     if out_dir:
       _write_shard(os.path.join(schema.split_dir(out_dir, dataset, split),
                                 os.path.basename(path)), kept)
+  if out_dir:
+    _remove_other_shards(out_dir, dataset, split, {os.path.basename(p) for p in files})
   s.images_before, s.images_after = len(before), len(after)
   logging.info("%s/%s: %d -> %d images", dataset, split, s.images_before, s.images_after)
   return s
 
 
 def _copy_split(data_dir: str, out_dir: str, dataset: str, split: str) -> None:
+  """Copies a split's shards, each atomically (hidden name, then rename)."""
   import tensorflow as tf
 
-  for path in _files(data_dir, dataset, split):
-    dst = os.path.join(schema.split_dir(out_dir, dataset, split), os.path.basename(path))
-    tf.io.gfile.makedirs(os.path.dirname(dst))
-    tf.io.gfile.copy(path, dst, overwrite=True)
+  files = _files(data_dir, dataset, split)
+  for path in files:
+    folder = schema.split_dir(out_dir, dataset, split)
+    name = os.path.basename(path)
+    tf.io.gfile.makedirs(folder)
+    tmp = os.path.join(folder, f".tmp-{name}")
+    tf.io.gfile.copy(path, tmp, overwrite=True)
+    tf.io.gfile.rename(tmp, os.path.join(folder, name), overwrite=True)
+  if files:
+    _remove_other_shards(out_dir, dataset, split, {os.path.basename(p) for p in files})
 
 
 def clean_splits(data_dir: str, out_dir: str | None = None) -> dict[str, Any]:
@@ -154,15 +200,24 @@ def clean_splits(data_dir: str, out_dir: str | None = None) -> dict[str, Any]:
   Args:
     data_dir: a data dir as written by `tools/convert.py` (or the toy world).
     out_dir: if given, receives the cleaned training sets and unchanged copies of all
-      other splits, so that it is a complete data dir (`out_dir == data_dir` cleans in
-      place, shard by shard); if None, only the report is computed (a dry run).
+      other splits, so that it is a complete data dir; if None, only the report is
+      computed (a dry run). An `out_dir` that resolves to `data_dir` (the same path,
+      or a symlink to it) cleans in place, shard by shard; one whose datasets or
+      splits resolve into `data_dir` is refused.
 
   Returns:
     The report: `cleaned` (per-set stats of training sets), `eval` (evaluation sets),
     also written as `clean_splits_report.{md,json}` to `out_dir or data_dir`.
+
+  Raises:
+    ValueError: for an `out_dir` that resolves into `data_dir` other than as a whole,
+      before anything is written.
   """
   import tensorflow as tf
 
+  in_place = bool(out_dir) and _real(out_dir) == _real(data_dir)
+  if out_dir and not in_place:
+    _check_outputs(data_dir, out_dir)
   eval_ids, eval_digests, eval_stats = collect_eval_images(data_dir)
   if not eval_stats:
     logging.warning("no downstream evaluation sets under %s: nothing to remove", data_dir)
@@ -172,7 +227,6 @@ def clean_splits(data_dir: str, out_dir: str | None = None) -> dict[str, Any]:
       s = clean_set(data_dir, dataset, split, eval_ids, eval_digests, out_dir)
       if s is not None:
         cleaned.append(s)
-  in_place = bool(out_dir) and os.path.abspath(out_dir) == os.path.abspath(data_dir)
   if out_dir and not in_place:
     done = {(s.dataset, s.split) for s in cleaned}
     for dataset in tf.io.gfile.listdir(data_dir):

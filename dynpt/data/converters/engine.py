@@ -10,19 +10,32 @@ Flink or Spark:
 * Listing is parallel: the driver only names the units (files, tars, byte ranges);
   the workers read them. `num_shards` follows from the item count (one shard per
   `records_per_shard` items) unless given.
+* The split is written into a staging folder, `<dataset>/.staging-<split>/`, and
+  swapped in for `<dataset>/<split>/` (the published split, the only folder readers
+  look at) once the pipeline has finished: a run that fails or is killed leaves the
+  published split as it was, one complete shard plan. A run whose status is `failed`
+  (below) does not replace a published split whose status was `ok` either; its output
+  stays in the staging folder. The swap is two renames (`<split>` to
+  `.replaced-<split>`, staging to `<split>`); a run killed between them is repaired by
+  the next one.
 * A shard holds the items whose key hash falls in it, sorted by key, so its content
   depends only on the raw data, not on listing order or worker count. Its state file
-  (`conversion_state/<shard>.json`) keeps a fingerprint of its item keys, its counts,
-  its skips and the class names it wrote; the shard is written under a hidden name and
-  renamed into place after the state is saved. A re-run keeps a shard only if its
-  file exists, its fingerprint is unchanged and none of the images or videos it
-  skipped as missing has appeared since: images added since the first run change the
-  fingerprint of the shards they fall in (items listed from image files or tars) or
-  turn up in that re-check (items listed from annotations), and those shards are
-  redone.
-  Shards of an earlier plan (another shard count) are removed once the new plan is
-  written; with an explicit `num_shards` the run refuses to start instead, naming
-  `--overwrite`.
+  (`conversion_state/<shard>.json`) keeps a fingerprint of its item keys, its size,
+  its counts, its skips and the class names it wrote; the shard is written under a
+  hidden name and renamed into place, and its state is written after that (the old
+  state removed first), so a state file never describes another shard. A re-run keeps
+  a shard, from the staging folder or the published split (hard-linked into staging),
+  only if its file exists, its fingerprint and size match and none of the images or
+  videos it skipped as missing has appeared since: images added since the first run
+  change the fingerprint of the shards they fall in (items listed from image files or
+  tars) or turn up in that re-check (items listed from annotations), and those shards
+  are redone. An unreadable state file is a warning and its shard is redone.
+  An explicit `num_shards` that differs from the published plan refuses to start,
+  naming `--overwrite`.
+* One bad item is one skip: `Skip` from `make_record` is recorded under its reason,
+  and any other exception of one item (a decoder's IndexError, a value that does not
+  convert) as `unexpected_error` naming the item and the exception. A listing unit
+  that cannot be read at all fails the split with one message naming it.
 * Every skip (listing or record) is a Beam metric `skipped/<reason>` and a line of
   `<split>/skipped.jsonl` (`{"reason", "where"}`: file, `file:line`, `file@byte`).
 * The summary (`conversion_summary.json`) has the counts, the top skip reasons with
@@ -51,6 +64,8 @@ STATE_DIR = "conversion_state"
 SUMMARY_FILE = "conversion_summary.json"
 SKIPPED_FILE = "skipped.jsonl"
 RUN_FILE = "last_run.json"
+STAGING_PREFIX = ".staging-"  # <dataset>/.staging-<split>: the split being written.
+REPLACED_PREFIX = ".replaced-"  # <dataset>/.replaced-<split>: the old one, mid-swap.
 LABELS_FILE = "labels.txt"  # As read by `dynpt.data.sources.label_vocabulary`.
 DEFAULT_RECORDS_PER_SHARD = 2000
 DEFAULT_MAX_SKIP_FRACTION = 0.01
@@ -61,6 +76,7 @@ FILTER_REASONS = frozenset({"no_verified_labels"})
 RECHECK_REASONS = frozenset({"missing_image", "missing_video"})
 EXAMPLES_PER_REASON = 3
 SKIP_NAMESPACE = "skipped"
+UNEXPECTED = "unexpected_error"  # An exception other than `Skip` from one item.
 
 
 def item_key(item: Any) -> str:
@@ -87,6 +103,19 @@ def _state_path(shard_file: str) -> str:
   return fs.join(folder, STATE_DIR, name + ".json")
 
 
+def staging_dir(out_dir: str, dataset: str, split: str) -> str:
+  """Where a split is written before it replaces `<out_dir>/<dataset>/<split>`."""
+  return fs.join(out_dir, dataset, STAGING_PREFIX + split)
+
+
+def _replaced_dir(out_dir: str, dataset: str, split: str) -> str:
+  return fs.join(out_dir, dataset, REPLACED_PREFIX + split)
+
+
+def _shard_pattern(folder: str, dataset: str, split: str) -> str:
+  return fs.join(folder, os.path.basename(schema.file_pattern("", dataset, split)))
+
+
 def _existing_shards(out_dir: str, dataset: str, split: str) -> list[str]:
   return fs.glob(schema.file_pattern(out_dir, dataset, split))
 
@@ -95,6 +124,10 @@ def _remove_shard(path: str) -> None:
   for p in (path, _state_path(path)):
     if fs.exists(p):
       fs.remove(p)
+
+
+def _describe(item: Any) -> str:
+  return json.dumps(item, default=str, ensure_ascii=False)[:500]
 
 
 @dataclasses.dataclass
@@ -106,6 +139,7 @@ class ShardResult:
   labels: list[str]
   skips: list[list[str]]  # [reason, where, item key] of each item skipped in writing.
   resumed: bool = False
+  size: int | None = None  # Bytes of the shard file (absent in older state files).
 
 
 @dataclasses.dataclass
@@ -117,6 +151,15 @@ class SplitPlan:
   num_shards: int | None
   records_per_shard: int
   overwrite: bool
+
+  @property
+  def split_dir(self) -> str:
+    """The published split."""
+    return schema.split_dir(self.out_dir, self.converter.name, self.split)
+
+  @property
+  def stage_dir(self) -> str:
+    return staging_dir(self.out_dir, self.converter.name, self.split)
 
 
 # ------------------------------------------------------------------ pipeline steps
@@ -130,8 +173,9 @@ def _list_unit(unit: Any, plan: SplitPlan):
   """expand_unit as a FlatMap: items (or grouped parts) out, `Skipped` tagged.
 
   A unit whose file cannot be read or parsed at all (ValueError, OSError: the readers'
-  errors for bad input) is tagged `errors`; `convert` raises it after the run, so the
-  user gets one message naming the file rather than a worker's traceback.
+  errors for bad input, which name the file; anything else is named with the unit)
+  is tagged `errors`; `convert` raises it after the run, so the user gets one message
+  naming the file rather than a worker's traceback.
   """
   import apache_beam as beam
 
@@ -143,6 +187,10 @@ def _list_unit(unit: Any, plan: SplitPlan):
         yield out
   except (ValueError, OSError) as e:
     yield beam.pvalue.TaggedOutput("errors", str(e))
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    yield beam.pvalue.TaggedOutput("errors", f"{str(unit)[:300]}: {type(e).__name__}: {e}")
 
 
 def _combine_group(element: tuple[str, Iterable[Any]], plan: SplitPlan):
@@ -150,7 +198,12 @@ def _combine_group(element: tuple[str, Iterable[Any]], plan: SplitPlan):
   import apache_beam as beam
 
   key, parts = element
-  out = plan.converter.combine_group(plan.split, key, list(parts))
+  try:
+    out = plan.converter.combine_group(plan.split, key, list(parts))
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # One group, one skip.
+    out = base.Skipped(UNEXPECTED, f"group {str(key)[:200]!r}: {type(e).__name__}: {e}")
   if isinstance(out, base.Skipped):
     yield beam.pvalue.TaggedOutput("skipped", (out.reason, out.where))
   elif out is not None:
@@ -165,18 +218,27 @@ def _first_errors(messages: Iterable[Any]) -> list[str]:
 
 
 def _load_state(shard_file: str) -> ShardResult | None:
+  """The saved state of a complete shard, or None (absent, unreadable, stale)."""
   state = _state_path(shard_file)
   if not (fs.exists(shard_file) and fs.exists(state)):
     return None
-  with fs.open_file(state, "r") as f:
-    d = json.load(f)
   try:
+    with fs.open_file(state, "r") as f:
+      d = json.load(f)
     result = ShardResult(index=d["index"], written=d["written"],
                          fingerprint=d["fingerprint"], labels=d["labels"],
-                         skips=d["skips"], resumed=True)
+                         skips=d["skips"], resumed=True, size=d.get("size"))
+    if not all(isinstance(s, list) and len(s) == 3 for s in result.skips):
+      return None
+    if result.size is not None and fs.size(shard_file) != result.size:
+      return None  # The state of another shard file: redo.
   except KeyError:  # A state file of an older converter version: redo the shard.
     return None
-  return result if all(len(s) == 3 for s in result.skips) else None
+  except (ValueError, TypeError, AttributeError, OSError) as e:
+    logging.warning("%s: unreadable conversion state (%s: %s); writing its shard again",
+                    state, type(e).__name__, e)
+    return None
+  return result
 
 
 def _missing_now_present(conv: base.Converter, state: ShardResult,
@@ -186,38 +248,85 @@ def _missing_now_present(conv: base.Converter, state: ShardResult,
     if reason in RECHECK_REASONS and key in items:
       try:
         conv.make_record(items[key])
-      except base.Skip:
+      except MemoryError:
+        raise
+      except Exception:  # pylint: disable=broad-except  # Skip, or any other failure.
         continue
       return True
   return False
 
 
+def _commit(tmp: str, path: str, result: ShardResult) -> None:
+  """Renames a finished shard into place, then writes its state.
+
+  The old state goes first: a kill at any point leaves either no state (the shard is
+  redone) or the state of exactly the file on disk.
+  """
+  state = _state_path(path)
+  fs.makedirs(os.path.dirname(state))
+  if fs.exists(state):
+    fs.remove(state)
+  fs.rename(tmp, path)
+  result = dataclasses.replace(result, resumed=False, size=fs.size(path))
+  with fs.open_file(state + ".tmp", "w") as f:
+    json.dump(dataclasses.asdict(result), f)
+  fs.rename(state + ".tmp", state)
+
+
+def _resume(plan: SplitPlan, staged: str, published: str, fp: str,
+            items: dict[str, Any]) -> ShardResult | None:
+  """A shard of the same items from an earlier run (staged or published), or None.
+
+  A published shard is hard-linked (else copied) into the staging folder.
+  """
+  for candidate in (staged, published):
+    state = _load_state(candidate)
+    if (state is None or state.fingerprint != fp
+        or _missing_now_present(plan.converter, state, items)):
+      continue
+    if candidate != staged:
+      folder, name = os.path.split(staged)
+      tmp = fs.join(folder, f".tmp-{name}")
+      if fs.exists(tmp):
+        fs.remove(tmp)
+      fs.link_or_copy(candidate, tmp)
+      _commit(tmp, staged, state)
+    return state
+  return None
+
+
 def write_shard(plan: SplitPlan, index: int, num_shards: int,
                 keyed_items: Sequence[tuple[str, Any]]) -> ShardResult:
-  """Writes (or resumes) shard `index`: its items sorted by key, atomically."""
+  """Writes (or resumes) shard `index` into the staging folder: items sorted by key."""
   import tensorflow as tf
 
   conv = plan.converter
   keyed_items = sorted(keyed_items, key=lambda kv: kv[0])
   fp = fingerprint(k for k, _ in keyed_items)
-  path = schema.shard_path(plan.out_dir, conv.name, plan.split, index, num_shards)
+  published = schema.shard_path(plan.out_dir, conv.name, plan.split, index, num_shards)
+  name = os.path.basename(published)
+  path = fs.join(plan.stage_dir, name)
   if not plan.overwrite:
-    state = _load_state(path)
-    if (state is not None and state.fingerprint == fp
-        and not _missing_now_present(conv, state, dict(keyed_items))):
+    state = _resume(plan, path, published, fp, dict(keyed_items))
+    if state is not None:
       return state
-  folder, name = os.path.split(path)
-  tmp = fs.join(folder, f".tmp-{name}")
+  tmp = fs.join(plan.stage_dir, f".tmp-{name}")
   labels, skips, written = set(), [], 0
   try:
     with tf.io.TFRecordWriter(tmp) as writer:
       for key, item in keyed_items:
         try:
           record = conv.make_record(item)
+          example = schema.encode_example(record)
         except base.Skip as e:
-          skips.append([e.reason, e.detail or json.dumps(item, default=str), key])
+          skips.append([e.reason, e.detail or _describe(item), key])
           continue
-        writer.write(schema.encode_example(record))
+        except MemoryError:
+          raise
+        except Exception as e:  # pylint: disable=broad-except  # One item, one skip.
+          skips.append([UNEXPECTED, f"{_describe(item)}: {type(e).__name__}: {e}", key])
+          continue
+        writer.write(example)
         written += 1
         if conv.writes_labels:
           labels.update(record.get("objects/label", ()))
@@ -227,12 +336,7 @@ def write_shard(plan: SplitPlan, index: int, num_shards: int,
     raise
   result = ShardResult(index=index, written=written, fingerprint=fp,
                        labels=sorted(labels), skips=skips)
-  state = _state_path(path)
-  fs.makedirs(os.path.dirname(state))
-  with fs.open_file(state + ".tmp", "w") as f:
-    json.dump(dataclasses.asdict(result), f)
-  fs.rename(state + ".tmp", state)
-  fs.rename(tmp, path)
+  _commit(tmp, path, result)
   return result
 
 
@@ -282,8 +386,7 @@ def _merge_examples(skips: Iterable[Any]) -> dict:
 
 def _write_run_file(_, plan: SplitPlan, num_items: int, num_shards: int, totals: dict,
                     examples: dict, errors: list[str]) -> None:
-  path = fs.join(schema.split_dir(plan.out_dir, plan.converter.name, plan.split),
-                 STATE_DIR, RUN_FILE)
+  path = fs.join(plan.stage_dir, STATE_DIR, RUN_FILE)
   fs.makedirs(os.path.dirname(path))
   with fs.open_file(path, "w") as f:
     json.dump({"items": num_items, "num_shards": num_shards,
@@ -328,11 +431,10 @@ def build_pipeline(pipeline, plan: SplitPlan, units: list[Any]) -> None:
                  "skipped", main="results"))
   skip_parts.append(written.skipped)
   skips = tuple(skip_parts) | "AllSkips" >> beam.Flatten()
-  split_dir = schema.split_dir(plan.out_dir, conv.name, plan.split)
   _ = (skips
        | "CountSkips" >> beam.Map(_count_skip)
        | "SkippedJsonl" >> beam.io.WriteToText(
-           fs.join(split_dir, SKIPPED_FILE), num_shards=1, shard_name_template=""))
+           fs.join(plan.stage_dir, SKIPPED_FILE), num_shards=1, shard_name_template=""))
   totals = written.results | "Totals" >> beam.CombineGlobally(_merge_totals)
   examples = skips | "Examples" >> beam.CombineGlobally(_merge_examples)
   errors = listed.errors | "Errors" >> beam.CombineGlobally(_first_errors)
@@ -393,20 +495,57 @@ def _local_runner(options):
 
 
 def _check_plan(plan: SplitPlan) -> None:
-  """Refuses an explicit shard count that differs from the shards already there."""
-  existing = _existing_shards(plan.out_dir, plan.converter.name, plan.split)
-  if plan.overwrite:
-    for path in existing:
-      _remove_shard(path)
+  """Refuses an explicit shard count that differs from the published shards."""
+  if plan.overwrite or not plan.num_shards:
     return
-  if plan.num_shards:
-    suffix = f"-of-{plan.num_shards:05d}"
-    stale = [p for p in existing if not p.endswith(suffix)]
-    if stale:
-      raise ValueError(
-          f"{schema.split_dir(plan.out_dir, plan.converter.name, plan.split)} holds "
-          f"shards of a different plan (e.g. {os.path.basename(stale[0])}, this run "
-          f"writes *{suffix}); re-run with --overwrite to replace them")
+  existing = _existing_shards(plan.out_dir, plan.converter.name, plan.split)
+  suffix = f"-of-{plan.num_shards:05d}"
+  stale = [p for p in existing if not p.endswith(suffix)]
+  if stale:
+    raise ValueError(
+        f"{plan.split_dir} holds shards of a different plan (e.g. "
+        f"{os.path.basename(stale[0])}, this run writes *{suffix}); re-run with "
+        "--overwrite to replace them")
+
+
+def _recover(plan: SplitPlan) -> None:
+  """Finishes or undoes a swap that a killed run left half done."""
+  replaced = _replaced_dir(plan.out_dir, plan.converter.name, plan.split)
+  if fs.exists(replaced):
+    if fs.exists(plan.split_dir):  # Swapped; the old split was not removed yet.
+      fs.rmtree(replaced)
+    else:  # Killed between the two renames: the old split is still complete.
+      logging.warning("%s: restoring the split from %s (an earlier run was killed while "
+                      "replacing it)", plan.split_dir, replaced)
+      fs.move_dir(replaced, plan.split_dir)
+
+
+def _published_ok(split_dir: str) -> bool:
+  """Whether the published split exists with a summary whose status is `ok`."""
+  path = fs.join(split_dir, SUMMARY_FILE)
+  if not fs.exists(path):
+    return False
+  try:
+    with fs.open_file(path, "r") as f:
+      return json.load(f).get("status") == "ok"
+  except (ValueError, OSError, AttributeError):
+    return False
+
+
+def _publish(plan: SplitPlan) -> None:
+  """Swaps the staging folder in for the published split (see module doc)."""
+  for name in fs.listdir(plan.stage_dir):  # Temporary files that killed runs left.
+    path = fs.join(plan.stage_dir, name)
+    if name.startswith("beam-temp-"):
+      fs.rmtree(path)
+    elif name.startswith(".tmp-"):
+      fs.remove(path)
+  replaced = _replaced_dir(plan.out_dir, plan.converter.name, plan.split)
+  fs.rmtree(replaced)
+  if fs.exists(plan.split_dir):
+    fs.move_dir(plan.split_dir, replaced)
+  fs.move_dir(plan.stage_dir, plan.split_dir)
+  fs.rmtree(replaced)
 
 
 def _metric_counts(result) -> dict[str, int]:
@@ -444,11 +583,14 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
       `--direct_num_workers=2`, ...); default the DirectRunner on every CPU.
 
   Returns:
-    The summary also written to `<out_dir>/<dataset>/<split>/conversion_summary.json`.
+    The summary, also written as `conversion_summary.json` into `summary["output_dir"]`:
+    the published `<out_dir>/<dataset>/<split>/` (`summary["published"]`), or the
+    staging folder when a `failed` run did not replace an `ok` split.
 
   Raises:
     FileNotFoundError, ValueError: for a missing raw file or a conflicting plan,
-      before any work starts.
+      before any work starts; ValueError for a listing unit that cannot be read (the
+      published split is left as it was).
   """
   import apache_beam as beam
 
@@ -460,13 +602,15 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
     raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
   start = time.time()
   dataset = converter.name
-  split_dir = schema.split_dir(out_dir, dataset, split)
   plan = SplitPlan(converter=converter, split=split, out_dir=out_dir,
                    num_shards=num_shards, records_per_shard=records_per_shard,
                    overwrite=overwrite)
   units = converter.list_units(split)
-  fs.makedirs(split_dir)
+  _recover(plan)
   _check_plan(plan)
+  if overwrite:  # Nothing staged by earlier runs is kept; the published split stays.
+    fs.rmtree(plan.stage_dir)
+  fs.makedirs(plan.stage_dir)
   options = pipeline_options(pipeline_args)
   logging.info("%s/%s: %d listing units, Beam options %s", dataset, split, len(units),
                options.get_all_options(drop_default=True))
@@ -475,21 +619,31 @@ def convert(converter: base.Converter, split: str, out_dir: str, *,
   result = pipeline.run()
   result.wait_until_finish()
 
-  with fs.open_file(fs.join(split_dir, STATE_DIR, RUN_FILE), "r") as f:
+  stage = plan.stage_dir
+  with fs.open_file(fs.join(stage, STATE_DIR, RUN_FILE), "r") as f:
     run = json.load(f)
   if run["errors"]:
     raise ValueError(f"{dataset}/{split}: unreadable input: " + "; ".join(run["errors"]))
-  removed = [p for p in _existing_shards(out_dir, dataset, split)
-             if not p.endswith(f"-of-{run['num_shards']:05d}")]
-  for path in removed:  # Shards of an earlier plan, now replaced.
-    _remove_shard(path)
+  suffix = f"-of-{run['num_shards']:05d}"
+  for path in fs.glob(_shard_pattern(stage, dataset, split)):
+    if not path.endswith(suffix):  # Staged by an earlier run of another plan.
+      _remove_shard(path)
   skipped = _metric_counts(result) or {r: v[0] for r, v in run["skips"].items()}
   summary = summarize(converter, split, run, skipped, max_skip_fraction)
-  summary.update(shards_removed=len(removed),
+  publish = summary["status"] == "ok" or not _published_ok(plan.split_dir)
+  removed = [p for p in _existing_shards(out_dir, dataset, split)
+             if not p.endswith(suffix)] if publish else []
+  summary.update(shards_removed=len(removed), published=publish,
+                 output_dir=plan.split_dir if publish else stage,
                  runner=options.get_all_options()["runner"] or DEFAULT_RUNNER,
                  seconds=round(time.time() - start, 2))
-  with fs.open_file(fs.join(split_dir, SUMMARY_FILE), "w") as f:
+  with fs.open_file(fs.join(stage, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
+  if not publish:
+    logging.warning("%s/%s: status failed; %s keeps its earlier output (status ok), this "
+                    "run's output is in %s", dataset, split, plan.split_dir, stage)
+    return summary
+  _publish(plan)
   if converter.writes_labels and split == "train":
     with fs.open_file(fs.join(out_dir, dataset, LABELS_FILE), "w") as f:
       f.write("".join(f"{n}\n" for n in run["labels"]))
@@ -536,4 +690,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                    + "; ".join(top["examples"]))
   else:
     lines.append("  skipped nothing")
+  if not summary.get("published", True):
+    lines.append(f"  not published: {summary['dataset']}/{summary['split']} keeps its "
+                 f"earlier output (status ok); this run's is in {summary['output_dir']}")
   return "\n".join(lines)

@@ -114,3 +114,47 @@ def remove(path: str) -> None:
     _gfile().remove(path)
   else:
     os.remove(path)
+
+
+def isdir(path: str) -> bool:
+  return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
+
+
+def rmtree(path: str) -> None:
+  """Removes folder `path` and everything in it; nothing if it does not exist."""
+  if is_url(path):
+    if _gfile().exists(path):
+      _gfile().rmtree(path)
+  elif os.path.lexists(path):
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def move_dir(src: str, dst: str) -> None:
+  """Renames folder `src` to `dst` (absent). One atomic rename on a local file system;
+  object stores have no folders, so there it moves file by file."""
+  if not is_url(src):
+    os.rename(src, dst)
+    return
+  g = _gfile()
+  for root, _, files in list(g.walk(src)):
+    rel = root[len(src):].strip("/")
+    target = join(dst, rel) if rel else dst
+    g.makedirs(target)
+    for name in files:
+      g.rename(join(root, name), join(target, name), overwrite=True)
+  g.rmtree(src)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+  """Makes `dst` (absent) hold the bytes of `src`: a hard link where possible."""
+  if is_url(src) or is_url(dst):
+    _gfile().copy(src, dst, overwrite=True)
+    return
+  try:
+    os.link(src, dst)
+  except OSError:  # Another device, or a file system without hard links.
+    import shutil
+
+    shutil.copyfile(src, dst)

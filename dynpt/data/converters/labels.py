@@ -8,8 +8,11 @@ negative. Label sources write `labels.txt`, the class names of their written rec
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterator
+
+from absl import logging
 
 from dynpt.data.converters import base
 from dynpt.data.converters import fs
@@ -52,7 +55,11 @@ def oi_image_folders(conv: base.Converter, image: str) -> list[str]:
 def read_oi_classes(path: str) -> dict[str, str]:
   """Reads `LabelName,DisplayName` rows; the header (v6 and later) is optional."""
   names = {}
-  for line, row in base.iter_csv(path):
+  for entry in base.iter_csv(path):
+    if isinstance(entry, base.Skipped):  # Its class's labels are then `unknown_label`.
+      logging.warning("%s: %s", entry.where, entry.reason)
+      continue
+    line, row = entry
     if line == 1 and row[:2] == ["LabelName", "DisplayName"]:
       continue
     if len(row) >= 2:
@@ -63,7 +70,8 @@ def read_oi_classes(path: str) -> dict[str, str]:
 
 
 def _csv_header(path: str) -> list[str]:
-  return next((row for _, row in base.iter_csv(path)), [])
+  first = next(base.iter_csv(path), None)
+  return [] if first is None or isinstance(first, base.Skipped) else first[1]
 
 
 class OpenImagesLabels(base.Converter):
@@ -103,10 +111,19 @@ class OpenImagesLabels(base.Converter):
 
   def expand_unit(self, split: str, unit: Any) -> Iterator[Any]:
     kind, (path, start, stop), cols = unit
-    for where, row in base.iter_csv_range(path, start, stop):
+    for entry in base.iter_csv_range(path, start, stop):
+      if isinstance(entry, base.Skipped):
+        yield entry
+        continue
+      where, row = entry
       position = int(where[len(path) + 1:].split(":", 1)[0])
       if position == 0:
         continue  # The header.
+      image = row[cols[0]] if kind == "boxes" and len(row) > cols[0] else row[0]
+      unsafe = base.unsafe_name(where, "ImageID", f"{image}.jpg")
+      if unsafe:
+        yield unsafe
+        continue
       if kind == "labels":
         if len(row) != 4:
           yield base.Skipped("malformed_row", where)
@@ -128,6 +145,9 @@ class OpenImagesLabels(base.Converter):
         except (IndexError, ValueError):
           yield base.Skipped("malformed_row", where)
           continue
+        if not all(map(math.isfinite, (x0, x1, y0, y1))):
+          yield base.Skipped("malformed_row", f"{where} (a box coordinate is not finite)")
+          continue
         if label not in self._classes:
           yield base.Skipped("unknown_label", where)
           continue
@@ -148,7 +168,7 @@ class OpenImagesLabels(base.Converter):
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     path = base.find_image(oi_image_folders(self, item["image_id"]),
                            [f"{item['image_id']}.jpg"])
-    record = base.image_record(base.image_id("oi", item["image_id"]), path)
+    record = self.image_record(base.image_id("oi", item["image_id"]), path)
     w, h = record["image/width"], record["image/height"]
     boxes = [[x0 * w, y0 * h, x1 * w, y1 * h] for x0, y0, x1, y1 in item["boxes"]]
     return {**record, "objects/label": item["labels"], "objects/bbox": boxes}
@@ -157,7 +177,11 @@ class OpenImagesLabels(base.Converter):
 def read_words(path: str) -> dict[str, str]:
   """Reads ImageNet `words.txt` (`n01440764\\ttench, Tinca tinca`) -> first name per synset."""
   names = {}
-  for _, row in base.iter_csv(path, delimiter="\t"):
+  for entry in base.iter_csv(path, delimiter="\t"):
+    if isinstance(entry, base.Skipped):  # Its synset's images are then `unknown_label`.
+      logging.warning("%s: %s", entry.where, entry.reason)
+      continue
+    _, row = entry
     if len(row) >= 2 and row[0].strip():
       names[row[0].strip()] = row[1].split(",")[0].strip()
   if not names:
@@ -166,7 +190,7 @@ def read_words(path: str) -> dict[str, str]:
 
 
 def _is_wnid(name: str) -> bool:
-  return name.startswith("n") and name[1:].isdigit()
+  return name.startswith("n") and base.is_number(name[1:])
 
 
 class ImageNet21k(base.Converter):
@@ -207,11 +231,16 @@ class ImageNet21k(base.Converter):
     name = os.path.basename(path.rstrip("/"))
     wnid = name[:-4] if kind == "tar" else name
     if kind == "tar":
-      members = ((os.path.basename(m), (path, off, size))
-                 for m, off, size in img2dataset.tar_members(path))
+      members = (m if isinstance(m, base.Skipped) else
+                 (os.path.basename(m[0]), (path, m[1], m[2]))
+                 for m in img2dataset.tar_members(path))
     else:
       members = ((n, fs.join(path, n)) for n in fs.listdir(path))
-    for fname, source in members:
+    for member in members:
+      if isinstance(member, base.Skipped):  # Counted in each split that lists the tar.
+        yield member
+        continue
+      fname, source = member
       stem, ext = os.path.splitext(fname)
       if ext.lower() not in self.image_extensions:
         continue
@@ -228,12 +257,13 @@ class ImageNet21k(base.Converter):
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     key = base.image_id("in21k", item["key"])
     if "member" in item:
-      data, width, height = base.check_image(
-          img2dataset.read_member(item["member"]), f"{item['member'][0]}:{item['key']}")
+      data, width, height = self.check_image(
+          img2dataset.read_member(item["member"], self.options.max_file_bytes),
+          f"{item['member'][0]}:{item['key']}")
       record = {"image/id": key, "image/encoded": data, "image/width": width,
                 "image/height": height}
     else:
-      record = base.image_record(key, item["path"])
+      record = self.image_record(key, item["path"])
     return {**record, "objects/label": [item["label"]]}
 
 
@@ -251,12 +281,24 @@ def vg_image_id(meta: dict[str, Any]) -> str:
 
 
 def read_vg_image_data(path: str) -> dict[int, dict[str, Any]]:
-  """Reads `image_data.json` into image_id -> metadata."""
+  """Reads `image_data.json` into image_id -> metadata.
+
+  An entry without a usable id is left out with a warning (its images then get
+  `vg:<id>` ids instead of shared ones).
+  """
   data = base.load_json(path)
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a json list of image metadata")
-  return {int(m.get("image_id", m.get("id"))): m for m in data
-          if isinstance(m, dict) and m.get("image_id", m.get("id")) is not None}
+  out, bad = {}, []
+  for i, m in enumerate(data):
+    try:
+      out[base.as_int(m.get("image_id", m.get("id")))] = m
+    except (AttributeError, ValueError):
+      bad.append(i)
+  if bad:
+    logging.warning("%s: %d entries without a usable image_id left out, e.g. [%d]", path,
+                    len(bad), bad[0])
+  return out
 
 
 class VisualGenome(base.Converter):
@@ -281,8 +323,8 @@ class VisualGenome(base.Converter):
       raise ValueError(f"{unit['objects']}: expected a json list of images")
     for i, entry in enumerate(objects):
       try:
-        vg_id = int(entry.get("image_id", entry.get("id")))
-        objs = entry["objects"]
+        vg_id = base.as_int(entry.get("image_id", entry.get("id")))
+        objs = list(entry["objects"])
       except (AttributeError, KeyError, TypeError, ValueError):
         yield base.Skipped("malformed_row", f"{unit['objects']}: [{i}]")
         continue
@@ -295,7 +337,7 @@ class VisualGenome(base.Converter):
           x, y, w, h = (float(o[k]) for k in ("x", "y", "w", "h"))
         except (AttributeError, KeyError, TypeError, ValueError):
           continue
-        if names and w > 0 and h > 0:
+        if names and w > 0 and h > 0 and all(map(math.isfinite, (x, y, w, h))):
           labels.append(names[0])
           boxes.append([x, y, x + w, y + h])
       if not labels:
@@ -307,7 +349,7 @@ class VisualGenome(base.Converter):
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     folders = [fs.join(self.image_dir, d) for d in ("VG_100K", "VG_100K_2")]
     path = base.find_image(folders + [self.image_dir], [f"{item['vg_id']}.jpg"])
-    record = base.image_record(item["id"], path)
+    record = self.image_record(item["id"], path)
     w, h = record["image/width"], record["image/height"]
     labels, boxes = [], []
     for label, (x0, y0, x1, y1) in zip(item["labels"], item["boxes"]):

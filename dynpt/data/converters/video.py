@@ -10,12 +10,16 @@ centre of each of `num_frames` equal segments, so every video gives exactly
 stored as JPEG.
 
 The video files are indexed once per split when the annotations are listed (one
-folder listing each), so each item carries the path of its video.
+folder listing each), so each item carries the path of its video; annotations only
+name videos, so they cannot point outside those folders. Container metadata that is
+not UTF-8 (a title in Latin-1, ...) is read with replacement characters: it is not
+stored, and the video decodes as usual.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 from typing import Any, Iterator
 
@@ -28,7 +32,7 @@ FRAME_JPEG_QUALITY = 90
 
 
 def _natural_key(name: str) -> list:
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+  return [int(t) if base.is_number(t) else t for t in re.split(r"([0-9]+)", name)]
 
 
 def uniform_indices(total: int, num_frames: int) -> list[int]:
@@ -45,20 +49,32 @@ def sample_frame_folder(folder: str, num_frames: int) -> list[str]:
   return [fs.join(folder, names[i]) for i in uniform_indices(len(names), num_frames)]
 
 
-def _open_video(path: str):
+def _open_video(path: str, max_bytes: int = base.DEFAULT_MAX_FILE_BYTES):
   import av
 
   try:
-    return av.open(fs.open_file(path, "rb") if fs.is_url(path) else path)
+    size = fs.size(path)
+  except Exception as e:  # pylint: disable=broad-except
+    if fs.is_missing_error(e):
+      raise base.Skip("missing_video", path) from e
+    raise base.Skip("unreadable_video", f"{path}: {type(e).__name__}: {e}") from e
+  if size > max_bytes:
+    raise base.Skip("file_too_large", f"{path}: {size} bytes is more than "
+                    f"--max_file_bytes={max_bytes}")
+  try:
+    return av.open(fs.open_file(path, "rb") if fs.is_url(path) else path,
+                   metadata_errors="replace")
   except av.error.FFmpegError as e:
     if fs.is_missing_error(e):
       raise base.Skip("missing_video", path) from e
     raise base.Skip("corrupt_video", f"{path}: {e}") from e
+  except (UnicodeError, ValueError, OSError) as e:
+    raise base.Skip("corrupt_video", f"{path}: {type(e).__name__}: {e}") from e
 
 
-def _count_frames(path: str) -> int:
+def _count_frames(path: str, max_bytes: int) -> int:
   """Frames of the first video stream: the header's count, else counted packets."""
-  with _open_video(path) as container:
+  with _open_video(path, max_bytes) as container:
     if not container.streams.video:
       raise base.Skip("corrupt_video", f"{path}: no video stream")
     stream = container.streams.video[0]
@@ -67,31 +83,38 @@ def _count_frames(path: str) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def sample_video(path: str, num_frames: int) -> tuple[list[bytes], int, int]:
+def sample_video(path: str, num_frames: int, max_bytes: int = base.DEFAULT_MAX_FILE_BYTES,
+                 max_pixels: int = base.DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tuple[list[bytes], int, int]:
   """Decodes `num_frames` uniformly sampled frames of a video file as JPEG bytes.
 
   Returns:
     (frames, width, height).
 
   Raises:
-    Skip: `missing_video` or `corrupt_video` naming the file.
+    Skip: `missing_video`, `corrupt_video`, `file_too_large` or `image_too_large`
+      (frames over `max_pixels`) naming the file.
   """
   import av
 
-  total = _count_frames(path)
+  total = _count_frames(path, max_bytes)
   if total <= 0:
     raise base.Skip("corrupt_video", f"{path}: no frames")
   picks = uniform_indices(total, num_frames)
   wanted, images, last = set(picks), {}, None
   try:
-    with _open_video(path) as container:
-      for index, frame in enumerate(container.decode(container.streams.video[0])):
+    with _open_video(path, max_bytes) as container:
+      stream = container.streams.video[0]
+      if stream.width * stream.height > max_pixels:
+        raise base.Skip("image_too_large", f"{path}: frames of {stream.width}x"
+                        f"{stream.height} pixels, more than --max_image_pixels={max_pixels}")
+      for index, frame in enumerate(container.decode(stream)):
         if index in wanted:
           images[index] = frame.to_image()
         last = frame
         if index >= picks[-1]:
           break
-  except av.error.FFmpegError as e:
+  except (av.error.FFmpegError, UnicodeError, ValueError) as e:
     raise base.Skip("corrupt_video", f"{path}: {e}") from e
   if last is None:
     raise base.Skip("corrupt_video", f"{path}: no decodable frame")
@@ -146,11 +169,13 @@ class VideoQA(base.Converter):
     if path.endswith("/"):
       frames, width, height = [], 0, 0
       for frame in sample_frame_folder(path.rstrip("/"), self.options.num_frames):
-        data, w, h = base.read_image(frame)
+        data, w, h = self.read_image(frame)
         frames.append(data)
         width, height = width or w, height or h
     else:
-      frames, width, height = sample_video(path, self.options.num_frames)
+      frames, width, height = sample_video(path, self.options.num_frames,
+                                           self.options.max_file_bytes,
+                                           self.options.max_image_pixels)
     return {"image/id": base.image_id(self.namespace, item["names"][0]),
             "video/frames": frames, "image/width": width, "image/height": height,
             "question": item["question"], "answers": item["answers"]}
@@ -178,7 +203,7 @@ class JsonVideoQA(VideoQA):
         names = self.video_names(row)
         item = {"question": str(row["question"]), "answers": [str(row["answer"])],
                 "names": names}
-      except (KeyError, TypeError, ValueError):
+      except (KeyError, TypeError, ValueError, AttributeError):
         yield base.Skipped("malformed_row", f"{unit}: [{i}]")
         continue
       yield {**item, "video": self.find_video(index, names)}
@@ -194,7 +219,7 @@ class MSRVTTQA(JsonVideoQA):
   def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
-    return [f"video{int(row['video_id'])}", str(row["video_id"])]
+    return [f"video{base.as_int(row['video_id'])}", str(row["video_id"])]
 
 
 class MSVDQA(JsonVideoQA):
@@ -219,15 +244,16 @@ class MSVDQA(JsonVideoQA):
   def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
-    vid = f"vid{int(row['video_id'])}"
+    vid = f"vid{base.as_int(row['video_id'])}"
     return [vid] + ([self._names[vid]] if vid in self._names else [])
 
 
 def _clip_time(value: str) -> float | None:
   try:
-    return float(value)
+    time = float(value)
   except ValueError:
     return None
+  return time if math.isfinite(time) else None
 
 
 class IVQA(VideoQA):
@@ -248,7 +274,8 @@ class IVQA(VideoQA):
 
   def list_items(self, split: str, unit: str) -> Iterator[Any]:
     rows = base.iter_csv(unit)
-    _, header = next(rows, (0, []))
+    first = next(rows, (0, []))
+    header = [] if isinstance(first, base.Skipped) else first[1]
     missing = [c for c in self.columns if c not in header]
     if missing:
       raise ValueError(f"{unit}: missing columns {missing} (header {header})")
@@ -261,7 +288,11 @@ class IVQA(VideoQA):
         clips.setdefault((parts[0], *times), name)
         per_video.setdefault(parts[0], []).append(name)
     col = {c: header.index(c) for c in self.columns}
-    for line, row in rows:
+    for entry in rows:
+      if isinstance(entry, base.Skipped):
+        yield entry
+        continue
+      line, row = entry
       where = f"{unit}:{line}"
       if len(row) != len(header):
         yield base.Skipped("malformed_row", where)
@@ -273,7 +304,7 @@ class IVQA(VideoQA):
         continue
       try:
         start, end = (str(int(float(get[c]))) if get[c] else "" for c in ("start", "end"))
-      except ValueError:
+      except (ValueError, OverflowError):  # Not a number; `inf`.
         yield base.Skipped("malformed_row", where)
         continue
       clip = f"{get['video_id']}_{start}_{end}"

@@ -50,14 +50,17 @@ class VQAv2(base.Converter):
       annotations = base.load_json(a_path)
       if not isinstance(annotations, dict) or "annotations" not in annotations:
         raise ValueError(f"{a_path}: expected an `annotations` list")
+      if not isinstance(annotations["annotations"], list):
+        raise ValueError(f"{a_path}: expected an `annotations` list")
       for i, ann in enumerate(annotations["annotations"]):
         try:
           answers[ann["question_id"]] = [str(a["answer"]) for a in ann["answers"]]
-        except (KeyError, TypeError):
+        except (KeyError, TypeError):  # TypeError: not a dict, an unhashable id.
           yield base.Skipped("malformed_annotation", f"{a_path}: annotations[{i}]")
     for i, q in enumerate(questions):
       try:
-        qid, image, text = q["question_id"], int(q["image_id"]), str(q["question"])
+        qid, image, text = q["question_id"], base.as_int(q["image_id"]), str(q["question"])
+        hash(qid)
       except (KeyError, TypeError, ValueError):
         yield base.Skipped("malformed_row", f"{q_path}: questions[{i}]")
         continue
@@ -73,7 +76,7 @@ class VQAv2(base.Converter):
     folder = item["folder"]
     path = base.find_image([fs.join(self.image_dir, folder), self.image_dir],
                            [f"COCO_{folder}_{item['image']:012d}.jpg"])
-    record = {**base.image_record(base.image_id("coco", item["image"]), path),
+    record = {**self.image_record(base.image_id("coco", item["image"]), path),
               "question": item["question"]}
     if "answers" in item:
       record["answers"] = item["answers"]
@@ -104,11 +107,20 @@ class GQA(base.Converter):
     meta = labels.read_vg_image_data(meta_path) if fs.exists(meta_path) else {}
     for qid, q in questions.items():
       try:
-        image, text, answer = str(q["imageId"]), str(q["question"]), str(q["answer"])
+        image, text, answer = q["imageId"], str(q["question"]), str(q["answer"])
       except (KeyError, TypeError):
         yield base.Skipped("malformed_row", f"{unit}: question {qid}")
         continue
-      if image.isdigit():
+      if isinstance(image, int) and not isinstance(image, bool):
+        image = str(image)
+      if not isinstance(image, str):
+        yield base.Skipped("malformed_row", f"{unit}: question {qid}: imageId {image!r}")
+        continue
+      unsafe = base.unsafe_name(f"{unit}: question {qid}", "imageId", f"{image}.jpg")
+      if unsafe:
+        yield unsafe
+        continue
+      if base.is_number(image):
         key = labels.vg_image_id(meta.get(int(image), {"image_id": image}))
       else:
         key = base.image_id("gqa", image)
@@ -116,7 +128,7 @@ class GQA(base.Converter):
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     path = base.find_image([self.image_dir], [f"{item['image']}.jpg"])
-    return {**base.image_record(item["id"], path), "question": item["question"],
+    return {**self.image_record(item["id"], path), "question": item["question"],
             "answers": item["answers"]}
 
 
@@ -146,9 +158,13 @@ class SNLIVE(base.Converter):
       where, row = row
       image = next((row[k] for k in self.image_key_names if row.get(k) is not None), None)
       hypothesis, label = row.get("sentence2"), row.get("gold_label")
-      if image is None or not isinstance(hypothesis, str):
+      if isinstance(image, int) and not isinstance(image, bool):
+        image = str(image)
+      if not isinstance(image, str) or not isinstance(hypothesis, str):
         yield base.Skipped("malformed_row", f"{where}: no {self.image_key_names[0]} or sentence2")
-      elif label not in schema.LABELS_SNLI:
+      elif unsafe := base.unsafe_name(where, self.image_key_names[0], f"{image}.jpg"):
+        yield unsafe
+      elif not isinstance(label, str) or label not in schema.LABELS_SNLI:
         yield base.Skipped("bad_label", f"{where}: gold_label {label!r}")
       else:
         yield {"image": str(image), "hypothesis": hypothesis, "label": label}
@@ -158,5 +174,5 @@ class SNLIVE(base.Converter):
     if not self.options.image_dir:
       folders.append(fs.join(self.raw_dir, "flickr30k_images"))
     path = base.find_image(folders, [f"{item['image']}.jpg"])
-    return {**base.image_record(base.image_id("flickr", item["image"]), path),
+    return {**self.image_record(base.image_id("flickr", item["image"]), path),
             "hypothesis": item["hypothesis"], "label": item["label"]}
