@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import gin  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from dynpt import hostalloc  # noqa: E402
+from dynpt import fs, hostalloc  # noqa: E402
 
 MODES = ("pretrain", "finetune", "eval", "export")
 LOCKED_MODES = ("pretrain", "finetune")  # Modes that write the run directory.
@@ -169,10 +169,10 @@ def check_macro_bindings(bindings) -> None:
 
 
 def write_config(run_dir: str) -> str:
-  os.makedirs(run_dir, exist_ok=True)
-  path = os.path.join(run_dir, "config.gin")
-  with open(path, "w") as f:
-    f.write(gin.config_str())
+  """Writes the config that runs to `<run_dir>/config.gin` (a local folder or a
+  bucket, `dynpt.fs`); returns its path."""
+  path = fs.join(run_dir, "config.gin")
+  fs.write_text(path, gin.config_str())
   return path
 
 
@@ -210,7 +210,7 @@ def main(argv) -> None:
     with _run_dir_held(run_dir, _MODE.value):
       if run_dir and jax.process_index() == 0 and (
           _MODE.value in LOCKED_MODES
-          or not os.path.exists(os.path.join(run_dir, "config.gin"))):
+          or not _has_config(run_dir)):
         # eval/export keep the trainer's config.gin (a trainer may be running).
         logging.info("config written to %s", write_config(run_dir))
       result = run_mode(_MODE.value)
@@ -225,6 +225,10 @@ def main(argv) -> None:
                     "so that a wrapper restarts the run", result.get("end_step"),
                     EXIT_PREEMPTED)
     sys.exit(EXIT_PREEMPTED)
+
+
+def _has_config(run_dir: str) -> bool:
+  return fs.exists(fs.join(run_dir, "config.gin"))
 
 
 def _run_dir_held(run_dir: str | None, mode: str):

@@ -33,10 +33,11 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default latest.")
 
 
 def _export_run(run_dir: str, out_dir: str | None, step: int | None):
+  from dynpt import fs
   from dynpt import main as dynpt_main
 
-  config = os.path.join(run_dir, "config.gin")
-  if not os.path.exists(config):
+  config = fs.join(run_dir, "config.gin")
+  if not fs.exists(config):
     sys.exit(f"error: {config} not found: is {run_dir} a dynpt run dir?")
   bindings = [f"RUN_DIR='{run_dir}'"]
   if out_dir:
@@ -44,7 +45,8 @@ def _export_run(run_dir: str, out_dir: str | None, step: int | None):
   if step is not None:
     bindings.append(f"export.export.step={step}")
   try:
-    dynpt_main.parse_gin([os.path.abspath(config)], bindings)
+    with fs.local_copy(config) as local_config:  # gin reads local files only.
+      dynpt_main.parse_gin([fs.absolute(local_config)], bindings)
     return dynpt_main.run_mode("export")
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")

@@ -21,6 +21,7 @@ from absl import logging
 # Run from a checkout without installing: make `dynpt` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dynpt import fs  # noqa: E402
 from dynpt.mixing import history  # noqa: E402
 from dynpt.mixing import plot  # noqa: E402
 
@@ -31,13 +32,13 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("usage: plot_mixture.py <run_dir> [--out=PNG]")
   run_dir = argv[1]
-  path = os.path.join(run_dir, history.HISTORY_FILENAME)
+  path = fs.join(run_dir, history.HISTORY_FILENAME)
   try:
     records, skipped = history.read_history(path)
   except ValueError as e:
     sys.exit(f"plot_mixture: {e}")
-  out = _OUT.value or os.path.join(run_dir, "mixture.png")
-  plot.plot_history(records, out, title=os.path.basename(os.path.normpath(run_dir)))
+  out = _OUT.value or fs.join(run_dir, "mixture.png")
+  plot.plot_history(records, out, title=fs.basename(fs.absolute(run_dir)))
   logging.info("wrote %s from %d records (%d corrupt lines skipped)", out, len(records),
                skipped)
   print(f"wrote {out} ({len(records)} records, {skipped} corrupt lines skipped)")

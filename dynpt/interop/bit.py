@@ -23,7 +23,7 @@ Stage 4 (`block4`) and the head are dropped: dynpt consumes the stage-3 map.
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from dynpt import fs
 from dynpt.interop.text_tower import CheckpointMismatchError
 from dynpt.models import resnet
 from dynpt.models.configs import ResNetConfig
@@ -51,10 +52,10 @@ def expected_shapes(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise FileNotFoundError(f"BiT checkpoint {path} not found")
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False) as data:
       return {k: np.asarray(data[k]) for k in data.files}
   except (ValueError, OSError) as e:
     raise CheckpointMismatchError(f"{path}: not a readable .npz file ({e})") from e

@@ -7,11 +7,11 @@ distance from export_info.json (128 when an older export lacks it).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from absl import logging
 
+from dynpt import fs
 from dynpt.data import vocab as vocab_lib
 from dynpt.interop import hf, t5x, text_tower
 from dynpt.train import export
@@ -42,7 +42,7 @@ def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}; known formats: {FORMATS}")
   params, info = export.load_export(export_dir)
-  source = os.path.join(export_dir, "params")
+  source = fs.join(export_dir, "params")
   tower = text_tower.as_float32(text_tower.text_tower_of(params, source))
   max_distance = (info.get("t5") or {}).get("relative_attention_max_distance", 128)
   sizes, vocab_size = text_tower.infer_sizes(tower, source, max_distance)
@@ -54,7 +54,7 @@ def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]
     if spm_path is None:
       logging.warning("%s was imported without its sentencepiece model: no spiece.model "
                       "is written beside the Hugging Face model", export_dir)
-    elif not os.path.isfile(spm_path):
+    elif not fs.isfile(spm_path):
       raise FileNotFoundError(f"{export_dir}/export_info.json names the vocabulary "
                               f"{spm_path}, which does not exist")
     files = hf.write(out_dir, tower, cfg, spm_path)

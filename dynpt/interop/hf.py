@@ -30,13 +30,12 @@ false`, which `from_pretrained` loads untied.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any, Mapping
 
 import numpy as np
 from flax import traverse_util
 
+from dynpt import fs
 from dynpt.interop import text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
 from dynpt.models import configs
@@ -80,12 +79,11 @@ def name_map(cfg: configs.T5Config) -> dict[str, tuple[str, bool]]:
 
 def read_config(folder: str) -> tuple[configs.T5Config, bool]:
   """(T5Config, whether the decoder output is scaled by d_model**-0.5) of a folder."""
-  path = os.path.join(folder, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = fs.join(folder, CONFIG_FILE)
+  if not fs.isfile(path):
     raise FileNotFoundError(f"{path} not found: not a Hugging Face model folder")
   try:
-    with open(path) as f:
-      hf = json.load(f)
+    hf = json.loads(fs.read_text(path))
   except json.JSONDecodeError as e:
     raise CheckpointMismatchError(f"{path}: not valid JSON ({e})") from e
 
@@ -124,7 +122,7 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                       "I64": np.int64, "I32": np.int32}
 
 
-def _load_with_bfloat16(file: str) -> dict[str, np.ndarray]:
+def _load_with_bfloat16(file: str, raw: bytes) -> dict[str, np.ndarray]:
   """Reads a safetensors file whose tensors numpy cannot name (BF16 checkpoints).
 
   The format is an 8-byte little-endian header length, a JSON header {name: {dtype,
@@ -134,10 +132,9 @@ def _load_with_bfloat16(file: str) -> dict[str, np.ndarray]:
   import ml_dtypes
 
   dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
-  with open(file, "rb") as f:
-    header_len = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(header_len))
-    data = f.read()
+  header_len = int.from_bytes(raw[:8], "little")
+  header = json.loads(raw[8:8 + header_len])
+  data = memoryview(raw)[8 + header_len:]
   out = {}
   for name, entry in header.items():
     if name == "__metadata__":
@@ -153,25 +150,26 @@ def _load_with_bfloat16(file: str) -> dict[str, np.ndarray]:
 
 def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load
 
-  path = os.path.join(folder, WEIGHTS_FILE)
+  path = fs.join(folder, WEIGHTS_FILE)
   index = path + ".index.json"
-  if os.path.isfile(path):
+  if fs.isfile(path):
     files = [path]
-  elif os.path.isfile(index):  # Sharded: model-0000x-of-0000n.safetensors.
-    with open(index) as f:
-      files = sorted({os.path.join(folder, v) for v in json.load(f)["weight_map"].values()})
+  elif fs.isfile(index):  # Sharded: model-0000x-of-0000n.safetensors.
+    weight_map = json.loads(fs.read_text(index))["weight_map"]
+    files = sorted({fs.join(folder, v) for v in weight_map.values()})
   else:
     raise FileNotFoundError(f"{path} not found (only safetensors weights are read; "
                             "save with `save_pretrained(..., safe_serialization=True)`)")
   tensors = {}
   for file in files:
     try:
+      raw = fs.read_bytes(file)
       try:
-        tensors.update(load_file(file))
-      except TypeError:  # numpy has no bfloat16: "data type 'bfloat16' not understood".
-        tensors.update(_load_with_bfloat16(file))
+        tensors.update(load(raw))
+      except (TypeError, KeyError):  # numpy has no bfloat16 (KeyError: 'BF16').
+        tensors.update(_load_with_bfloat16(file, raw))
     except (SafetensorError, OSError, ValueError, KeyError) as e:
       raise CheckpointMismatchError(f"{file}: not a readable safetensors file ({e})") from e
   return tensors
@@ -187,7 +185,7 @@ def read(folder: str) -> tuple[configs.T5Config, dict[str, Any]]:
   """
   cfg, scaled = read_config(folder)
   tensors = _load_safetensors(folder)
-  source = os.path.join(folder, WEIGHTS_FILE)
+  source = fs.join(folder, WEIGHTS_FILE)
   if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
     tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
   for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
@@ -243,7 +241,7 @@ def write(out_dir: str, params: Mapping[str, Any], cfg: configs.T5Config,
   Returns:
     {what: path} of the files written.
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
 
   text_tower.check_text_tower(params, cfg, "text tower")
   flat = traverse_util.flatten_dict(dict(params), sep="/")
@@ -251,14 +249,13 @@ def write(out_dir: str, params: Mapping[str, Any], cfg: configs.T5Config,
   for path, (name, transposed) in name_map(cfg).items():
     value = np.asarray(flat[path], np.float32)
     tensors[name] = np.ascontiguousarray(value.T if transposed else value)
-  os.makedirs(out_dir, exist_ok=True)
-  written = {"config": os.path.join(out_dir, CONFIG_FILE),
-             "weights": os.path.join(out_dir, WEIGHTS_FILE)}
-  save_file(tensors, written["weights"], metadata={"format": "pt"})
-  with open(written["config"], "w") as f:
-    json.dump(hf_config(cfg), f, indent=1)
+  fs.makedirs(out_dir)
+  written = {"config": fs.join(out_dir, CONFIG_FILE),
+             "weights": fs.join(out_dir, WEIGHTS_FILE)}
+  fs.write_bytes(written["weights"], save(tensors, metadata={"format": "pt"}))
+  fs.write_text(written["config"], json.dumps(hf_config(cfg), indent=1))
   if spm_path:
-    written["vocabulary"] = os.path.join(out_dir, SPM_FILE)
-    if os.path.abspath(spm_path) != os.path.abspath(written["vocabulary"]):
-      shutil.copyfile(spm_path, written["vocabulary"])
+    written["vocabulary"] = fs.join(out_dir, SPM_FILE)
+    if fs.absolute(spm_path) != fs.absolute(written["vocabulary"]):
+      fs.copy(spm_path, written["vocabulary"])
   return written

@@ -11,8 +11,6 @@ Everything is read and checked before anything is written.
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from dynpt import fs
 from dynpt.data import vocab as vocab_lib
 from dynpt.interop import bit, hf, t5x, text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
@@ -46,7 +45,7 @@ def padded_vocab_size(spm_path: str) -> int:
 
   processor = spm.SentencePieceProcessor()
   try:
-    processor.Load(spm_path)
+    processor.LoadFromSerializedProto(fs.read_bytes(spm_path))
   except (OSError, RuntimeError) as e:
     raise CheckpointMismatchError(f"{spm_path}: not a sentencepiece model ({e})") from e
   return vocab_lib.padded_vocab_size(processor.GetPieceSize() + vocab_lib.EXTRA_IDS)
@@ -54,11 +53,11 @@ def padded_vocab_size(spm_path: str) -> int:
 
 def _vocabulary(fmt: str, path: str, vocabulary: str | None) -> str | None:
   if vocabulary:
-    if not os.path.isfile(vocabulary):
+    if not fs.isfile(vocabulary):
       raise FileNotFoundError(f"sentencepiece model {vocabulary} not found")
     return vocabulary
-  if fmt == "hf" and os.path.isfile(os.path.join(path, hf.SPM_FILE)):
-    return os.path.join(path, hf.SPM_FILE)
+  if fmt == "hf" and fs.isfile(fs.join(path, hf.SPM_FILE)):
+    return fs.join(path, hf.SPM_FILE)
   return None
 
 
@@ -161,16 +160,16 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   logging.info("the visual projection, position tables and norm are freshly initialised")
   params = build_params(vl_cfg, tower, resnet_params, seed)
 
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   vocabulary_path = None
   if spm_path is not None:
-    vocabulary_path = os.path.abspath(os.path.join(out_dir, hf.SPM_FILE))
-    if os.path.abspath(spm_path) != vocabulary_path:
-      shutil.copyfile(spm_path, vocabulary_path)
+    vocabulary_path = fs.absolute(fs.join(out_dir, hf.SPM_FILE))
+    if fs.absolute(spm_path) != vocabulary_path:
+      fs.copy(spm_path, vocabulary_path)
   else:
     logging.warning("no sentencepiece model given (--vocabulary): finetuning needs "
                     "VOCABULARY set to the one the checkpoint was trained with")
-  info = {"source_format": fmt, "source_path": os.path.abspath(path),
+  info = {"source_format": fmt, "source_path": fs.absolute(path),
           "step": step if step is not None else 0, "model": name,
           "t5": sizes, "t5_overrides": overrides,
           "resnet_preactivation": preactivation, "vocab_size": cfg.vocab_size,
@@ -178,7 +177,7 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
           "target_length": target_length, "vocabulary_path": vocabulary_path,
           # None alone means "the toy vocabulary" in a run's export; here it is unknown.
           "vocabulary_recorded": vocabulary_path is not None,
-          "visual": os.path.abspath(visual_path) if visual_path else None}
+          "visual": fs.absolute(visual_path) if visual_path else None}
   export.write_export(out_dir, params, info)
   logging.info("imported %s checkpoint %s to %s", fmt, path, out_dir)
   return info

@@ -16,12 +16,12 @@ optimizer state (an export has none), so T5X reads it with
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
 from flax import serialization, traverse_util
 
+from dynpt import fs
 from dynpt.interop import text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
 
@@ -32,21 +32,21 @@ _CHUNK_BYTES = 64 * 1024 * 1024  # T5X's desired chunk size.
 
 def checkpoint_dir(path: str) -> str:
   """The folder holding the `checkpoint` file: `path` or its latest checkpoint_<step>."""
-  if os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+  if fs.isfile(fs.join(path, CHECKPOINT_FILE)):
     return path
-  if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
-    return os.path.dirname(path)
+  if fs.basename(path) == CHECKPOINT_FILE and fs.isfile(path):
+    return fs.dirname(path)
   steps = []
-  if os.path.isdir(path):
-    for name in os.listdir(path):
+  if fs.isdir(path):
+    for name in fs.listdir(path):
       prefix, _, step = name.partition("_")
       if (prefix == "checkpoint" and step.isdigit()
-          and os.path.isfile(os.path.join(path, name, CHECKPOINT_FILE))):
+          and fs.isfile(fs.join(path, name, CHECKPOINT_FILE))):
         steps.append(int(step))
   if not steps:
     raise FileNotFoundError(f"{path}: no T5X checkpoint (a folder with a msgpack "
                             f"'{CHECKPOINT_FILE}' file, or checkpoint_<step>/ folders)")
-  return os.path.join(path, f"checkpoint_{max(steps)}")
+  return fs.join(path, f"checkpoint_{max(steps)}")
 
 
 def _is_spec(leaf: Any) -> bool:
@@ -62,7 +62,7 @@ def _read_array(spec: Mapping[str, Any], folder: str, name: str) -> np.ndarray:
   relative = kvstore.get("path") or spec.pop("path", None)
   if not relative:
     raise CheckpointMismatchError(f"{folder}: tensor {name!r} has no kvstore path")
-  spec["kvstore"] = {"driver": "file", "path": os.path.join(folder, relative)}
+  spec["kvstore"] = fs.tensorstore_kvstore(fs.join(folder, relative))
   try:
     return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
   except (ValueError, RuntimeError) as e:  # tensorstore reports missing data so.
@@ -73,12 +73,12 @@ def _read_array(spec: Mapping[str, Any], folder: str, name: str) -> np.ndarray:
 def read_target(path: str) -> tuple[dict[str, Any], int | None]:
   """(the `target` params as nested numpy arrays, step) of a T5X checkpoint."""
   folder = checkpoint_dir(path)
-  file = os.path.join(folder, CHECKPOINT_FILE)
-  with open(file, "rb") as f:
-    try:
-      contents = serialization.msgpack_restore(f.read())
-    except Exception as e:  # msgpack raises several unrelated types.
-      raise CheckpointMismatchError(f"{file}: not a msgpack T5X checkpoint ({e})") from e
+  file = fs.join(folder, CHECKPOINT_FILE)
+  raw = fs.read_bytes(file)
+  try:
+    contents = serialization.msgpack_restore(raw)
+  except Exception as e:  # msgpack raises several unrelated types.
+    raise CheckpointMismatchError(f"{file}: not a msgpack T5X checkpoint ({e})") from e
   if not isinstance(contents, dict):
     raise CheckpointMismatchError(f"{file}: not a T5X checkpoint (no dict at the top)")
   state = contents.get("optimizer", contents)
@@ -107,7 +107,7 @@ def read(path: str, max_distance: int = 128) -> tuple[Any, dict[str, Any], int |
     CheckpointMismatchError: not a T5 1.1 tree, naming the tensor.
   """
   target, step = read_target(path)
-  source = os.path.join(checkpoint_dir(path), CHECKPOINT_FILE)
+  source = fs.join(checkpoint_dir(path), CHECKPOINT_FILE)
   tower = text_tower.text_tower_of(target, source)
   extra = sorted(set(target) - set(text_tower.TEXT_TOWER_KEYS))
   if extra:
@@ -138,7 +138,7 @@ def write(out_dir: str, params: Mapping[str, Any], step: int = 0) -> str:
   """
   import tensorstore as ts
 
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   flat = traverse_util.flatten_dict({"target": dict(params)}, sep="/")
   specs = {}
   for path, value in flat.items():
@@ -148,8 +148,7 @@ def write(out_dir: str, params: Mapping[str, Any], step: int = 0) -> str:
                 "compressor": {"id": "gzip"}}
     spec = {"driver": "zarr", "dtype": value.dtype.name,
             "kvstore": {"driver": "file", "path": name}, "metadata": metadata}
-    store = ts.open(dict(spec, kvstore={"driver": "file",
-                                         "path": os.path.join(out_dir, name)}),
+    store = ts.open(dict(spec, kvstore=fs.tensorstore_kvstore(fs.join(out_dir, name))),
                     create=True, delete_existing=True).result()
     store.write(value).result()
     specs[path] = spec
@@ -157,7 +156,6 @@ def write(out_dir: str, params: Mapping[str, Any], step: int = 0) -> str:
   contents = {"version": VERSION,
               "optimizer": {"target": tree["target"],
                             "state": {"step": np.asarray(step, np.int32)}}}
-  file = os.path.join(out_dir, CHECKPOINT_FILE)
-  with open(file, "wb") as f:
-    f.write(serialization.msgpack_serialize(contents))
+  file = fs.join(out_dir, CHECKPOINT_FILE)
+  fs.write_bytes(file, serialization.msgpack_serialize(contents))
   return file

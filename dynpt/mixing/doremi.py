@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dynpt import fs
 from dynpt.mixing import base
 from dynpt.mixing import history
 from dynpt.mixing import registry
@@ -80,7 +81,7 @@ class ReferenceLosses:
   """
 
   def __init__(self, path: str, task_names: Sequence[str]):
-    file = path if os.path.isfile(path) else os.path.join(path, history.HISTORY_FILENAME)
+    file = path if fs.isfile(path) else fs.join(path, history.HISTORY_FILENAME)
     try:
       records, _ = history.read_history(file)
     except ValueError as e:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
+
+from dynpt import fs
 
 HISTORY_FILENAME = "mixture_history.jsonl"
 _KEYS = ("step", "shares", "counts", "task_loss")
@@ -39,7 +40,8 @@ def history_record(step: int, task_names: Sequence[str], shares: np.ndarray,
 
 
 def append_record(path: str, record: dict[str, Any]) -> None:
-  """Appends one record as a line (the file is created if missing)."""
+  """Appends one record as a line (the file is created if missing; local files
+  only: the trainer's history in a bucket goes through `dynpt.train.history`)."""
   with open(path, "a", encoding="utf-8") as f:
     f.write(json.dumps(record, allow_nan=False) + "\n")
 
@@ -65,11 +67,11 @@ def read_history(path: str) -> tuple[list[dict[str, Any]], int]:
   Raises:
     ValueError: naming the file if it is missing, empty, or has no valid line.
   """
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise ValueError(f"mixture history file {path} does not exist (the trainer writes it "
                      "during training)")
   records, skipped, lines = [], 0, 0
-  with open(path, encoding="utf-8") as f:
+  with fs.open(path) as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -8,9 +8,12 @@ so tasks of a kind read as a family; the legend sits outside the axes.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Sequence
 
 import numpy as np
+
+from dynpt import fs
 
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
@@ -109,5 +112,7 @@ def plot_history(records: Sequence[dict[str, Any]], out_path: str,
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100, bbox_inches="tight")
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
+  fs.write_bytes(out_path, png.getvalue())  # A local file or an object (dynpt.fs).

@@ -6,13 +6,13 @@ so it lives here, above the data layer that runs the captioner.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from dynpt import fs
 from dynpt.data import generated_captions
 from dynpt.data import vocab as vocab_lib
 from dynpt.train import export, model_setup
@@ -44,7 +44,7 @@ def load_captioner(export_dir: str, **kwargs) -> generated_captions.Captioner:
   data_cfg = DataConfig(image_size=info["image_size"], input_length=info["input_length"],
                         target_length=info["target_length"])
   _check_shapes(model_setup.init_params_fn(model, data_cfg), params, export_dir)
-  provenance = {"export_dir": os.path.abspath(export_dir), "step": info.get("step"),
+  provenance = {"export_dir": fs.absolute(export_dir), "step": info.get("step"),
                 "model": info["model"], "image_size": info["image_size"]}
   return generated_captions.Captioner(
       model, params, vocab, image_size=info["image_size"],

@@ -14,9 +14,7 @@ the guard that keeps NaN out of every save.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -24,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+
+from dynpt import fs
 
 CORRUPT_DIR = "corrupt_checkpoints"  # Beside `checkpoints/`, holds bad steps.
 ITEMS = ("state", "mixer", "data")
@@ -94,24 +94,23 @@ def check_step_files(step_dir: str, items: tuple[str, ...] = ITEMS) -> None:
   A cheap look at what a restore needs before trying it: the item folders,
   the state's `_METADATA` and the JSON items, each parsed.
   """
-  if not os.path.isdir(step_dir):
+  if not fs.isdir(step_dir):
     raise CheckpointProblem(f"{step_dir} is not a directory")
   for item in items:
-    if not os.path.isdir(os.path.join(step_dir, item)):
-      raise CheckpointProblem(f"{os.path.join(step_dir, item)} is missing")
-  paths = [os.path.join(step_dir, item, _ITEM_METADATA[item]) for item in items]
+    if not fs.isdir(fs.join(step_dir, item)):
+      raise CheckpointProblem(f"{fs.join(step_dir, item)} is missing")
+  paths = [fs.join(step_dir, item, _ITEM_METADATA[item]) for item in items]
   if "state" in items:  # Orbax's other JSON files of the state, when present.
-    state_dir = os.path.join(step_dir, "state")
-    paths.append(os.path.join(state_dir, "_sharding"))
-    meta_dir = os.path.join(state_dir, "array_metadatas")
-    if os.path.isdir(meta_dir):
-      paths += [os.path.join(meta_dir, f) for f in sorted(os.listdir(meta_dir))]
+    state_dir = fs.join(step_dir, "state")
+    paths.append(fs.join(state_dir, "_sharding"))
+    meta_dir = fs.join(state_dir, "array_metadatas")
+    if fs.isdir(meta_dir):
+      paths += [fs.join(meta_dir, f) for f in fs.listdir(meta_dir)]
   for path in paths:
-    if path.endswith("_sharding") and not os.path.exists(path):
+    if path.endswith("_sharding") and not fs.exists(path):
       continue
     try:
-      with open(path) as f:
-        json.load(f)
+      json.loads(fs.read_text(path))
     except FileNotFoundError:
       raise CheckpointProblem(f"{path} is missing") from None
     except (OSError, ValueError) as e:
@@ -130,17 +129,17 @@ def move_aside(run_dir: str, step_dir: str) -> str:
   """Moves a bad step folder to `<run_dir>/corrupt_checkpoints/`; its new path.
 
   Never deletes: the files stay for inspection. Process 0 moves; the others
-  wait for it, so no process lists the step afterwards.
+  wait for it, so no process lists the step afterwards. In a bucket the move
+  is a copy of every object, then a delete (`dynpt.fs.rename`).
   """
-  dest_root = os.path.join(os.path.abspath(run_dir), CORRUPT_DIR)
-  base = os.path.join(dest_root, os.path.basename(step_dir))
+  dest_root = fs.join(fs.absolute(run_dir), CORRUPT_DIR)
+  base = fs.join(dest_root, fs.basename(step_dir))
   dest, n = base, 0
-  while os.path.exists(dest):
+  while fs.exists(dest):
     n += 1
     dest = f"{base}.{n}"
   if jax.process_index() == 0:
-    os.makedirs(dest_root, exist_ok=True)
-    shutil.move(step_dir, dest)
+    fs.rename(step_dir, dest)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"dynpt_move_aside_{step_dir}")
   return dest

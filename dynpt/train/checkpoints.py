@@ -21,7 +21,6 @@ What goes wrong on real clusters is handled here (docs/troubleshooting.md):
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -29,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dynpt import fs
 from dynpt.train.checkpoint_validation import (CORRUPT_DIR, CheckpointProblem,
                                                NoUsableCheckpointError,
                                                move_aside, non_finite_leaves,
@@ -73,8 +73,8 @@ class Checkpointer:
 
   def __init__(self, run_dir: str, *, keep: int = 3, save_every: int = 1000,
                async_save: bool = True):
-    self.run_dir = os.path.abspath(run_dir)
-    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    self.run_dir = fs.absolute(run_dir)  # A local folder or a bucket (dynpt.fs).
+    self.directory = fs.join(self.run_dir, "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
         enable_async_checkpointing=async_save)
@@ -158,7 +158,7 @@ class Checkpointer:
     return step, state, mixer, data
 
   def _step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return fs.join(self.directory, str(step))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -183,7 +183,7 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
     FileNotFoundError: when there is no checkpoint (or no step `step`).
     NoUsableCheckpointError: naming each step tried, when none is usable.
   """
-  directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+  directory = fs.join(fs.absolute(run_dir), "checkpoints")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_names=("state",),
@@ -215,7 +215,7 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
 
   try:
     found_step, params = restore_with_fallback(
-        steps, lambda s: os.path.join(directory, str(s)), restore_step,
+        steps, lambda s: fs.join(directory, str(s)), restore_step,
         items=("state",))
   finally:
     manager.close()
@@ -225,13 +225,13 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
 def save_params(directory: str, params: Any) -> None:
   """Params-only checkpoint (orbax), the format exports and finetuning use."""
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(directory), params, force=True)
+    ckptr.save(fs.absolute(directory), params, force=True)
 
 
 def load_params(directory: str) -> Any:
   """Loads a params-only checkpoint written by `save_params` (numpy leaves)."""
-  if not os.path.isdir(directory):
+  if not fs.isdir(directory):
     raise FileNotFoundError(f"no params checkpoint at {directory}")
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.abspath(directory))
+    params = ckptr.restore(fs.absolute(directory))
   return jax.tree.map(np.asarray, params)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
+from dynpt import fs
 from dynpt.data import pipeline
 from dynpt.data import vocab as vocab_lib
 from dynpt.train import checkpoints, model_setup, partitioning
@@ -71,7 +71,5 @@ def evaluate(run_dir: str = "runs/default", data_cfg: DataConfig = DataConfig(),
                  results[name]["loss"], results[name]["token_accuracy"])
   out = {"step": step, "split": split, "tasks": results,
          "mean_loss": float(np.mean([r["loss"] for r in results.values()]))}
-  os.makedirs(run_dir, exist_ok=True)
-  with open(os.path.join(run_dir, f"eval_{split}.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  fs.write_text(fs.join(run_dir, f"eval_{split}.json"), json.dumps(out, indent=1))
   return out

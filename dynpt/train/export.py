@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 from absl import logging
 
+from dynpt import fs
 from dynpt.models import configs as model_configs
 from dynpt.train import checkpoints
 from dynpt.train.config import DataConfig, ModelConfig, validate_configs
@@ -44,10 +43,10 @@ def export(run_dir: str = "runs/default", out_dir: str | None = None,
   exported (`checkpoints.restore_params`); the info names the step used.
   """
   validate_configs(model_cfg, data_cfg)
-  out_dir = out_dir or os.path.join(run_dir, "export")
+  out_dir = out_dir or fs.join(run_dir, "export")
   params, step = checkpoints.restore_params(run_dir, step)
   t5 = model_configs.get_config(model_cfg.name, t5_overrides=model_cfg.t5_overrides).t5
-  info = {"source_run_dir": os.path.abspath(run_dir), "step": step,
+  info = {"source_run_dir": fs.absolute(run_dir), "step": step,
           "model": model_cfg.name, "t5_overrides": model_cfg.t5_overrides,
           "resnet_preactivation": model_cfg.resnet_preactivation,
           "visual_fusion": model_cfg.visual_fusion,
@@ -57,9 +56,9 @@ def export(run_dir: str = "runs/default", out_dir: str | None = None,
           "target_length": data_cfg.target_length,
           "vocabulary_path": data_cfg.vocabulary_path}
   write_export(out_dir, params, info)
-  config_src = os.path.join(run_dir, "config.gin")
-  if os.path.exists(config_src):
-    shutil.copyfile(config_src, os.path.join(out_dir, "config.gin"))
+  config_src = fs.join(run_dir, "config.gin")
+  if fs.exists(config_src):
+    fs.copy(config_src, fs.join(out_dir, "config.gin"))
   logging.info("exported step %d of %s to %s", step, run_dir, out_dir)
   return {"out_dir": out_dir, "step": step}
 
@@ -72,21 +71,19 @@ def write_export(out_dir: str, params: Any, info: dict[str, Any]) -> None:
   `load_export`. `info` should hold `model`, `image_size`, `input_length`,
   `target_length` and `vocabulary_path`; the subdirectory names are added.
   """
-  os.makedirs(out_dir, exist_ok=True)
-  checkpoints.save_params(os.path.join(out_dir, "params"), params)
-  checkpoints.save_params(os.path.join(out_dir, "t5x_text_tower"),
-                          text_tower(params))
+  fs.makedirs(out_dir)
+  checkpoints.save_params(fs.join(out_dir, "params"), params)
+  checkpoints.save_params(fs.join(out_dir, "t5x_text_tower"), text_tower(params))
   info = dict(info, params="params", t5x_text_tower="t5x_text_tower")
-  with open(os.path.join(out_dir, "export_info.json"), "w") as f:
-    json.dump(info, f, indent=1)
+  # Last: an export whose info file is there is whole (`load_export`).
+  fs.write_text(fs.join(out_dir, "export_info.json"), json.dumps(info, indent=1))
 
 
 def load_export(export_dir: str) -> tuple[dict, dict]:
   """(params, export_info) of an export written by `export`."""
-  info_path = os.path.join(export_dir, "export_info.json")
-  if not os.path.exists(info_path):
+  info_path = fs.join(export_dir, "export_info.json")
+  if not fs.exists(info_path):
     raise FileNotFoundError(f"{info_path} not found: not a dynpt export "
                             "(make one with `python tools/export_checkpoint.py`)")
-  with open(info_path) as f:
-    info = json.load(f)
-  return checkpoints.load_params(os.path.join(export_dir, "params")), info
+  info = json.loads(fs.read_text(info_path))
+  return checkpoints.load_params(fs.join(export_dir, "params")), info

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from dynpt import metrics, mixing
+from dynpt import fs
 from dynpt.data import answer_vocab, pipeline, schema, task_registry
 from dynpt.data import vocab as vocab_lib
 from dynpt.models import decoding
@@ -142,11 +142,10 @@ class _BestKeeper:
     self.task_names, self.model, self.vocab = task_names, model, vocab
     self.data_cfg, self.eval_cfg, self.run_dir = data_cfg, eval_cfg, run_dir
     self.trace_context = trace_context
-    self.best_path = os.path.join(run_dir, "best.json")
+    self.best_path = fs.join(run_dir, "best.json")
     self.best = None
-    if os.path.exists(self.best_path):
-      with open(self.best_path) as f:
-        self.best = json.load(f)["score"]
+    if fs.exists(self.best_path):
+      self.best = json.loads(fs.read_text(self.best_path))["score"]
     self.last: dict[str, Any] = {}
 
   def __call__(self, step: int, params) -> dict[str, float]:
@@ -154,7 +153,7 @@ class _BestKeeper:
     for name in self.task_names:
       res = evaluate_task(name, params, self.model, self.vocab,
                           data_cfg=self.data_cfg, eval_cfg=self.eval_cfg,
-                          out_dir=os.path.join(self.run_dir, "eval", str(step)),
+                          out_dir=fs.join(self.run_dir, "eval", str(step)),
                           step=step, trace_context=self.trace_context)
       per_task[name] = res
       for k, v in res.items():
@@ -164,10 +163,9 @@ class _BestKeeper:
     self.last = {"step": step, "score": score, "tasks": per_task}
     if jax.process_index() == 0 and (self.best is None or score > self.best):
       self.best = score
-      checkpoints.save_params(os.path.join(self.run_dir, "best", "params"),
+      checkpoints.save_params(fs.join(self.run_dir, "best", "params"),
                               jax.device_get(params))
-      with open(self.best_path, "w") as f:
-        json.dump(self.last, f, indent=1)
+      fs.write_text(self.best_path, json.dumps(self.last, indent=1))
       logging.info("new best %.3f at step %d", score, step)
     return scalars
 
@@ -277,15 +275,16 @@ def _check_vocabulary(info: dict, data_cfg: DataConfig, source: str) -> None:
     return  # An import given no sentencepiece model (docs/model.md).
   theirs = info.get("vocabulary_path") or vocab_lib.default_vocab_path()
   ours = data_cfg.vocabulary_path or vocab_lib.default_vocab_path()
-  if "://" in theirs or "://" in ours or not os.path.isfile(theirs):
-    return
-  if not os.path.isfile(ours):
-    return  # The run's own vocabulary check names it.
-  with open(theirs, "rb") as a, open(ours, "rb") as b:
-    if a.read() != b.read():
-      raise ValueError(f"export {source} was trained with the vocabulary {theirs}, the "
-                       f"run uses {ours}: set VOCABULARY (DataConfig.vocabulary_path) to "
-                       "the export's")
+  try:
+    if not fs.isfile(theirs) or not fs.isfile(ours):
+      return  # Moved; or the run's own vocabulary check names it.
+    same = fs.read_bytes(theirs) == fs.read_bytes(ours)
+  except OSError:
+    return  # A bucket this machine cannot read: the run's own loading tells.
+  if not same:
+    raise ValueError(f"export {source} was trained with the vocabulary {theirs}, the "
+                     f"run uses {ours}: set VOCABULARY (DataConfig.vocabulary_path) to "
+                     "the export's")
 
 
 # The visual position tables whose length follows the image size (one row per grid cell).

@@ -16,7 +16,6 @@ point, so the loop itself stays a few lines:
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ import numpy as np
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
+from dynpt import fs
 from dynpt.train import checkpoints, events
 from dynpt.train.config import TrainConfig
 from dynpt.train.feedback import Draw, MixtureFeedback, task_losses
@@ -70,8 +70,10 @@ class LoggingHook:
   """
 
   def __init__(self, writer, task_names, train_cfg: TrainConfig,
-               skip_counts: Callable[[], dict[str, int]] | None = None):
+               skip_counts: Callable[[], dict[str, int]] | None = None,
+               mirror: fs.LocalMirror | None = None):
     self.writer = writer
+    self.mirror = mirror  # Where the event files are written, when not in the run dir.
     self.task_names = list(task_names)
     self.cfg = train_cfg
     self.skip_counts = skip_counts  # () -> {task: records skipped so far}.
@@ -89,15 +91,21 @@ class LoggingHook:
     """A hook writing to `<run_dir>/tensorboard` (the chief) or to the log only.
 
     The chief first drops the summaries a killed attempt wrote after
-    `start_step`, so a resumed run's TensorBoard has each step once.
+    `start_step`, so a resumed run's TensorBoard has each step once. For a
+    run directory in a bucket the events are written to a local copy
+    (TensorFlow's GCS client cannot be pointed elsewhere than Google, and
+    objects cannot be appended to) and uploaded through `dynpt.fs` by
+    `sync` (at each checkpoint) and `close`.
     """
-    log_dir = os.path.join(run_dir, "tensorboard")
-    is_chief = jax.process_index() == 0
-    if is_chief:
+    log_dir = fs.join(run_dir, "tensorboard")
+    mirror = None
+    if jax.process_index() == 0:
+      mirror = fs.LocalMirror(log_dir)
+      log_dir = mirror.local
       events.truncate_after(log_dir, start_step)
     writer = metric_writers.create_default_writer(
-        log_dir, just_logging=not is_chief, asynchronous=True)
-    return cls(writer, task_names, train_cfg, skip_counts)
+        log_dir, just_logging=mirror is None, asynchronous=True)
+    return cls(writer, task_names, train_cfg, skip_counts, mirror)
 
   def _reset(self) -> None:
     self._acc_loss, self._acc_n = 0.0, 0
@@ -159,8 +167,17 @@ class LoggingHook:
             "steady_examples_per_s": steady,
             "final_task_loss": self.final_task_loss}
 
+  def sync(self) -> None:
+    """Uploads the event files when the run directory is a bucket."""
+    if self.mirror is not None and self.mirror.remote:
+      self.writer.flush()
+      self.mirror.push()
+
   def close(self) -> None:
     self.writer.flush()
+    if self.mirror is not None and self.mirror.remote:
+      self.writer.close()  # Its files are uploaded, then the local copy goes.
+      self.mirror.close()
 
 
 class HistoryHook:
@@ -168,7 +185,7 @@ class HistoryHook:
 
   def __init__(self, run_dir: str, start_step: int, task_names, every: int):
     self.every = every
-    self.history = MixtureHistory(os.path.join(run_dir, "mixture_history.jsonl"),
+    self.history = MixtureHistory(fs.join(run_dir, "mixture_history.jsonl"),
                                   task_names, enabled=jax.process_index() == 0)
     self.history.truncate_after(start_step)  # A killed attempt's lines after it go.
 
@@ -176,6 +193,10 @@ class HistoryHook:
     if result.step % self.every == 0:
       self.history.write(result.step, result.draw.shares, result.draw.counts,
                          result.task_loss())
+
+  def sync(self) -> None:
+    """Uploads the history when the run directory is a bucket."""
+    self.history.sync()
 
   def close(self) -> None:
     self.history.close()

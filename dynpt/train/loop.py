@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from typing import Any, Sequence
 
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from dynpt import fs
 from dynpt.train import checkpoints, optim
 from dynpt.train import config as config_lib
 from dynpt.train import preemption, setup
@@ -136,6 +136,8 @@ def run(session: setup.TrainSession,
           pending = None
         if save:
           checkpoint.save(done, session.state, feedback, positions)
+          logger.sync()  # A bucket's run dir gets the history and events
+          history.sync()  # up to this checkpoint (written locally till now).
         for hook in evals:
           hook.run(done, session.state.params, logger)
         if stop:
@@ -150,8 +152,8 @@ def run(session: setup.TrainSession,
                  skipped_records_by_task=feed.input.skipped_by_task(),
                  checkpoints=session.checkpointer.directory)
   if jax.process_index() == 0:
-    with open(os.path.join(cfg.run_dir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    fs.write_text(fs.join(cfg.run_dir, "train_summary.json"),
+                  json.dumps(summary, indent=1))
   return summary
 
 

@@ -14,6 +14,8 @@ import os
 import tempfile
 from typing import Sequence
 
+from dynpt import fs
+
 RUN_SUBDIRS = ("checkpoints", "tensorboard")
 RUN_FILES = ("config.gin", "mixture_history.jsonl", "train_summary.json")
 
@@ -53,7 +55,7 @@ def check_writable(run_dir: str, subdirs: Sequence[str] = RUN_SUBDIRS,
       one is made by the run from the probed `run_dir`).
     files: files under it the run writes or rewrites (checked if present).
   """
-  if "://" in run_dir:
+  if fs.is_remote(run_dir):
     return  # Object stores: no folders to create; errors name the object.
   _probe_folder(run_dir, create=True)
   for sub in subdirs:

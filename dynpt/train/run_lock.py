@@ -32,6 +32,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from dynpt import fs
+
 LOCK_FILE = ".lock"
 
 _HELD: dict[str, list[int]] = {}  # real path of the lock file -> [fd, depth].
@@ -43,7 +45,7 @@ class RunDirInUseError(RuntimeError):
 
 
 def is_local(path: str) -> bool:
-  return "://" not in path
+  return not fs.is_remote(path)
 
 
 def _holder_info() -> dict:
@@ -109,15 +111,17 @@ class RunLock:
 
   def __init__(self, run_dir: str):
     self.run_dir = run_dir
-    self.lock_path = os.path.join(os.path.abspath(run_dir), LOCK_FILE)
+    self.lock_path = fs.join(fs.absolute(run_dir), LOCK_FILE)
     self._held = False
 
   def acquire(self) -> None:
     if not is_local(self.run_dir):
-      logging.warning(
-          "run directory %s is not on a local or NFS disk: it cannot be "
-          "locked, so make sure only one job writes it (one job per RUN_DIR "
-          "in the launcher)", self.run_dir)
+      logging.log_first_n(
+          logging.WARNING,
+          "run directory %s is in an object store: it cannot be locked, so "
+          "no local lock is taken; one trainer per RUN_DIR is the launcher's "
+          "job (tools/launch_tpu.py stops the previous one first; "
+          "docs/scaling.md)", 1, self.run_dir)
       return
     holder = None
     if jax.process_index() == 0:

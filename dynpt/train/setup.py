@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import os
 from typing import Any, Callable, Iterator
 
 import jax
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dynpt import mixing
+from dynpt import fs, mixing
 from dynpt.data import vocab as vocab_lib
 from dynpt.train import batching, checkpoints, memory, model_setup, optim
 from dynpt.train import partitioning, preflight, run_lock
@@ -157,7 +156,7 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
       devices, processes or data shards.
   """
   run_dir = train_cfg.run_dir
-  os.makedirs(run_dir, exist_ok=True)
+  fs.makedirs(run_dir)  # Nothing to make in a bucket.
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
   batch_size = train_cfg.global_batch_size
   feedback = MixtureFeedback(build_sampler(sampler_cfg, task_names, batch_size, data_cfg,
