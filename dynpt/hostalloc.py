@@ -103,6 +103,35 @@ def accelerator_present() -> bool:
                                      "/dev/vfio/[0-9]*"))
 
 
+def default_platforms(environ=None, accelerator: bool | None = None) -> str | None:
+  """On a host without a GPU or TPU, makes JAX use its CPU backend only.
+
+  With `libtpu` installed (requirements-test.txt pins it for the TPU compiler of
+  `tools/check_config.py --tpu`), JAX's default platform search also tries the TPU
+  backend: on a CPU-only host every process then loads libtpu (about 200 MB more
+  resident memory), spends a few tenths of a second failing to find a TPU, prints
+  libtpu's start-up errors and holds `/tmp/libtpu_lockfile` for its whole life.
+  Setting `JAX_PLATFORMS=cpu` where no accelerator device node exists
+  (`accelerator_present`) skips all of that; the variable is inherited by the
+  processes the entry point starts. A `JAX_PLATFORMS` the user set is kept, and
+  hosts with a device node keep JAX's own search. Compiling for a TPU topology does
+  not need the TPU backend (`dynpt.train.aot`).
+
+  Returns:
+    The value set, or None when nothing was changed.
+  """
+  environ = os.environ if environ is None else environ
+  if accelerator is None:
+    accelerator = accelerator_present()
+  if accelerator or environ.get("JAX_PLATFORMS"):
+    return None
+  environ["JAX_PLATFORMS"] = "cpu"
+  jax = sys.modules.get("jax")  # Already imported: its flag read the environment.
+  if environ is os.environ and jax is not None and not jax.config.values.get("jax_platforms"):
+    jax.config.update("jax_platforms", "cpu")
+  return "cpu"
+
+
 def tuning_applies(environ: Mapping[str, str], glibc: tuple[int, int] | None,
                    accelerator: bool = False) -> bool:
   """Whether this is a glibc CPU host that has not opted out (pure).
@@ -171,9 +200,10 @@ def configure_process() -> bool:
   """Sets the malloc parameters and synchronous CPU dispatch, once per process.
 
   Call first thing where an entry point starts (`if __name__ == "__main__":`), before
-  JAX creates its CPU backend or XLA its threads. Does nothing on non-glibc systems, on
-  hosts with a GPU or TPU, or with `DYNPT_HOST_ALLOCATOR=system`; later calls return
-  the first call's answer.
+  JAX creates its CPU backend or XLA its threads. First makes a host without a GPU or
+  TPU use JAX's CPU backend only (`default_platforms`). The malloc settings are left
+  alone on non-glibc systems, on hosts with a GPU or TPU, or with
+  `DYNPT_HOST_ALLOCATOR=system`; later calls return the first call's answer.
 
   Returns:
     Whether the tuned settings are in effect.
@@ -184,6 +214,7 @@ def configure_process() -> bool:
   global _configured
   if _configured is not None:
     return _configured
+  default_platforms()
   _configured = tuning_applies(os.environ, glibc_version(), accelerator_present())
   if not _configured:
     return False

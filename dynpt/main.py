@@ -18,6 +18,10 @@ diverged (NaN/inf; the message names the checkpoint kept); 75 (EX_TEMPFAIL)
 preempted: SIGTERM arrived (on any host; every host saved the same step),
 run it again to resume.
 Any other failure is a bug and prints a traceback.
+
+The console is quiet (`dynpt.console`): one line per log step, a few closing
+lines, no library start-up chatter; `--verbosity=1` or `DYNPT_VERBOSE=1`
+shows everything, the traceback behind an `error:` line included.
 """
 
 from __future__ import annotations
@@ -29,13 +33,10 @@ import os
 import re
 import sys
 
-# Keep TensorFlow (input pipeline only) off accelerators and quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+from absl import app, flags, logging
 
-import gin  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from dynpt import fs, hostalloc  # noqa: E402
+from dynpt import console, fs, hostalloc
 
 MODES = ("pretrain", "finetune", "eval", "export")
 LOCKED_MODES = ("pretrain", "finetune")  # Modes that write the run directory.
@@ -110,6 +111,26 @@ def _guard_gin_file_checks() -> None:
     readers[i] = (reader, guarded)
 
 
+# Modules that moved, by their old dotted paths: a run directory's `config.gin`
+# written before the move (read again by export and by a resumed run) imports them.
+_MOVED_MODULES = {
+    "dynpt.train.finetune": "dynpt.downstream.finetune",
+    "dynpt.train.evaluate": "dynpt.downstream.teacher_forced",
+}
+
+
+def _alias_moved_modules() -> None:
+  """Makes each old module path import its new module (for gin's `import` lines)."""
+  import importlib
+
+  for old, new in _MOVED_MODULES.items():
+    module = importlib.import_module(new)
+    sys.modules.setdefault(old, module)
+    parent, _, leaf = old.rpartition(".")
+    if not hasattr(sys.modules[parent], leaf):
+      setattr(sys.modules[parent], leaf, module)
+
+
 def parse_gin(gin_files, bindings, search_paths=()) -> None:
   """Parses and finalises the config; raises ValueError on any bad binding."""
   _guard_gin_file_checks()
@@ -120,8 +141,10 @@ def parse_gin(gin_files, bindings, search_paths=()) -> None:
   import dynpt.train.loop  # noqa: F401
   import dynpt.train.optim  # noqa: F401
   import dynpt.train.export  # noqa: F401
-  import dynpt.train.evaluate  # noqa: F401
-  import dynpt.train.finetune  # noqa: F401
+  import dynpt.train.init_params  # noqa: F401
+  import dynpt.downstream.teacher_forced  # noqa: F401
+  import dynpt.downstream.finetune  # noqa: F401
+  _alias_moved_modules()
   try:
     gin.parse_config_files_and_bindings(gin_files, bindings,
                                         finalize_config=True)
@@ -178,10 +201,11 @@ def write_config(run_dir: str) -> str:
 
 def run_mode(mode: str):
   """Calls the gin-configured function of `mode`; returns its result."""
-  from dynpt.train import evaluate, export, finetune, loop
+  from dynpt.downstream import finetune, teacher_forced
+  from dynpt.train import export, loop
 
   fn = {"pretrain": loop.train, "finetune": finetune.finetune,
-        "eval": evaluate.evaluate, "export": export.export}[mode]
+        "eval": teacher_forced.evaluate, "export": export.export}[mode]
   return gin.get_configurable(fn)()
 
 
@@ -219,12 +243,49 @@ def main(argv) -> None:
     if code is None:
       raise  # A bug: the traceback is what helps.
     _exit_with_error(e, code)
-  logging.info("%s finished: %s", _MODE.value, result)
+  if jax.process_index() == 0:
+    for line in summary_lines(_MODE.value, result):
+      logging.info("%s", line)
   if isinstance(result, dict) and result.get("preempted"):
     logging.warning("preempted: checkpoint of step %s saved; exiting with %d "
                     "so that a wrapper restarts the run", result.get("end_step"),
                     EXIT_PREEMPTED)
     sys.exit(EXIT_PREEMPTED)
+
+
+def summary_lines(mode: str, result) -> list[str]:
+  """The few lines that close a run on the console; the details are in the files."""
+  if not isinstance(result, dict):
+    return [f"{mode} finished: {result}"[:300]]
+  if "end_step" in result:  # pretrain, finetune
+    steady = result.get("steady_examples_per_s")
+    rate = (f"{steady:.3g} examples/s after the first step, which compiles" if steady
+            else f"{result.get('examples_per_s', 0):.3g} examples/s")
+    loss = result.get("final_loss")
+    lines = [f"{mode} finished: steps {result['start_step']} -> {result['end_step']} in "
+             f"{console.format_seconds(result.get('seconds', 0))} ({rate})"
+             + (f", final loss {loss:.4f}" if loss is not None else "")]
+    if result.get("eval"):
+      lines.append(f"eval at step {result['eval'].get('step')}: score "
+                   f"{result['eval'].get('score', float('nan')):.2f} (best "
+                   f"{result.get('best') or float('nan'):.2f}, params in best/)")
+    if result.get("skipped_records"):
+      lines.append(f"skipped {result['skipped_records']} damaged records "
+                   "(by task in train_summary.json)")
+    run_dir = result.get("run_dir")
+    if run_dir:
+      lines.append(f"run dir {run_dir}: checkpoints/, tensorboard/, "
+                   "mixture_history.jsonl, train_summary.json (per-task losses, shares)")
+    return lines
+  if "mean_loss" in result:  # eval
+    return [f"eval finished: step {result.get('step')}, {result.get('split')} split, "
+            f"mean loss {result['mean_loss']:.4f} over {len(result.get('tasks', {}))} "
+            f"tasks (per task in eval_{result.get('split')}.json)"]
+  if "out_dir" in result:  # export
+    return [f"export finished: step {result.get('step')} in {result['out_dir']}"]
+  items = ", ".join(f"{k}={v}" for k, v in result.items()
+                    if isinstance(v, (int, float, str, type(None))))
+  return [f"{mode} finished: {items}"[:300]]
 
 
 def _has_config(run_dir: str) -> bool:
@@ -257,13 +318,12 @@ def exit_code_for(error: BaseException) -> int | None:
 
 
 def _exit_with_error(error: BaseException, code: int = EXIT_ERROR) -> None:
-  """Logs, then prints one `error:` line to stderr and exits with `code`.
+  """Prints one `error:` line to stderr and exits with `code`.
 
   The traceback goes to the debug log only (`--verbosity=1` shows it).
   """
   message = _GIN_CALL_NOTE.sub("", " ".join(str(error).split())).strip()
   logging.debug("traceback of the error below", exc_info=error)
-  logging.error("%s", message)
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
 
@@ -278,8 +338,9 @@ def _has_macro(name: str) -> bool:
 
 def run():
   """Console-script entry point (`dynpt --gin_file=...`)."""
+  console.setup()  # Before TensorFlow and JAX load (dynpt.console).
   hostalloc.configure_process()
-  app.run(main, argv=rewrite_gin_args(sys.argv))
+  console.run_app(main, argv=rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def refcoco_metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[s
 def exact_match_in_vocab_metric(answer_vocab: frozenset[str]) -> Callable:
   """Exact match over the questions whose answer is in `answer_vocab` (video QA).
 
-  See `dynpt.data.answer_vocab`: the paper scores MSRVTT-QA and MSVD-QA this way
+  See `dynpt.downstream.answer_vocab`: the paper scores MSRVTT-QA and MSVD-QA this way
   to compare with prior work; the metric also reports `num_excluded`.
   """
   def metric(targets: Sequence[Mapping[str, Any]], predictions: Sequence[str]) -> dict:

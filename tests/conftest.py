@@ -14,6 +14,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "dynpt-test-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# With libtpu installed (requirements-test.txt), a host without an accelerator runs
+# JAX on its CPU only: no libtpu probe in every worker and subprocess (see
+# `dynpt.hostalloc.default_platforms`).
+from dynpt import hostalloc  # noqa: E402
+
+hostalloc.default_platforms()
+
 # Registration is the entry point's job (library code never imports `tasks`);
 # for the tests, this file is the entry point.
 import tasks  # noqa: E402,F401

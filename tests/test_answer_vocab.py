@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from dynpt import metrics
-from dynpt.data import answer_vocab, pipeline, schema
-from dynpt.train import finetune
+from dynpt.data import pipeline, schema
+from dynpt.downstream import answer_vocab, decode_score
 from dynpt.train.config import DataConfig
 
 
@@ -44,19 +44,19 @@ def test_eval_masks_questions_outside_the_vocabulary(tmp_path):
   pipeline.get_task("msrvtt_qa")  # registers the tasks
   task = pipeline.get_task("msrvtt_qa")
   data_cfg = DataConfig(data_dir=data_dir)
-  fns = finetune._metric_fns("msrvtt_qa", task, data_cfg,
-                             finetune.EvalConfig(answer_vocab_size=2))
+  fns = decode_score._metric_fns("msrvtt_qa", task, data_cfg,
+                             decode_score.EvalConfig(answer_vocab_size=2))
   targets = [{"answer": a} for a in ("dog", "cat", "bird", "dog")]
   predictions = ["dog", "dog", "bird", "dog"]
   out = fns[0](targets, predictions)
   # "bird" is outside the top-2 vocabulary: 2 of the 3 remaining are right.
   assert out == pytest.approx({"accuracy": 200 / 3, "num_excluded": 1.0})
   # Without a size, and for a task that is not video QA, the task's own metric is used.
-  plain = finetune._metric_fns("msrvtt_qa", task, data_cfg, finetune.EvalConfig())
+  plain = decode_score._metric_fns("msrvtt_qa", task, data_cfg, decode_score.EvalConfig())
   assert plain[0](targets, predictions) == {"accuracy": 75.0}
   vqa = pipeline.get_task("vqav2")
-  assert finetune._metric_fns("vqav2", vqa, data_cfg,
-                              finetune.EvalConfig(answer_vocab_size=2)) == list(vqa.metric_fns)
+  assert decode_score._metric_fns("vqav2", vqa, data_cfg,
+                              decode_score.EvalConfig(answer_vocab_size=2)) == list(vqa.metric_fns)
   with pytest.raises(ValueError, match="answer_vocab_size"):
-    finetune._metric_fns("msrvtt_qa", task, data_cfg, finetune.EvalConfig(answer_vocab_size=0))
+    decode_score._metric_fns("msrvtt_qa", task, data_cfg, decode_score.EvalConfig(answer_vocab_size=0))
   assert metrics.build_answer_vocab(["a", "b", "b"], 1) == {"b"}

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from dynpt import main as dynpt_main
-from dynpt.train import config, finetune, loop, model_setup, optim
+from dynpt.downstream import finetune
+from dynpt.train import config, loop, model_setup, optim
 from dynpt.train.config import (ConfigError, DataConfig, ModelConfig,
                                 SamplerConfig, TrainConfig)
 

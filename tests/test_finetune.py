@@ -8,7 +8,8 @@ import pytest
 
 from dynpt.data import schema
 from dynpt.data import vocab as vocab_lib
-from dynpt.train import export, finetune, loop, optim
+from dynpt.downstream import finetune
+from dynpt.train import export, init_params, loop, optim
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 
 
@@ -145,8 +146,8 @@ def test_position_tables_are_resampled_for_another_image_size(pretrained_export)
   params, _ = export.load_export(pretrained_export)  # pretrained at 32 px: 2 x 2 grid
   model = model_setup.build_model(ModelConfig("tiny"), vocab_lib.get_vocabulary(), 64)
   data_cfg = DataConfig(image_size=64, target_length=16)
-  abstract = finetune.abstract_params(model, data_cfg)
-  resized = finetune.resize_visual_positions(abstract, params, "test")
+  abstract = init_params.abstract_params(model, data_cfg)
+  resized = init_params.resize_visual_positions(abstract, params, "test")
   for name in ("visual_row_embedding", "visual_col_embedding"):
     old, new = np.asarray(params[name]), resized[name]
     assert old.shape[0] == 2 and new.shape == (4, old.shape[1])
@@ -154,9 +155,9 @@ def test_position_tables_are_resampled_for_another_image_size(pretrained_export)
     np.testing.assert_allclose(new[0], old[0], atol=1e-6)
     np.testing.assert_allclose(new[-1], old[-1], atol=1e-6)
     np.testing.assert_allclose(new[1], 0.75 * old[0] + 0.25 * old[1], atol=1e-6)
-  finetune._check_params_match(abstract, resized, "test")  # everything else fits
+  init_params._check_params_match(abstract, resized, "test")  # everything else fits
   with pytest.raises(ValueError, match="visual_(row|col)_embedding has shape \(2, 32\)"):
-    finetune._check_params_match(abstract, params, "test")
+    init_params._check_params_match(abstract, params, "test")
 
 
 def test_an_export_of_the_other_fusion_is_refused(pretrained_export):
@@ -165,7 +166,7 @@ def test_an_export_of_the_other_fusion_is_refused(pretrained_export):
   early = model_setup.build_model(ModelConfig("tiny", visual_fusion="encoder"),
                                   vocab_lib.get_vocabulary(), 32)
   with pytest.raises(ValueError, match="visual_fusion='decoder', the run uses 'encoder'"):
-    finetune.load_init_params(pretrained_export, early, DataConfig(image_size=32))
+    init_params.load_init_params(pretrained_export, early, DataConfig(image_size=32))
 
 
 def test_finetune_refcoco_beats_the_constant_box(pretrained_export, refcoco_data_dir,

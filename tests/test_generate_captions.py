@@ -21,7 +21,7 @@ from dynpt.data import preprocessors as pp
 from dynpt.data import schema
 from dynpt.data import sources
 from dynpt.data import vocab as vocab_lib
-from dynpt.train import captioner as captioner_lib
+from dynpt.downstream import captioner as captioner_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TOOL = os.path.join(_ROOT, "tools", "generate_captions.py")

@@ -46,3 +46,27 @@ def test_config_parses(gin_file):
         assert built.name == sampler
   finally:
     gin.clear_config()
+
+
+def test_config_written_before_the_downstream_package_still_parses(tmp_path):
+  """A run's config.gin from before the move imports dynpt.train.finetune/evaluate."""
+  old = tmp_path / "config.gin"
+  old.write_text(
+      "from __gin__ import dynamic_registration\n"
+      "import dynpt.train.config as config\n"
+      "import dynpt.train.evaluate as evaluate\n"
+      "import dynpt.train.finetune as finetune\n"
+      "import dynpt.train.loop as loop\n"
+      "finetune.EvalConfig.batch_size = 3\n"
+      "finetune.pretrain_init_params.init_from = None\n"
+      "evaluate.evaluate.examples_per_task = 5\n"
+      "loop.train.init_params = @finetune.pretrain_init_params()\n")
+  dynpt_main.parse_gin([str(old)], [])
+  try:
+    from dynpt.downstream import decode_score, teacher_forced
+
+    assert gin.get_configurable(decode_score.EvalConfig)().batch_size == 3
+    assert gin.query_parameter("evaluate.evaluate.examples_per_task") == 5
+    assert teacher_forced.evaluate.__module__ == "dynpt.downstream.teacher_forced"
+  finally:
+    gin.clear_config()

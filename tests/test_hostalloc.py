@@ -37,6 +37,36 @@ def test_tuning_applies_only_to_cpu_hosts_that_did_not_opt_out():
   assert not hostalloc.tuning_applies({}, None)  # Not glibc: nothing applies.
 
 
+def test_cpu_only_hosts_default_jax_to_the_cpu():
+  env = {}
+  assert hostalloc.default_platforms(env, accelerator=False) == "cpu"
+  assert env == {"JAX_PLATFORMS": "cpu"}
+  env = {"JAX_PLATFORMS": "tpu,cpu"}  # The user's choice stays.
+  assert hostalloc.default_platforms(env, accelerator=False) is None
+  assert env == {"JAX_PLATFORMS": "tpu,cpu"}
+  env = {}  # A host with a GPU or TPU keeps JAX's own search.
+  assert hostalloc.default_platforms(env, accelerator=True) is None and env == {}
+
+
+@pytest.mark.skipif(hostalloc.accelerator_present(), reason="a host with an accelerator")
+def test_an_entry_point_on_a_cpu_host_does_not_load_libtpu():
+  """With libtpu installed, JAX's default search would load it in every process
+  (~200 MB resident, libtpu's start-up errors, /tmp/libtpu_lockfile held)."""
+  script = textwrap.dedent("""
+      from dynpt import hostalloc
+      hostalloc.configure_process()
+      import jax
+      print(jax.devices()[0].platform)
+      print(any("libtpu" in line for line in open("/proc/self/maps")))
+  """)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                        text=True, check=True, timeout=120)
+  assert proc.stdout.split() == ["cpu", "False"], proc.stderr[-2000:]
+  assert "libtpu" not in proc.stderr and "TPU" not in proc.stderr
+
+
 def test_bad_mode_names_the_variable():
   with pytest.raises(ValueError, match=hostalloc.ENV_MODE):
     hostalloc.tuning_applies({hostalloc.ENV_MODE: "jemalloc"}, GLIBC)

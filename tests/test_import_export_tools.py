@@ -2,6 +2,7 @@
 pretraining from an import (INIT_FROM, FROZEN in runs/pretrain.gin)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -139,7 +140,7 @@ def test_pretraining_starts_from_an_import_with_a_frozen_encoder(imported, toy_d
 
 
 def test_an_export_with_another_vocabulary_is_refused(imported, tmp_path):
-  from dynpt.train import finetune, model_setup
+  from dynpt.train import init_params, model_setup
   from dynpt.train.config import DataConfig, ModelConfig
 
   other = str(tmp_path / "other.model")
@@ -151,7 +152,7 @@ def test_an_export_with_another_vocabulary_is_refused(imported, tmp_path):
   model = model_setup.build_model(ModelConfig("tiny"), vocab_lib.get_vocabulary(),
                                   data_cfg.image_size)
   with pytest.raises(ValueError, match="trained with the vocabulary"):
-    finetune.load_init_params(imported, model, data_cfg)
+    init_params.load_init_params(imported, model, data_cfg)
 
 
 def test_t5_overrides_must_name_t5_sizes():
@@ -159,3 +160,147 @@ def test_t5_overrides_must_name_t5_sizes():
   assert cfg.t5.num_decoder_layers == 3 and cfg.resnet.depth == 26
   with pytest.raises(ValueError, match="unknown keys \\['depth'\\]"):
     configs.get_config("tiny", t5_overrides={"depth": 50})
+
+
+# ------------------------------------ exports appear whole or not at all (issue 28)
+
+def _tree_bytes(folder):
+  out = {}
+  for d, _, files in os.walk(folder):
+    for f in files:
+      with open(os.path.join(d, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(d, f), folder)] = fh.read()
+  return out
+
+
+def _leftovers(parent):
+  return [n for n in os.listdir(parent) if ".staging-" in n or ".old-" in n]
+
+
+def test_import_refuses_an_existing_export_without_overwrite(imported, t5x_checkpoint,
+                                                             tmp_path):
+  folder, _ = t5x_checkpoint
+  out_dir = str(tmp_path / "export")
+  shutil.copytree(imported, out_dir)
+  before = _tree_bytes(out_dir)
+  proc = _tool("import_checkpoint.py", "--format=t5x", f"--path={folder}",
+               f"--out_dir={out_dir}", "--image_size=32", "--seed=5")
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {out_dir} holds a dynpt export already") and (
+      "--overwrite" in last), proc.stderr[-2000:]
+  assert _tree_bytes(out_dir) == before
+  assert _leftovers(tmp_path) == []
+
+
+def test_import_failing_half_way_leaves_the_old_export_intact(imported, t5x_checkpoint,
+                                                              tmp_path, monkeypatch):
+  from dynpt.interop import importer
+
+  folder, _ = t5x_checkpoint
+  out_dir = str(tmp_path / "export")
+  shutil.copytree(imported, out_dir)
+  before = _tree_bytes(out_dir)
+  save_params = checkpoints.save_params
+  calls = []
+
+  def fails_on_the_second_save(directory, params):
+    calls.append(directory)
+    if len(calls) == 2:
+      raise OSError(28, "No space left on device")
+    save_params(directory, params)
+
+  monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
+  with pytest.raises(OSError, match="No space left"):
+    importer.import_checkpoint("t5x", folder, out_dir, image_size=32, seed=5,
+                               vocabulary=vocab_lib.default_vocab_path(), overwrite=True)
+  assert not calls[0].startswith(out_dir + os.sep)  # Written beside, not into it.
+  assert _tree_bytes(out_dir) == before
+  assert _leftovers(tmp_path) == []
+  monkeypatch.undo()
+  info = importer.import_checkpoint("t5x", folder, out_dir, image_size=32, seed=5,
+                                    vocabulary=vocab_lib.default_vocab_path(),
+                                    overwrite=True)
+  params, written = export.load_export(out_dir)
+  assert written == dict(json.loads(json.dumps(info)), params="params",
+                        t5x_text_tower="t5x_text_tower")
+  assert info["vocabulary_path"] == os.path.join(out_dir, "spiece.model")
+  assert os.path.isfile(info["vocabulary_path"])
+  old = export.load_export(imported)[0]["visual_row_embedding"]
+  assert not np.array_equal(params["visual_row_embedding"], old)  # Seed 5's init.
+  assert _leftovers(tmp_path) == []
+
+
+def test_an_export_never_replaces_a_folder_that_is_no_export(imported, t5x_checkpoint,
+                                                             tmp_path):
+  from dynpt.interop import exporter, importer
+
+  folder, _ = t5x_checkpoint
+  other = tmp_path / "notes"
+  other.mkdir()
+  (other / "keep.txt").write_text("mine")
+  with pytest.raises(export.OutputExistsError, match="not a dynpt export"):
+    importer.import_checkpoint("t5x", folder, str(other), image_size=32, overwrite=True)
+  with pytest.raises(export.OutputExistsError, match="not a hf checkpoint"):
+    exporter.export_text_tower("hf", imported, str(other))
+  assert os.listdir(other) == ["keep.txt"]
+
+
+def _fake_run(run_dir):
+  """A run dir with config.gin and one checkpoint whose params have the text tower's
+  top-level keys (all an export needs); no training."""
+  from dynpt import main as dynpt_main
+
+  os.makedirs(run_dir)
+  dynpt_main.parse_gin(["pretrain/toy_cpu.gin"], [f"RUN_DIR={run_dir!r}"])
+  try:
+    dynpt_main.write_config(run_dir)
+  finally:
+    gin.clear_config()
+  tower = {"token_embedder": {"embedding": jnp.ones((4, 2))},
+           "encoder": {"w": jnp.ones((2,))}, "decoder": {"w": jnp.full((2,), 2.0)}}
+  ckpt = checkpoints.Checkpointer(run_dir, keep=2, async_save=False)
+  ckpt.save(3, {"params": tower, "step": jnp.asarray(3)}, {}, {})
+  ckpt.close()
+
+
+def test_export_tool_takes_a_run_dir_with_quotes(tmp_path):
+  run_dir = str(tmp_path / "it's a \"run\"")
+  _fake_run(run_dir)
+  proc = _tool("export_checkpoint.py", f"--run_dir={run_dir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  params, info = export.load_export(os.path.join(run_dir, "export"))
+  assert info["step"] == 3 and info["source_run_dir"] == run_dir
+  np.testing.assert_array_equal(params["decoder"]["w"], [2.0, 2.0])
+  out_dir = str(tmp_path / "out 'x'")
+  proc = _tool("export_checkpoint.py", f"--run_dir={run_dir}", f"--out_dir={out_dir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert export.load_export(out_dir)[1]["step"] == 3
+  # A backslash gets through gin, but TensorStore would read it as a folder
+  # separator: refused with one line, nothing written.
+  slashed = str(tmp_path / "a\\b")
+  proc = _tool("export_checkpoint.py", f"--run_dir={run_dir}", f"--out_dir={slashed}")
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {slashed}") and "backslash" in last, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ["it's a \"run\"", "out 'x'"]
+  with pytest.raises(ValueError, match="backslash"):
+    checkpoints.Checkpointer(slashed)
+
+
+def test_a_run_export_failing_half_way_leaves_the_old_export(tmp_path, monkeypatch):
+  run_dir = str(tmp_path / "run")
+  _fake_run(run_dir)
+  out_dir = os.path.join(run_dir, "export")
+  export.export(run_dir)
+  before = _tree_bytes(out_dir)
+
+  def fails(directory, params):
+    raise OSError(5, "Input/output error")
+
+  monkeypatch.setattr(checkpoints, "save_params", fails)
+  with pytest.raises(OSError, match="Input/output error"):
+    export.export(run_dir)
+  assert _tree_bytes(out_dir) == before
+  assert _leftovers(run_dir) == []

@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,10 +60,24 @@ def test_nan_never_reaches_a_checkpoint_and_a_restart_is_not_silent(
 
 
 def test_a_corrupt_latest_checkpoint_resumes_exactly_from_the_previous(
-    toy_data_dir, tmp_path):
+    toy_data_dir, tmp_path, monkeypatch):
   first = loop.train(**_cfgs(tmp_path, toy_data_dir, 4))
   assert first["end_step"] == 4
   before = _history(str(tmp_path))
+  # Out of memory while restoring is no damage: the run stops naming it, the
+  # good newest checkpoint stays, nothing older is resumed, the history is whole.
+  def out_of_memory(self, step, *args):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while "
+                                     "trying to allocate 2.00GiB")
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "restore", out_of_memory)
+  with pytest.raises(checkpoints.CheckpointRestoreError,
+                     match="step 4 .*RESOURCE_EXHAUSTED.*nothing was moved"):
+    loop.train(**_cfgs(tmp_path, toy_data_dir, 4))
+  monkeypatch.undo()
+  assert checkpoints.Checkpointer(str(tmp_path)).all_steps() == [2, 4]
+  assert not (tmp_path / checkpoints.CORRUPT_DIR).exists()
+  assert _history(str(tmp_path)) == before
   # The newest checkpoint is damaged (a truncated mixer item), as a crash
   # of the storage could leave it; training got past it before the "crash".
   with open(tmp_path / "checkpoints" / "4" / "mixer" / "metadata", "r+b") as f:

@@ -126,3 +126,47 @@ def test_a_folder_where_a_run_file_goes_is_refused(tmp_path):
   with pytest.raises(preflight.NotWritableError, match="mixture_history.jsonl"):
     preflight.check_writable(str(tmp_path))
   assert not (tmp_path / "tensorboard").exists()  # Probing creates nothing.
+
+
+# ------------------------------------------- a lock file that leads elsewhere
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling_symlink", "hard_link"])
+def test_a_lock_file_that_leads_elsewhere_is_refused_and_left_alone(tmp_path, kind):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  target = tmp_path / "precious.txt"
+  if kind != "dangling_symlink":
+    target.write_text("keep me\n")
+  lock = run_dir / run_lock.LOCK_FILE
+  if kind == "hard_link":
+    os.link(target, lock)
+  else:
+    os.symlink(target, lock)
+  with pytest.raises(run_lock.UnsafeLockFileError) as err:
+    run_lock.RunLock(str(run_dir)).acquire()
+  assert str(lock) in str(err.value)
+  assert "\n" not in str(err.value)
+  if kind == "dangling_symlink":
+    assert not target.exists()  # O_CREAT did not create the link's target.
+  else:
+    assert target.read_text() == "keep me\n"
+  assert not run_lock._HELD
+
+
+def test_main_refuses_a_symlinked_lock_with_one_error_line(tmp_path):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  target = tmp_path / "precious.txt"
+  target.write_text("keep me\n")
+  os.symlink(target, run_dir / run_lock.LOCK_FILE)
+  proc = subprocess.run(
+      [sys.executable, "-m", "dynpt.main", "--gin_file=pretrain/toy_cpu.gin",
+       f"--gin.RUN_DIR='{run_dir}'"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+      text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {run_dir / run_lock.LOCK_FILE} is a symbolic link")
+  assert "Traceback" not in proc.stderr
+  assert target.read_text() == "keep me\n"
+  assert not (run_dir / "config.gin").exists()

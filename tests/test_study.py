@@ -419,3 +419,30 @@ def test_study_end_to_end_resumes_and_reports(tmp_path):
   with open(os.path.join(out, store.RESULTS)) as f:
     assert len(f.readlines()) == 3
   assert os.path.exists(os.path.join(out, report.REPORT))
+
+
+def test_an_edited_gin_file_makes_done_cells_stale(tmp_path, monkeypatch):
+  """The fingerprint covers the contents of the gin files a cell reads, the ones
+  they include too (resolved through gin's search path), not just their names."""
+  configs_dir = tmp_path / "configs"
+  (configs_dir / "runs").mkdir(parents=True)
+  (configs_dir / "runs" / "common.gin").write_text("NUM_LAYERS = 2\n")
+  (configs_dir / "pt.gin").write_text("include 'runs/common.gin'\nLR = 0.1\n")
+  (configs_dir / "ft_vqav2.gin").write_text("  include \"runs/common.gin\"\n")
+  monkeypatch.chdir(configs_dir)  # The worker's gin finds relative names from here.
+  out = str(tmp_path / "study")
+  cfg = _config(samplers=("uniform",), sweep_samplers=(), seeds=(0,), downstream=("vqav2",),
+                pretrain_gin="pt.gin", finetune_gin="ft_{task}.gin")
+  cell = grid.expand(cfg)[0]
+  spec = runner.cell_spec(cfg, cell, out)
+  store.mark_done(out, cell.name, {"cell": cell.name, "rows": [],
+                                   "fingerprint": spec["fingerprint"]})
+  assert runner.stale_cells(cfg, [cell], out) == []
+  for path, edit in ((configs_dir / "runs" / "common.gin", "NUM_LAYERS = 3\n"),
+                     (configs_dir / "pt.gin", "include 'runs/common.gin'\nLR = 0.2\n"),
+                     (configs_dir / "ft_vqav2.gin", "include 'runs/common.gin'\n")):
+    original = path.read_text()
+    path.write_text(edit)
+    assert runner.stale_cells(cfg, [cell], out) == [cell.name], path
+    path.write_text(original)
+    assert runner.stale_cells(cfg, [cell], out) == []

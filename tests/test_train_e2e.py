@@ -185,7 +185,7 @@ def test_main_rejects_unknown_task_before_training(toy_data_dir, tmp_path):
 
 
 def test_evaluate_restores_the_run_and_scores_every_task(uninterrupted, toy_data_dir):
-  from dynpt.train import evaluate
+  from dynpt.downstream import teacher_forced as evaluate
 
   run_dir, _ = uninterrupted
   cfgs = _cfgs(run_dir, toy_data_dir, 6)

@@ -4,19 +4,19 @@ import jax
 import numpy as np
 import pytest
 
-from dynpt.data import vocab as vocab_lib
+from dynpt.downstream import grounding
 from dynpt.metrics import transfer
-from dynpt.train import grounding, model_setup
+from dynpt.train import model_setup
 from dynpt.train.config import DataConfig, ModelConfig
 
 
 def _probe(data_dir, params_fn, examples=16):
   data_cfg = DataConfig(mixture="oi_exists", data_dir=data_dir, image_size=32,
                         target_length=16)
-  model = model_setup.build_model(ModelConfig("tiny"), vocab_lib.get_vocabulary(), 32)
-  params = params_fn(model, data_cfg)
-  return grounding.answer_accuracy(["oi_exists", "cc3m_itm"], params, model,
-                                   data_cfg=data_cfg, examples=examples, batch_size=8)
+  run_model = model_setup.build_run_model(ModelConfig("tiny"), data_cfg)
+  params = params_fn(run_model.model, data_cfg)
+  return grounding.answer_accuracy(["oi_exists", "cc3m_itm"], params, run_model,
+                                   examples=examples, batch_size=8)
 
 
 def _init(model, data_cfg):

@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
-# The demo talks through its progress bar and summary; keep library logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynpt import console  # noqa: E402
+
+# The demo talks through dynpt's own lines (a bar on a terminal, one line per log
+# step, the closing summary); the libraries' start-up chatter goes (dynpt.console).
+console.setup(__name__)
 
 from dynpt import hostalloc  # noqa: E402
 
@@ -32,7 +36,6 @@ _SCALE = flags.DEFINE_enum("scale", "default", ["tiny", "default"],
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
   from dynpt import main as dynpt_main
   from dynpt.data.toyworld import build
 
@@ -78,4 +81,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   hostalloc.configure_process()
-  app.run(main)
+  console.run_app(main)

@@ -18,9 +18,13 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynpt import console  # noqa: E402
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
 
 _FORMAT = flags.DEFINE_enum("format", "dynpt", ["dynpt", "hf", "t5x"],
                             "dynpt: the export finetuning reads; hf / t5x: the text "
@@ -39,17 +43,18 @@ def _export_run(run_dir: str, out_dir: str | None, step: int | None):
   config = fs.join(run_dir, "config.gin")
   if not fs.exists(config):
     sys.exit(f"error: {config} not found: is {run_dir} a dynpt run dir?")
-  bindings = [f"RUN_DIR='{run_dir}'"]
+  # Python literals (gin parses them): a path with ', " or \ stays one string.
+  bindings = [f"RUN_DIR={run_dir!r}"]
   if out_dir:
-    bindings.append(f"export.export.out_dir='{out_dir}'")
+    bindings.append(f"export.export.out_dir={out_dir!r}")
   if step is not None:
     bindings.append(f"export.export.step={step}")
   try:
     with fs.local_copy(config) as local_config:  # gin reads local files only.
       dynpt_main.parse_gin([fs.absolute(local_config)], bindings)
     return dynpt_main.run_mode("export")
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  except (ValueError, OSError) as e:  # Also a restore stopped by the machine.
+    sys.exit(f"error: {' '.join(str(e).split())}")
 
 
 def main(argv) -> None:
@@ -72,10 +77,10 @@ def main(argv) -> None:
       _export_run(run_dir, export_dir, _STEP.value)
     try:
       result = exporter.export_text_tower(fmt, export_dir, _OUT_DIR.value)
-    except (ValueError, FileNotFoundError) as e:
-      sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:
+      sys.exit(f"error: {' '.join(str(e).split())}")
   print(result)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_app(main)

@@ -25,9 +25,13 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dynpt import console  # noqa: E402
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
+
 from dynpt import hostalloc  # noqa: E402
 from dynpt.data import generated_captions as gc  # noqa: E402
-from dynpt.train import captioner as captioner_lib  # noqa: E402
+from dynpt.downstream import captioner as captioner_lib  # noqa: E402
 from dynpt.data import preprocessors as pp  # noqa: E402
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Export of a trained captioner.",
@@ -69,4 +73,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   hostalloc.configure_process()
-  app.run(main)
+  console.run_app(main)

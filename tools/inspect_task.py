@@ -22,9 +22,9 @@ import numpy as np
 if __package__ in (None, ""):  # Run as a script: make `dynpt` and `tasks` importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynpt.data import boxes  # noqa: E402
-from dynpt.data import pipeline  # noqa: E402
-from dynpt.data import vocab as vocab_lib  # noqa: E402
+from dynpt import console  # noqa: E402
+
+console.setup(__name__)  # Before TensorFlow loads: its start-up chatter goes.
 
 
 def _decode(vocab, ids: np.ndarray) -> str:
@@ -38,6 +38,8 @@ def collect(name: str, num: int, *, data_dir: str | None, split: str, image_size
             target_length: int, seed: int, vocab_path: str | None) -> list[dict]:
   """Decoded examples: task, inputs, targets, image, image_wh and box (or None)."""
   import tasks  # Registers every task and mixture.
+  from dynpt.data import boxes, pipeline  # TensorFlow: here, so that --help is fast.
+  from dynpt.data import vocab as vocab_lib
 
   vocab = vocab_lib.get_vocabulary(vocab_path)
   out = []

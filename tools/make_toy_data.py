@@ -11,9 +11,12 @@ Deterministic in --seed. Splits that are already complete are skipped unless
 from absl import app
 from absl import flags
 
-from dynpt.data.toyworld import build
-from dynpt.data.toyworld import datasets
-from dynpt.data.toyworld import scene
+from dynpt import console
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
+
+from dynpt.data.toyworld import datasets  # noqa: E402
+from dynpt.data.toyworld import scene  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output data dir.", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Global seed of the toy world.")
@@ -45,6 +48,8 @@ def _parse_records(pairs):
 
 def main(argv):
   del argv
+  from dynpt.data.toyworld import build  # TensorFlow: after the flags (a fast --help).
+
   records = _parse_records(_RECORDS.value)
   counts = build.build_toy_world(
       _DATA_DIR.value, seed=_SEED.value, scale=_SCALE.value, image_size=_IMAGE_SIZE.value,
@@ -59,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_app(main)

@@ -13,13 +13,18 @@ import sys
 
 from absl import app
 from absl import flags
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
-from dynpt.models import cpu_kernels
-from dynpt.models.configs import MODEL_NAMES, get_config
-from dynpt.models.vl_model import VLModel, num_visual_tokens
+from dynpt import console
+
+console.setup(__name__)  # Before JAX loads: its start-up chatter goes.
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from dynpt.models import cpu_kernels  # noqa: E402
+from dynpt.models.configs import MODEL_NAMES, get_config  # noqa: E402
+from dynpt.models.vl_model import VLModel, num_visual_tokens  # noqa: E402
 
 _MODEL = flags.DEFINE_enum('model', 'base', list(MODEL_NAMES), 'Named model size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input image size (default: per size).')
@@ -83,4 +88,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run_app(main)

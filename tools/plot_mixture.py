@@ -16,10 +16,13 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 # Run from a checkout without installing: make `dynpt` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynpt import console  # noqa: E402
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
 
 from dynpt import fs  # noqa: E402
 from dynpt.mixing import history  # noqa: E402
@@ -36,13 +39,11 @@ def main(argv: list[str]) -> None:
   try:
     records, skipped = history.read_history(path)
   except ValueError as e:
-    sys.exit(f"plot_mixture: {e}")
+    sys.exit(f"error: {e}")
   out = _OUT.value or fs.join(run_dir, "mixture.png")
   plot.plot_history(records, out, title=fs.basename(fs.absolute(run_dir)))
-  logging.info("wrote %s from %d records (%d corrupt lines skipped)", out, len(records),
-               skipped)
   print(f"wrote {out} ({len(records)} records, {skipped} corrupt lines skipped)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_app(main)

@@ -28,12 +28,15 @@ from __future__ import annotations
 import os
 import sys
 
-# The study process only plans and waits; its workers are the ones computing.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from dynpt import console  # noqa: E402
+
+# The study process only plans and waits; its workers are the ones computing
+# (each cell's log: cells/<cell>/worker.log).
+console.setup(__name__)
+
+from absl import flags, logging  # noqa: E402
 
 # Defines --gin_file and --gin_bindings (`--gin.NAME=VALUE`), shared with dynpt.main.
 from dynpt import main as dynpt_main  # noqa: E402
@@ -213,7 +216,7 @@ def run() -> None:
   # `--gin=NAME=VALUE` is accepted as well as t5x's `--gin.NAME=VALUE`.
   argv = ["--gin_bindings=" + a[len("--gin="):] if a.startswith("--gin=") else a
           for a in sys.argv]
-  app.run(main, argv=dynpt_main.rewrite_gin_args(argv))
+  console.run_app(main, argv=dynpt_main.rewrite_gin_args(argv))
 
 
 if __name__ == "__main__":

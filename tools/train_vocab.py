@@ -12,11 +12,14 @@ the 100 sentinel ids at use time. The shipped toy vocabulary was made with
   python tools/train_vocab.py --data_dir=/tmp/toy --out=dynpt/assets/vocab/toy_spm
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
-from dynpt.data import vocab
+from dynpt import console
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
+
+from dynpt.data import vocab  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data dir in the dynpt schema.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output prefix: writes OUT.model and OUT.vocab.",
@@ -40,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run_app(main)

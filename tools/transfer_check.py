@@ -5,7 +5,7 @@ r"""Does toy pretraining transfer? Pretrained vs from-scratch finetuning, over s
 
 Per seed: pretrain `--pretrain_config` (SEED=seed), export it, probe its
 yes/no tasks for grounding (answer accuracy with true vs shuffled images,
-`dynpt.train.grounding`), then finetune every task of `--tasks` twice with
+`dynpt.downstream.grounding`), then finetune every task of `--tasks` twice with
 `--finetune_config` (the task's name replaces `{task}`): from the export and
 from scratch, at the same steps and seed. Each finished run is one line of
 `<out_dir>/results.jsonl`, so a re-run skips what is done; the closing table
@@ -22,10 +22,13 @@ import time
 
 from absl import app, flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynpt import console  # noqa: E402
+
+console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
 
 from dynpt import hostalloc  # noqa: E402
 
@@ -77,7 +80,8 @@ def _configure(gin_file: str, bindings: list[str]) -> None:
 def _pretrain(seed: int, run_dir: str, data_dir: str) -> dict:
   import gin
   from dynpt import main as dynpt_main
-  from dynpt.train import config, grounding
+  from dynpt.downstream import grounding
+  from dynpt.train import config
 
   bindings = [f"RUN_DIR='{run_dir}'", f"DATA_DIR='{data_dir}'", f"SEED={seed}"]
   _configure(_PRETRAIN.value, bindings + _PT_BINDINGS.value)
@@ -173,4 +177,4 @@ def _run(seeds: list[int]) -> None:
 
 if __name__ == "__main__":
   hostalloc.configure_process()
-  app.run(main)
+  console.run_app(main)

@@ -6,7 +6,7 @@ result ("CC-Generated"): the images stay, the text moves towards the
 downstream domain. Here:
 
 - `Captioner` runs a model trained on a `*_cap` task (built from an export by
-  `dynpt.train.captioner.load_captioner`) and captions uint8 images, prompted with exactly the inputs the
+  `dynpt.downstream.captioner.load_captioner`) and captions uint8 images, prompted with exactly the inputs the
   `cap` preprocessor feeds (`preprocessors.CAPTION_PROMPT`, tokenised, trimmed
   and EOS-terminated as the task does). Batches have one fixed size (the last
   one is padded), so decoding compiles once.
@@ -39,10 +39,10 @@ from typing import Any, Iterable, Iterator, Protocol
 import jax
 import numpy as np
 import tensorflow as tf
-import tqdm
 from absl import logging
 from PIL import Image
 
+from dynpt import console
 from dynpt.data import preprocessors as pp
 from dynpt.data import schema
 from dynpt.data import sources
@@ -230,7 +230,7 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
   """Captions `dataset/split` of `data_dir` and writes it as `out_dataset/split` of `out_dir`.
 
   Args:
-    captioner: images -> captions, e.g. `dynpt.train.captioner.load_captioner(...)`.
+    captioner: images -> captions, e.g. `dynpt.downstream.captioner.load_captioner(...)`.
     data_dir, dataset, split: the image set (any schema dataset with
       ``image/encoded``; video datasets are refused).
     out_dir: data dir to write into (may be `data_dir` itself, to train on the
@@ -239,7 +239,7 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
     max_examples: caption only the first N records (file order).
     num_shards: output TFRecord shards.
     overwrite: replace an existing output split.
-    progress: show a tqdm progress bar.
+    progress: show progress (a bar on a terminal, else a line every 30 s).
     workers: threads decoding images.
 
   Returns:
@@ -266,8 +266,8 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
   _prepare_output(out_dir, out_dataset, split, overwrite)
 
   skipped, read = collections.Counter(), 0
-  bar = tqdm.tqdm(total=max_examples, desc=f"caption {dataset}/{split}", unit="ex",
-                  disable=not progress)
+  bar = console.progress(total=max_examples, desc=f"caption {dataset}/{split}", unit="ex",
+                         enabled=progress)
   with schema.ShardedWriter(out_dir, out_dataset, split, num_shards) as writer:
     for chunk_records, images, chunk_skipped in _prepared_batches(
         itertools.chain([first], records), captioner.batch_size, captioner.image_size,

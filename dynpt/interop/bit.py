@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import zipfile
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -51,14 +54,28 @@ def expected_shapes(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
+# What numpy's .npz reader raises for a truncated or altered file: a zip
+# directory that is not there (BadZipFile), a member whose CRC-32 does not
+# match (BadZipFile), a bad deflate stream (zlib.error), a bad .npy header.
+_NPZ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+               zipfile.BadZipFile, zlib.error, struct.error)
+
+
 def _load_npz(path: str) -> dict[str, np.ndarray]:
   if not fs.isfile(path):
     raise FileNotFoundError(f"BiT checkpoint {path} not found")
   try:
     with np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
-  except (ValueError, OSError) as e:
-    raise CheckpointMismatchError(f"{path}: not a readable .npz file ({e})") from e
+      tensors = {k: np.asarray(data[k]) for k in data.files}
+  except _NPZ_ERRORS as e:
+    raise CheckpointMismatchError(
+        f"{path}: not a readable .npz file, truncated or damaged "
+        f"({type(e).__name__}: {' '.join(str(e).split())})") from e
+  for name, value in tensors.items():
+    if value.dtype.kind not in "biuf":
+      raise CheckpointMismatchError(f"{path}: tensor {name!r} holds {value.dtype}, "
+                                    "not numbers")
+  return tensors
 
 
 def _from_big_vision(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:

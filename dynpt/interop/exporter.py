@@ -32,12 +32,17 @@ def _vocabulary_path(info: dict[str, Any]) -> str | None:
 def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]:
   """Writes the text tower of `export_dir` to `out_dir` as `fmt` ('hf' or 't5x').
 
+  The files are written beside `out_dir` and renamed into place once complete
+  (`export.staged_dir`): an earlier output of the same format there is replaced
+  whole or not at all; a folder of other files is refused.
+
   Returns:
     {'out_dir', 'format', 'step', 'files'}.
 
   Raises:
     FileNotFoundError: not an export.
     ValueError: an unknown format, or params that are not a T5 v1.1 text tower.
+    OSError (export.OutputExistsError): `out_dir` holds other files.
   """
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}; known formats: {FORMATS}")
@@ -57,9 +62,13 @@ def export_text_tower(fmt: str, export_dir: str, out_dir: str) -> dict[str, Any]
     elif not fs.isfile(spm_path):
       raise FileNotFoundError(f"{export_dir}/export_info.json names the vocabulary "
                               f"{spm_path}, which does not exist")
-    files = hf.write(out_dir, tower, cfg, spm_path)
-  else:
-    files = {"checkpoint": t5x.write(out_dir, tower, step)}
+  marker = hf.CONFIG_FILE if fmt == "hf" else t5x.CHECKPOINT_FILE
+  with export.staged_dir(out_dir, marker=marker, what=f"a {fmt} checkpoint") as staging:
+    if fmt == "hf":
+      files = hf.write(staging, tower, cfg, spm_path)
+    else:
+      files = {"checkpoint": t5x.write(staging, tower, step)}
+  files = {k: fs.join(out_dir, fs.basename(v)) for k, v in files.items()}
   logging.info("wrote the text tower of %s (step %d) as %s to %s", export_dir, step, fmt,
                out_dir)
   return {"out_dir": out_dir, "format": fmt, "step": step, "files": files}

@@ -84,13 +84,20 @@ def read_config(folder: str) -> tuple[configs.T5Config, bool]:
     raise FileNotFoundError(f"{path} not found: not a Hugging Face model folder")
   try:
     hf = json.loads(fs.read_text(path))
-  except json.JSONDecodeError as e:
+  except ValueError as e:  # Not JSON, or not UTF-8 text.
     raise CheckpointMismatchError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(hf, dict):
+    raise CheckpointMismatchError(f"{path}: not a JSON object ({type(hf).__name__})")
 
   def get(key: str, default: Any = None) -> Any:
     if key not in hf and default is None:
       raise CheckpointMismatchError(f"{path}: key {key!r} is missing")
-    return hf.get(key, default)
+    value = hf.get(key, default)
+    if key in _SIZE_KEYS and (isinstance(value, bool) or not isinstance(value, int)
+                              or value <= 0):
+      raise CheckpointMismatchError(f"{path}: {key}={value!r} is not a positive "
+                                    "integer")
+    return value
 
   # mT5 is T5 v1.1 with a larger vocabulary; umT5 (a bias table per layer) is not.
   if hf.get("model_type", "t5") not in ("t5", "mt5"):
@@ -100,17 +107,22 @@ def read_config(folder: str) -> tuple[configs.T5Config, bool]:
   if ff != "gated-gelu":
     raise CheckpointMismatchError(
         f"{path}: feed_forward_proj={ff!r}; dynpt's text tower is T5 v1.1 ('gated-gelu')")
-  eps = float(hf.get("layer_norm_epsilon", _EPSILON))
+  try:
+    eps = float(hf.get("layer_norm_epsilon", _EPSILON))
+  except (TypeError, ValueError):
+    raise CheckpointMismatchError(f"{path}: layer_norm_epsilon="
+                                  f"{hf['layer_norm_epsilon']!r} is not a number") from None
   if abs(eps - _EPSILON) > 1e-12:
     raise CheckpointMismatchError(f"{path}: layer_norm_epsilon={eps}; dynpt's T5 uses "
                                   f"{_EPSILON}")
-  num_layers = int(get("num_layers"))
+  num_layers = get("num_layers")
   sizes = dict(emb_dim=get("d_model"), num_heads=get("num_heads"), head_dim=get("d_kv"),
                mlp_dim=get("d_ff"), num_encoder_layers=num_layers,
-               num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
-               relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-               relative_attention_max_distance=hf.get("relative_attention_max_distance",
-                                                      128))
+               num_decoder_layers=(get("num_decoder_layers", num_layers)
+                                   if hf.get("num_decoder_layers") else num_layers),
+               relative_attention_num_buckets=get("relative_attention_num_buckets", 32),
+               relative_attention_max_distance=get("relative_attention_max_distance",
+                                                   128))
   if "scale_decoder_outputs" in hf:
     scaled = bool(hf["scale_decoder_outputs"])
   else:
@@ -118,6 +130,9 @@ def read_config(folder: str) -> tuple[configs.T5Config, bool]:
   return text_tower.t5_config(sizes, get("vocab_size")), scaled
 
 
+_SIZE_KEYS = frozenset(("num_layers", "num_decoder_layers", "d_model", "num_heads", "d_kv",
+                        "d_ff", "vocab_size", "relative_attention_num_buckets",
+                        "relative_attention_max_distance"))
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                       "I64": np.int64, "I32": np.int32}
 
@@ -133,6 +148,9 @@ def _load_with_bfloat16(file: str, raw: bytes) -> dict[str, np.ndarray]:
 
   dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
   header_len = int.from_bytes(raw[:8], "little")
+  if len(raw) < 8 or header_len > len(raw) - 8:
+    raise CheckpointMismatchError(f"{file}: truncated (a header of {header_len} bytes "
+                                  f"in a file of {len(raw)})")
   header = json.loads(raw[8:8 + header_len])
   data = memoryview(raw)[8 + header_len:]
   out = {}
@@ -143,9 +161,33 @@ def _load_with_bfloat16(file: str, raw: bytes) -> dict[str, np.ndarray]:
       raise CheckpointMismatchError(f"{file}: tensor {name!r} has dtype "
                                     f"{entry['dtype']}, which is not read")
     begin, end = entry["data_offsets"]
+    if not 0 <= begin <= end <= len(data):
+      raise CheckpointMismatchError(f"{file}: tensor {name!r} lies at bytes "
+                                    f"[{begin}, {end}) of {len(data)} (truncated?)")
     value = np.frombuffer(data[begin:end], dtype=np.dtype(dtypes[entry["dtype"]]))
     out[name] = value.reshape(entry["shape"]).astype(np.float32)
   return out
+
+
+def _shard_names(index: str) -> list[str]:
+  """The shard files a sharded checkpoint's index lists (`weight_map` values), each a
+  relative path inside its folder (no absolute path, no `..`)."""
+  try:
+    contents = json.loads(fs.read_text(index))
+  except ValueError as e:
+    raise CheckpointMismatchError(f"{index}: not valid JSON ({e})") from e
+  weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise CheckpointMismatchError(f"{index}: no 'weight_map' object (tensor name -> "
+                                  "shard file), so the shards are unknown")
+  names = set()
+  for tensor, name in weight_map.items():
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (any(p in ("", ".", "..") for p in parts) or "\\" in name or "://" in name):
+      raise CheckpointMismatchError(f"{index}: tensor {tensor!r} is in {name!r}, which "
+                                    "is not a file name inside the checkpoint folder")
+    names.add(name)
+  return sorted(names)
 
 
 def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
@@ -157,8 +199,10 @@ def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
   if fs.isfile(path):
     files = [path]
   elif fs.isfile(index):  # Sharded: model-0000x-of-0000n.safetensors.
-    weight_map = json.loads(fs.read_text(index))["weight_map"]
-    files = sorted({fs.join(folder, v) for v in weight_map.values()})
+    files = [fs.join(folder, name) for name in _shard_names(index)]
+    missing = [f for f in files if not fs.isfile(f)]
+    if missing:
+      raise CheckpointMismatchError(f"{index}: lists {missing[0]}, which does not exist")
   else:
     raise FileNotFoundError(f"{path} not found (only safetensors weights are read; "
                             "save with `save_pretrained(..., safe_serialization=True)`)")
@@ -170,8 +214,12 @@ def _load_safetensors(folder: str) -> dict[str, np.ndarray]:
         tensors.update(load(raw))
       except (TypeError, KeyError):  # numpy has no bfloat16 (KeyError: 'BF16').
         tensors.update(_load_with_bfloat16(file, raw))
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
-      raise CheckpointMismatchError(f"{file}: not a readable safetensors file ({e})") from e
+    except CheckpointMismatchError:
+      raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, OverflowError) as e:  # Whatever a malformed header gives.
+      raise CheckpointMismatchError(f"{file}: not a readable safetensors file "
+                                    f"({type(e).__name__}: {e})") from e
   return tensors
 
 

@@ -23,19 +23,36 @@ from dynpt.data import vocab as vocab_lib
 from dynpt.interop import bit, hf, t5x, text_tower
 from dynpt.interop.text_tower import CheckpointMismatchError
 from dynpt.models import configs, cpu_kernels, vl_model
-from dynpt.train import export
+from dynpt.train import checkpoints, export
 
 FORMATS = ("hf", "t5x")
 
 
+# What a reader may raise on input it did not foresee: each is turned into a
+# `CheckpointMismatchError` naming the input, never a traceback of the tool.
+_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, EOFError,
+              OverflowError)
+
+
 def read_text_tower(fmt: str, path: str) -> tuple[configs.T5Config, dict, int | None]:
-  """(config, text tower, step) of a checkpoint in `fmt` ('hf' or 't5x')."""
-  if fmt == "hf":
-    cfg, tower = hf.read(path)
-    return cfg, tower, None
-  if fmt == "t5x":
+  """(config, text tower, step) of a checkpoint in `fmt` ('hf' or 't5x').
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    CheckpointMismatchError: anything malformed, naming the file (or `path`).
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"--format={fmt!r}; known formats: {FORMATS}")
+  try:
+    if fmt == "hf":
+      cfg, tower = hf.read(path)
+      return cfg, tower, None
     return t5x.read(path)
-  raise ValueError(f"--format={fmt!r}; known formats: {FORMATS}")
+  except (CheckpointMismatchError, FileNotFoundError):
+    raise
+  except _MALFORMED as e:
+    raise CheckpointMismatchError(f"{path}: not a readable {fmt} checkpoint "
+                                  f"({type(e).__name__}: {e})") from e
 
 
 def padded_vocab_size(spm_path: str) -> int:
@@ -109,7 +126,8 @@ def build_params(vl_cfg: configs.VLConfig, tower: dict, resnet_params: dict | No
 def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = None,
                       visual: str | None = None, image_size: int | None = None,
                       vocabulary: str | None = None, input_length: int = 32,
-                      target_length: int = 32, seed: int = 0) -> dict[str, Any]:
+                      target_length: int = 32, seed: int = 0,
+                      overwrite: bool = False) -> dict[str, Any]:
   """Writes a dynpt export in `out_dir` from a T5 v1.1 checkpoint; returns its info.
 
   Args:
@@ -125,10 +143,17 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
       the HF folder's spiece.model. Copied into the export.
     input_length, target_length: recorded for finetuning, as exports of runs do.
     seed: of the fresh init of everything not imported.
+    overwrite: replace an export already in `out_dir` (else it is refused). The
+      new export is written beside it and renamed into place once complete
+      (`export.staged_dir`), so a failure half-way leaves the old one intact.
 
   Raises:
     FileNotFoundError, ValueError (CheckpointMismatchError): before writing anything.
+    OSError (export.OutputExistsError): `out_dir` holds an export and not
+      `overwrite`, or holds other files; before reading anything.
   """
+  export.check_replaceable(out_dir, overwrite)
+  checkpoints.checked_path(fs.absolute(out_dir))
   visual_path = None
   if visual:
     kind, _, visual_path = visual.partition(":")
@@ -160,12 +185,9 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
   logging.info("the visual projection, position tables and norm are freshly initialised")
   params = build_params(vl_cfg, tower, resnet_params, seed)
 
-  fs.makedirs(out_dir)
   vocabulary_path = None
-  if spm_path is not None:
+  if spm_path is not None:  # Where the copy will be once the export is in place.
     vocabulary_path = fs.absolute(fs.join(out_dir, hf.SPM_FILE))
-    if fs.absolute(spm_path) != vocabulary_path:
-      fs.copy(spm_path, vocabulary_path)
   else:
     logging.warning("no sentencepiece model given (--vocabulary): finetuning needs "
                     "VOCABULARY set to the one the checkpoint was trained with")
@@ -178,6 +200,9 @@ def import_checkpoint(fmt: str, path: str, out_dir: str, model: str | None = Non
           # None alone means "the toy vocabulary" in a run's export; here it is unknown.
           "vocabulary_recorded": vocabulary_path is not None,
           "visual": fs.absolute(visual_path) if visual_path else None}
-  export.write_export(out_dir, params, info)
+  with export.staged_dir(out_dir, overwrite) as staging:
+    if spm_path is not None:
+      fs.copy(spm_path, fs.join(staging, hf.SPM_FILE))
+    export.write_export(staging, params, info)
   logging.info("imported %s checkpoint %s to %s", fmt, path, out_dir)
   return info

@@ -40,13 +40,16 @@ def checkpoint_dir(path: str) -> str:
   if fs.isdir(path):
     for name in fs.listdir(path):
       prefix, _, step = name.partition("_")
-      if (prefix == "checkpoint" and step.isdigit()
+      if (prefix == "checkpoint" and step.isascii() and step.isdigit()
           and fs.isfile(fs.join(path, name, CHECKPOINT_FILE))):
         steps.append(int(step))
   if not steps:
     raise FileNotFoundError(f"{path}: no T5X checkpoint (a folder with a msgpack "
                             f"'{CHECKPOINT_FILE}' file, or checkpoint_<step>/ folders)")
   return fs.join(path, f"checkpoint_{max(steps)}")
+
+
+_DRIVERS = ("zarr", "zarr3")  # What T5X writes; a spec may not reach elsewhere.
 
 
 def _is_spec(leaf: Any) -> bool:
@@ -62,10 +65,17 @@ def _read_array(spec: Mapping[str, Any], folder: str, name: str) -> np.ndarray:
   relative = kvstore.get("path") or spec.pop("path", None)
   if not relative:
     raise CheckpointMismatchError(f"{folder}: tensor {name!r} has no kvstore path")
+  parts = relative.rstrip("/").split("/") if isinstance(relative, str) else [""]
+  if any(p in ("", ".", "..") for p in parts) or "\\" in relative or "://" in relative:
+    raise CheckpointMismatchError(f"{folder}: tensor {name!r} names {relative!r}, which "
+                                  "is not a path inside the checkpoint folder")
+  if spec.get("driver") not in _DRIVERS:
+    raise CheckpointMismatchError(f"{folder}: tensor {name!r} has TensorStore driver "
+                                  f"{spec.get('driver')!r}; T5X writes {_DRIVERS}")
   spec["kvstore"] = fs.tensorstore_kvstore(fs.join(folder, relative))
   try:
     return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
-  except (ValueError, RuntimeError) as e:  # tensorstore reports missing data so.
+  except (ValueError, RuntimeError, TypeError, KeyError) as e:  # Missing or bad data.
     raise CheckpointMismatchError(f"{folder}: tensor {name!r} could not be read from "
                                   f"{relative} ({e})") from e
 
@@ -88,12 +98,32 @@ def read_target(path: str) -> tuple[dict[str, Any], int | None]:
   step = state.get("state", {}).get("step") if isinstance(state.get("state"), dict) else None
   if _is_spec(step):
     step = _read_array(step, folder, "state/step")
+  if not isinstance(state["target"], dict) or not state["target"]:
+    raise CheckpointMismatchError(f"{file}: 'target' is not a tree of params")
   flat = traverse_util.flatten_dict(state["target"], sep="/",
                                     is_leaf=lambda _, v: _is_spec(v))
-  arrays = {k: _read_array(v, folder, "target/" + k) if _is_spec(v) else np.asarray(v)
+  arrays = {k: _numeric(_read_array(v, folder, "target/" + k) if _is_spec(v) else v,
+                        file, "target/" + k)
             for k, v in flat.items()}
+  if step is not None:
+    step = _numeric(step, file, "state/step")
+    if step.size != 1 or step.dtype.kind not in "iu":
+      raise CheckpointMismatchError(f"{file}: 'state/step' is not one integer")
   return traverse_util.unflatten_dict(arrays, sep="/"), (None if step is None
-                                                         else int(np.asarray(step)))
+                                                         else int(step.reshape(())))
+
+
+def _numeric(value: Any, file: str, name: str) -> np.ndarray:
+  """`value` as an array of numbers (bfloat16 included), else a named error."""
+  try:
+    array = np.asarray(value)
+    np.asarray(array, np.float32)  # Strings, bytes and objects do not convert.
+  except (TypeError, ValueError, OverflowError) as e:
+    raise CheckpointMismatchError(f"{file}: {name} is not an array of numbers "
+                                  f"({type(e).__name__}: {e})") from e
+  if array.dtype.kind in "OSUV" and array.dtype.name != "bfloat16":
+    raise CheckpointMismatchError(f"{file}: {name} holds {array.dtype}, not numbers")
+  return array
 
 
 def read(path: str, max_distance: int = 128) -> tuple[Any, dict[str, Any], int | None]:

@@ -211,7 +211,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  from dynpt import hostalloc
+  from dynpt import console, hostalloc
 
+  console.setup()  # Before TensorFlow and JAX load: worker.log holds the cell's own lines.
   hostalloc.configure_process()
   sys.exit(main(sys.argv))

@@ -71,17 +71,36 @@ def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str,
 
 
 def fingerprint(spec: dict[str, Any]) -> str:
-  """A digest of what the cell computes: its gin files and bindings.
+  """A digest of what the cell computes: its gin files, their contents and bindings.
 
-  The study directory's own path is left out, so cells copied in from a
-  shard that ran elsewhere match.
+  The contents cover every gin file a stage reads, the files it `include`s
+  too (`_gin_contents`), so an edited config makes the finished cells stale
+  instead of mixing two configurations in one report. The study directory's
+  own path is left out, so cells copied in from a shard that ran elsewhere
+  match.
   """
-  what = {"pretrain": spec["pretrain"] and {k: spec["pretrain"][k] for k in
-                                             ("gin_files", "bindings", "loss_fraction")},
-          "finetune": [{k: f[k] for k in ("task", "gin_files", "bindings")}
+  what = {"pretrain": spec["pretrain"] and dict(
+              {k: spec["pretrain"][k] for k in ("gin_files", "bindings", "loss_fraction")},
+              gin_contents=_gin_contents(spec["pretrain"]["gin_files"])),
+          "finetune": [dict({k: f[k] for k in ("task", "gin_files", "bindings")},
+                            gin_contents=_gin_contents(f["gin_files"]))
                        for f in spec["finetune"]]}
   text = json.dumps(what, sort_keys=True).replace(spec["out_dir"], "<out_dir>")
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _gin_contents(gin_files: Sequence[str]) -> str:
+  """A digest of the contents of `gin_files` and every file they include
+  (`provenance.gin_fingerprint`), found as the worker's gin finds them (the
+  current directory, then `dynpt.main`'s search paths); 'missing: ...' when one
+  is not found (the cell then fails naming it)."""
+  from dynpt import main as dynpt_main
+  from dynpt.study import provenance
+
+  try:
+    return provenance.gin_fingerprint(gin_files, dynpt_main._default_search_paths())
+  except FileNotFoundError as e:
+    return f"missing: {e}"
 
 
 def stale_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str) -> list[str]:
@@ -183,7 +202,7 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
   """
   import concurrent.futures
 
-  import tqdm
+  from dynpt import console
 
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: must be at least 1")
@@ -200,8 +219,8 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
     return (ref is not None and ref in names and ref not in failed_here
             and not store.is_done(out_dir, ref))
 
-  with tqdm.tqdm(total=len(cells), desc="study", unit="cell", disable=not progress,
-                 file=sys.stdout) as bar, \
+  with console.progress(total=len(cells), desc="study", unit="cell", enabled=progress,
+                        file=sys.stdout) as bar, \
       concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     try:
       while pending or running:

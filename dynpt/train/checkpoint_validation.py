@@ -9,10 +9,18 @@ array that failed, and once an older step restores the bad ones are moved to
 `<run_dir>/corrupt_checkpoints/` (`move_aside`, never deleted). When none is
 good it fails naming them all and moves nothing. `non_finite_leaves` is also
 the guard that keeps NaN out of every save.
+
+Only evidence of damage makes a step "bad" (`is_damage`): a missing or
+unparsable file, a failed checksum, data that does not decode, non-finite
+values. An error of the machine or the store while restoring (out of memory,
+RESOURCE_EXHAUSTED, permission denied, an unavailable or failing store) says
+nothing about the checkpoint: the restore stops with
+`CheckpointRestoreError`, nothing is moved and nothing older is resumed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from typing import Any, Callable
@@ -36,6 +44,73 @@ class NoUsableCheckpointError(ValueError):
 
 class CheckpointProblem(Exception):
   """One step's checkpoint is unusable; the message names the step and file."""
+
+
+class CheckpointRestoreError(EnvironmentError):
+  """A restore failed for a reason that is not damage to the checkpoint
+  (memory, permission, an unavailable store); nothing was moved."""
+
+
+# Status codes (absl/TensorStore/XLA) and OS errors of the machine or the
+# store, not of the files: they fail the run instead of a fallback.
+_ENVIRONMENT_CODES = re.compile(
+    r"\b(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DEADLINE_EXCEEDED|"
+    r"UNAUTHENTICATED|ABORTED|CANCELLED)\b")
+_ENVIRONMENT_TEXT = re.compile(
+    r"out of memory|cannot allocate memory|permission denied|"
+    r"input/output error|resource temporarily unavailable|stale file handle|"
+    r"too many open files|no space left|disk quota|connection (reset|refused|"
+    r"aborted)|timed out", re.IGNORECASE)
+_ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EACCES", "EPERM", "EIO", "EAGAIN", "ENOMEM", "ENOSPC", "EDQUOT",
+        "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "ECONNRESET",
+        "ECONNREFUSED", "ECONNABORTED", "ENETDOWN", "ENETUNREACH",
+        "EHOSTUNREACH", "EBUSY", "EINTR", "ENOLCK") if hasattr(errno, name))
+_ENVIRONMENT_TYPES = (MemoryError, PermissionError, TimeoutError,
+                      ConnectionError, InterruptedError, BlockingIOError)
+# What damaged files raise: orbax's JSON and key errors, TensorStore's
+# ValueError with DATA_LOSS (a failed CRC-32C checksum) or OUT_OF_RANGE (a
+# truncated file), a missing file.
+_DAMAGE_CODES = re.compile(
+    r"\b(DATA_LOSS|NOT_FOUND|OUT_OF_RANGE|INVALID_ARGUMENT|FAILED_PRECONDITION)\b"
+    r"|checksum|corrupt|truncated", re.IGNORECASE)
+_DAMAGE_TYPES = (CheckpointProblem, FileNotFoundError, NotADirectoryError,
+                 IsADirectoryError, ValueError, KeyError, IndexError, TypeError,
+                 EOFError)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and the errors it was raised from (a few levels)."""
+  out = []
+  while error is not None and len(out) < 8 and error not in out:
+    out.append(error)
+    error = error.__cause__ or error.__context__
+  return out
+
+
+def is_environmental(error: BaseException) -> bool:
+  """Whether `error` comes from the machine or the store (memory, permission,
+  an unavailable or failing store), not from the checkpoint's files."""
+  for e in _chain(error):
+    if isinstance(e, _ENVIRONMENT_TYPES):
+      return True
+    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+      return True
+    text = str(e)
+    if _ENVIRONMENT_CODES.search(text) or _ENVIRONMENT_TEXT.search(text):
+      return True
+  return False
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether `error` is evidence that a checkpoint's files are damaged: a file
+  missing or unparsable, a failed checksum, data that does not decode, NaN.
+  An environmental error (`is_environmental`) never is."""
+  if is_environmental(error):
+    return False
+  return any(isinstance(e, _DAMAGE_TYPES) or _DAMAGE_CODES.search(str(e))
+             for e in _chain(error))
 
 
 @jax.jit
@@ -92,12 +167,15 @@ def check_step_files(step_dir: str, items: tuple[str, ...] = ITEMS) -> None:
   """Raises `CheckpointProblem` naming the first missing or unreadable file.
 
   A cheap look at what a restore needs before trying it: the item folders,
-  the state's `_METADATA` and the JSON items, each parsed.
+  the state's `_METADATA` and the JSON items, each parsed. An error reading
+  them that is not damage (`is_environmental`: permission, I/O) is raised as
+  it is.
   """
   if not fs.isdir(step_dir):
     raise CheckpointProblem(f"{step_dir} is not a directory")
+  names = set(fs.listdir(step_dir))  # A folder that cannot be read raises here.
   for item in items:
-    if not fs.isdir(fs.join(step_dir, item)):
+    if item not in names or not fs.isdir(fs.join(step_dir, item)):
       raise CheckpointProblem(f"{fs.join(step_dir, item)} is missing")
   paths = [fs.join(step_dir, item, _ITEM_METADATA[item]) for item in items]
   if "state" in items:  # Orbax's other JSON files of the state, when present.
@@ -114,15 +192,20 @@ def check_step_files(step_dir: str, items: tuple[str, ...] = ITEMS) -> None:
     except FileNotFoundError:
       raise CheckpointProblem(f"{path} is missing") from None
     except (OSError, ValueError) as e:
+      if is_environmental(e):
+        raise
       raise CheckpointProblem(f"{path} is unreadable ({_short(e)})") from None
 
 
-def _all_processes_agree(ok: bool) -> bool:
-  """True when `ok` holds on every process (each may see a different file)."""
+_RESTORED, _DAMAGED, _NOT_DAMAGE = 0, 1, 2  # A step's verdict, worst wins.
+
+
+def _worst_on_any_process(verdict: int) -> int:
+  """The worst verdict of any process (each may see a different file)."""
   if jax.process_count() == 1:
-    return ok
-  flags = multihost_utils.process_allgather(np.asarray(int(ok), np.int32))
-  return bool(np.all(np.asarray(flags)))
+    return verdict
+  verdicts = multihost_utils.process_allgather(np.asarray(verdict, np.int32))
+  return int(np.max(np.asarray(verdicts)))
 
 
 def move_aside(run_dir: str, step_dir: str) -> str:
@@ -145,6 +228,28 @@ def move_aside(run_dir: str, step_dir: str) -> str:
   return dest
 
 
+def _not_damage_error(step: int, folder: str, reason: str | None,
+                      error: BaseException | None) -> CheckpointRestoreError:
+  """The error that stops a restore which failed for a reason not damage."""
+  head = (f"restoring checkpoint step {step} ({folder}) failed: "
+          f"{reason or 'on another process (see its log)'}")
+  if error is None:
+    return CheckpointRestoreError(
+        f"{head}, for a reason that is not damage to the checkpoint: nothing was "
+        "moved and no older step was used")
+  if is_environmental(error):
+    return CheckpointRestoreError(
+        f"{head}. That is an error of the machine or the storage (memory, "
+        "permission, availability), not damage to the checkpoint: nothing was "
+        "moved and no older step was used. Fix the cause and run again")
+  corrupt = fs.join(fs.dirname(fs.dirname(folder)), CORRUPT_DIR)
+  return CheckpointRestoreError(
+      f"{head}. That error is not known as damage to the checkpoint, so nothing "
+      f"was moved and no older step was used; if the files of step {step} are "
+      f"damaged, move {folder} into {corrupt}/ and run again to resume from the "
+      "step before")
+
+
 def restore_with_fallback(steps: list[int], step_dir: Callable[[int], str],
                           restore_step: Callable[[int], Any],
                           set_aside: Callable[[int, str], None] | None = None,
@@ -155,7 +260,12 @@ def restore_with_fallback(steps: list[int], step_dir: Callable[[int], str],
   Each bad step is logged (step, folder, reason) as it is found. Only once
   an older step has restored are the bad ones passed to `set_aside`: when
   none is good, every step stays where it is, so the failure repeats on the
-  next start instead of turning into a silent fresh run.
+  next start instead of turning into a silent fresh run. A step is bad only
+  on evidence of damage (`is_damage`); any other error (out of memory,
+  permission, an unavailable store, or one not known as damage) stops the
+  restore there with `CheckpointRestoreError`: nothing is set aside and no
+  older step is used, so a good newest checkpoint is never given up for a
+  passing failure.
 
   Args:
     steps: candidate steps (any order).
@@ -168,21 +278,31 @@ def restore_with_fallback(steps: list[int], step_dir: Callable[[int], str],
   Raises:
     NoUsableCheckpointError: naming every step tried and why, when none
       restores.
+    CheckpointRestoreError: naming the step, folder and error, when a
+      restore fails for a reason that is not damage (on any process).
   """
   problems, bad = [], []
   for step in sorted(steps, reverse=True):
     folder = step_dir(step)
+    verdict, reason, error = _RESTORED, None, None
     try:
       check_step_files(folder, items)
-      restored, reason = restore_step(step), None
+      restored = restore_step(step)
     except CheckpointProblem as e:
-      reason = str(e)
+      verdict, reason = _DAMAGED, str(e)
     except Exception as e:  # pylint: disable=broad-except
-      # Orbax/tensorstore raise many types for damaged files (ValueError,
-      # KeyError, OSError, XlaRuntimeError...); any of them makes the step
-      # unusable, and the reason is logged.
-      reason = _short(e)
-    if not _all_processes_agree(reason is None):
+      # Orbax/TensorStore raise many types for damaged files (ValueError with
+      # DATA_LOSS or OUT_OF_RANGE, KeyError, JSONDecodeError...); `is_damage`
+      # tells them from the machine's and the store's errors.
+      verdict = _DAMAGED if is_damage(e) else _NOT_DAMAGE
+      reason, error = _short(e), e
+    worst = _worst_on_any_process(verdict)
+    if worst == _NOT_DAMAGE:
+      if verdict != _NOT_DAMAGE:  # Another process's error: its log has it.
+        reason, error = None, None
+      raise _not_damage_error(step, folder, reason, error)
+    verdict = worst
+    if verdict == _DAMAGED:
       reason = reason or "unreadable on another process (see its log)"
       logging.error("checkpoint step %d (%s) is unusable: %s", step, folder,
                     reason)

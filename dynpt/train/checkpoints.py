@@ -16,7 +16,10 @@ What goes wrong on real clusters is handled here (docs/troubleshooting.md):
 - `restore_latest_good` takes the newest step that validates (see
   `dynpt.train.checkpoint_validation`): damaged newer steps are logged and
   moved to `<run_dir>/corrupt_checkpoints/`, never deleted; when none is
-  good it fails naming them all (`NoUsableCheckpointError`).
+  good it fails naming them all (`NoUsableCheckpointError`);
+- only evidence of damage moves a step: a restore that fails for another
+  reason (out of memory, permission, an unavailable store) stops the run
+  naming it (`CheckpointRestoreError`), and nothing is moved or cut.
 """
 
 from __future__ import annotations
@@ -30,17 +33,32 @@ from absl import logging
 
 from dynpt import fs
 from dynpt.train.checkpoint_validation import (CORRUPT_DIR, CheckpointProblem,
+                                               CheckpointRestoreError,
                                                NoUsableCheckpointError,
                                                move_aside, non_finite_leaves,
                                                restore_with_fallback)
 
-__all__ = ["CORRUPT_DIR", "Checkpointer", "NoUsableCheckpointError",
+__all__ = ["CORRUPT_DIR", "CheckpointRestoreError", "Checkpointer",
+           "NoUsableCheckpointError",
            "NonFiniteStateError", "load_params", "restore_params",
            "save_params"]
 
 
 class NonFiniteStateError(ValueError):
   """A state to be saved holds NaN/inf; it was not saved."""
+
+
+def checked_path(path: str) -> str:
+  """`path` as it is; a ValueError for a path TensorStore would misread.
+
+  TensorStore's file store takes `\\` for a folder separator, so a folder
+  named `a\\b` would have its arrays written under `a/b`, elsewhere.
+  """
+  if "\\" in path and not fs.is_remote(path):
+    raise ValueError(f"{path}: checkpoint folders cannot contain a backslash "
+                     "(TensorStore reads it as a folder separator and would write "
+                     "the arrays elsewhere); choose a path without one")
+  return path
 
 
 def _jsonable(tree: Any) -> Any:
@@ -73,7 +91,7 @@ class Checkpointer:
 
   def __init__(self, run_dir: str, *, keep: int = 3, save_every: int = 1000,
                async_save: bool = True):
-    self.run_dir = fs.absolute(run_dir)  # A local folder or a bucket (dynpt.fs).
+    self.run_dir = checked_path(fs.absolute(run_dir))  # A local folder or a bucket (dynpt.fs).
     self.directory = fs.join(self.run_dir, "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
@@ -135,6 +153,8 @@ class Checkpointer:
 
     Raises:
       NoUsableCheckpointError: when checkpoints exist but none is usable.
+      CheckpointRestoreError: when a restore fails for a reason that is not
+        damage (memory, permission, storage); nothing is moved.
     """
     def restore_step(step):
       restored = self.restore(step, abstract_state, shardings)
@@ -182,8 +202,10 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
   Raises:
     FileNotFoundError: when there is no checkpoint (or no step `step`).
     NoUsableCheckpointError: naming each step tried, when none is usable.
+    CheckpointRestoreError: when a restore fails for a reason that is not
+      damage (memory, permission, storage).
   """
-  directory = fs.join(fs.absolute(run_dir), "checkpoints")
+  directory = fs.join(checked_path(fs.absolute(run_dir)), "checkpoints")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_names=("state",),
@@ -225,7 +247,7 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[Any, int]:
 def save_params(directory: str, params: Any) -> None:
   """Params-only checkpoint (orbax), the format exports and finetuning use."""
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(fs.absolute(directory), params, force=True)
+    ckptr.save(checked_path(fs.absolute(directory)), params, force=True)
 
 
 def load_params(directory: str) -> Any:

@@ -26,34 +26,13 @@ class ConfigError(ValueError):
   """A config field has the wrong type or is out of range; names the key."""
 
 
-class _Open(float):
-  """An exclusive bound of `_RANGES`."""
+class Open(float):
+  """An exclusive bound in a config's `RANGES`."""
 
 
-# Ranges of numeric fields, by config class name: field -> (low, high), both
-# inclusive unless the bound is an `_Open`. Configs defined elsewhere
-# (`optim.OptimizerConfig`, `finetune.EvalConfig`) are listed here too, so
-# that all range rules sit in one table.
-_RANGES: dict[str, dict[str, tuple[Any, Any]]] = {
-    "TrainConfig": {
-        "num_steps": (1, None), "global_batch_size": (1, None),
-        "num_model_partitions": (1, None), "checkpoint_every": (0, None),
-        "keep_checkpoints": (1, None), "log_every": (1, None),
-        "history_every": (1, None), "label_smoothing": (0.0, _Open(1.0))},
-    "DataConfig": {
-        "input_length": (1, None), "target_length": (1, None),
-        "image_size": (1, None), "max_damaged_fraction": (0.0, 1.0)},
-    "ModelConfig": {"dropout_rate": (0.0, _Open(1.0))},
-    "EvalConfig": {"max_examples": (1, None), "batch_size": (1, None),
-                   "beam_size": (1, None), "max_decode_length": (1, None),
-                   "every": (0, None), "answer_vocab_size": (1, None)},
-    "OptimizerConfig": {
-        "learning_rate": (_Open(0.0), None), "warmup_steps": (0, None),
-        "total_steps": (0, None), "end_learning_rate_factor": (0.0, None),
-        "weight_decay": (0.0, None), "b1": (0.0, _Open(1.0)),
-        "b2": (0.0, _Open(1.0)), "eps": (_Open(0.0), None),
-        "grad_clip_norm": (0.0, None)},
-}
+# A config dataclass keeps the ranges of its numeric fields beside them, in a class
+# attribute `RANGES`: field -> (low, high), both inclusive unless the bound is an `Open`;
+# None means unbounded. `check_fields` reads it.
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -100,7 +79,7 @@ def check_fields(cfg: Any) -> None:
   """
   cls = type(cfg)
   hints = typing.get_type_hints(cls)
-  ranges = _RANGES.get(cls.__name__, {})
+  ranges = getattr(cls, "RANGES", {})
   for field in dataclasses.fields(cfg):
     value = getattr(cfg, field.name)
     key = f"{cls.__name__}.{field.name}={value!r}"
@@ -111,12 +90,12 @@ def check_fields(cfg: Any) -> None:
       continue
     low, high = ranges[field.name]
     if low is not None and (value < low or
-                            (isinstance(low, _Open) and value == low)):
-      op = ">" if isinstance(low, _Open) else ">="
+                            (isinstance(low, Open) and value == low)):
+      op = ">" if isinstance(low, Open) else ">="
       raise ConfigError(f"{key}: must be {op} {low:g}")
     if high is not None and (value > high or
-                             (isinstance(high, _Open) and value == high)):
-      op = "<" if isinstance(high, _Open) else "<="
+                             (isinstance(high, Open) and value == high)):
+      op = "<" if isinstance(high, Open) else "<="
       raise ConfigError(f"{key}: must be {op} {high:g}")
 
 
@@ -136,6 +115,9 @@ def validate_configs(*cfgs: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the examples come from and their fixed shapes."""
+  RANGES = {
+      "input_length": (1, None), "target_length": (1, None),
+      "image_size": (1, None), "max_damaged_fraction": (0.0, 1.0)}
   mixture: str = "dynpt_24"  # A registered mixture, or comma-separated tasks.
   data_dir: str | None = None  # Default: $DYNPT_DATA_DIR, else data/toy.
   vocabulary_path: str | None = None  # Default: the shipped toy vocabulary.
@@ -164,6 +146,7 @@ class SamplerConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A named model size plus overrides (see `dynpt.models.configs`)."""
+  RANGES = {"dropout_rate": (0.0, Open(1.0))}
   name: str = "tiny"
   dtype: str | None = None
   remat: bool | None = None
@@ -194,6 +177,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """The run: length, batch, loss, partitioning, checkpoints, logging."""
+  RANGES = {
+      "num_steps": (1, None), "global_batch_size": (1, None),
+      "num_model_partitions": (1, None), "checkpoint_every": (0, None),
+      "keep_checkpoints": (1, None), "log_every": (1, None),
+      "history_every": (1, None), "label_smoothing": (0.0, Open(1.0))}
   run_dir: str = "runs/default"
   num_steps: int = 1000
   global_batch_size: int = 96

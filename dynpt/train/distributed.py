@@ -211,7 +211,7 @@ def initialize_distributed(coordinator_address: str | None = None,
   else:
     spec = detect_cluster(os.environ)
   if spec is None:
-    logging.info("Single process: jax.distributed is not initialised.")
+    logging.debug("Single process: jax.distributed is not initialised.")
     return False
   if jax.distributed.is_initialized():
     logging.info("jax.distributed already initialised; %s not applied again.", spec)

@@ -21,10 +21,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from dynpt import fs
+from dynpt import console, fs
 from dynpt.train import checkpoints, events
 from dynpt.train.config import TrainConfig
 from dynpt.train.feedback import Draw, MixtureFeedback, task_losses
@@ -66,7 +67,9 @@ class LoggingHook:
   """Averages step metrics over `log_every` steps into the clu writer; counts throughput.
 
   Metrics are written at the number of steps done (step s -> s + 1), as
-  `events.truncate_after` expects when a run resumes.
+  `events.truncate_after` expects when a run resumes. The writer gets every
+  metric (per-task losses, shares, skipped records: TensorBoard); the
+  console gets one line per log step (`console_line`) from the chief.
   """
 
   def __init__(self, writer, task_names, train_cfg: TrainConfig,
@@ -84,11 +87,13 @@ class LoggingHook:
     # When the first step's metrics arrived, and the examples up to then: the first
     # step includes compilation, so throughput after it is the steady rate.
     self._first_done: tuple[float, int] | None = None
+    self._first_step: tuple[float, int] | None = None  # (time, steps done) then.
+    self.final_loss: float | None = None
 
   @classmethod
   def create(cls, run_dir: str, start_step: int, task_names, train_cfg: TrainConfig,
              skip_counts=None) -> LoggingHook:
-    """A hook writing to `<run_dir>/tensorboard` (the chief) or to the log only.
+    """A hook writing to `<run_dir>/tensorboard` (the chief) or nowhere.
 
     The chief first drops the summaries a killed attempt wrote after
     `start_step`, so a resumed run's TensorBoard has each step once. For a
@@ -103,8 +108,10 @@ class LoggingHook:
       mirror = fs.LocalMirror(log_dir)
       log_dir = mirror.local
       events.truncate_after(log_dir, start_step)
-    writer = metric_writers.create_default_writer(
-        log_dir, just_logging=mirror is None, asynchronous=True)
+    if mirror is None:  # The chief writes the events and the console lines.
+      writer = metric_writers.MultiWriter([])
+    else:
+      writer = metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(log_dir)])
     return cls(writer, task_names, train_cfg, skip_counts, mirror)
 
   def _reset(self) -> None:
@@ -117,6 +124,7 @@ class LoggingHook:
     self.examples += int(result.draw.counts.sum())
     if self._first_done is None:
       self._first_done = (time.time(), self.examples)
+      self._first_step = (time.time(), result.step + 1)
     self._acc_loss += float(m["loss"])
     self._acc_n += 1
     self._acc_task_sum += np.asarray(m["task_loss_sum"], np.float64)
@@ -147,12 +155,57 @@ class LoggingHook:
       for name, count in self.skip_counts().items():
         scalars[f"train/task/{name}/skipped_records"] = float(count)
     self.writer.write_scalars(done, scalars)
+    self.final_loss = scalars["train/loss"]
+    if jax.process_index() == 0:
+      rate, first_s = scalars["train/examples_per_s"], None
+      if self._first_step is not None and done - steps < self._first_step[1]:
+        # The window holds the run's first step, which compiles: rate the others.
+        first_s = self._first_step[0] - self._last_time
+        later = done - self._first_step[1]
+        rate = (later * self.cfg.global_batch_size / max(now - self._first_step[0], 1e-9)
+                if later else None)
+      logging.info("%s", self.console_line(done, scalars["train/loss"], rate, shares, now,
+                                           first_step_s=first_s))
     self._last_time = now
     self._reset()
 
+  def console_line(self, done: int, loss: float, examples_per_s: float | None,
+                   shares: np.ndarray, now: float, first_step_s: float | None = None) -> str:
+    """`step 20/300: loss 5.1234, 96.1 examples/s, ETA 4m10s; largest share ...`.
+
+    The ETA uses the rate since the first step (which compiles), once there is one;
+    `first_step_s` is that step's time, for the line whose steps include it.
+    """
+    total = self.cfg.num_steps
+    eta = ""
+    if done < total and self._first_step is not None and done > self._first_step[1]:
+      per_step = (now - self._first_step[0]) / (done - self._first_step[1])
+      eta = f", ETA {console.format_seconds(per_step * (total - done))}"
+    shares = np.asarray(shares, np.float64)
+    if len(shares) > 1 and np.ptp(shares) > 1e-6:
+      hi, lo = int(np.argmax(shares)), int(np.argmin(shares))
+      mix = (f"largest share {self.task_names[hi]} {shares[hi]:.3f}, "
+             f"smallest {self.task_names[lo]} {shares[lo]:.3f}")
+    else:
+      mix = f"{len(shares)} tasks, {shares[0] if len(shares) else 0:.3f} each"
+    speed = [f"{examples_per_s:.1f} examples/s"] if examples_per_s is not None else []
+    if first_step_s is not None:
+      speed.append(f"first step {console.format_seconds(first_step_s)} (compiling)")
+    return f"step {done}/{total}: loss {loss:.4f}, {', '.join(speed)}{eta}; {mix}"
+
   def write_scalars(self, done: int, scalars: dict[str, float]) -> None:
-    """Writes other scalars (an evaluation's) at `done` steps."""
+    """Writes other scalars (an evaluation's) at `done` steps; the console gets
+    the score and each task's first metric."""
     self.writer.write_scalars(done, scalars)
+    if jax.process_index() == 0 and "eval/score" in scalars:
+      first: dict[str, float] = {}
+      for key, value in scalars.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] != "num_examples":
+          first.setdefault(parts[1], value)
+      tasks = ", ".join(f"{t} {v:.2f}" for t, v in first.items())
+      line = f"eval after step {done}: score {scalars['eval/score']:.2f} ({tasks})"
+      logging.info("%s", line if len(line) <= 250 else line[:246] + " ...)")
 
   def summary(self, start: int, end: int, elapsed: float) -> dict:
     """Totals of the run; `steady_examples_per_s` leaves out the first step (compile,
@@ -165,6 +218,7 @@ class LoggingHook:
             "seconds": round(elapsed, 2),
             "examples_per_s": round(self.examples / max(elapsed, 1e-9), 2),
             "steady_examples_per_s": steady,
+            "final_loss": self.final_loss,
             "final_task_loss": self.final_task_loss}
 
   def sync(self) -> None:

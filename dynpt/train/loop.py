@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from dynpt import fs
+from dynpt import console, fs
 from dynpt.train import checkpoints, optim
 from dynpt.train import config as config_lib
 from dynpt.train import preemption, setup
@@ -140,7 +140,7 @@ def run(session: setup.TrainSession,
           history.sync()  # up to this checkpoint (written locally till now).
         for hook in evals:
           hook.run(done, session.state.params, logger)
-        if stop:
+        if stop and done < last:  # The last step ends the loop itself (a bar shows 100%).
           break
     except (TrainingDivergedError, checkpoints.NonFiniteStateError) as e:
       raise TrainingDivergedError(f"{e}. {checkpoint.kept_message()}") from None
@@ -158,12 +158,12 @@ def run(session: setup.TrainSession,
 
 
 def _progress(cfg: TrainConfig, start: int, last: int):
-  """The steps to run; a tqdm bar over them on the chief when asked for."""
+  """The steps to run; a bar over them on the chief's terminal when asked for
+  (in a log file, the line of each log step tells the progress)."""
   steps = range(start, last)
   if cfg.progress_bar and jax.process_index() == 0:
-    import tqdm  # Only the chief draws a bar.
-    return tqdm.tqdm(steps, initial=start, total=last, desc="train", unit="step",
-                     dynamic_ncols=True)
+    return console.progress(steps, initial=start, total=last, desc="train", unit="step",
+                            every_s=None)
   return steps
 
 

@@ -13,10 +13,18 @@ from typing import Sequence
 import jax
 import optax
 
+from dynpt.train.config import Open
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Hyper-parameters of AdamW + warm-up/cosine (bound from gin)."""
+  RANGES = {  # `dynpt.train.config.check_fields`: field -> (low, high).
+      "learning_rate": (Open(0.0), None), "warmup_steps": (0, None),
+      "total_steps": (0, None), "end_learning_rate_factor": (0.0, None),
+      "weight_decay": (0.0, None), "b1": (0.0, Open(1.0)),
+      "b2": (0.0, Open(1.0)), "eps": (Open(0.0), None),
+      "grad_clip_norm": (0.0, None)}
   learning_rate: float = 1e-4
   warmup_steps: int = 10_000
   total_steps: int = 500_000

@@ -14,6 +14,10 @@ Multi-host runs lock from process 0, and every process learns the answer.
 
 Holding is re-entrant within a process (`dynpt.main` holds the lock while it
 writes `config.gin`, then `loop.train` takes it again).
+
+The lock file is opened without following links (`O_NOFOLLOW`): a `.lock`
+that is a symbolic link (or a hard link, or not a plain file) is refused
+with `UnsafeLockFileError`, and nothing is written where it points.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 
@@ -44,6 +49,45 @@ class RunDirInUseError(RuntimeError):
   """Another process holds the run directory; the message names it."""
 
 
+class UnsafeLockFileError(OSError):
+  """`<run_dir>/.lock` is a symbolic link (or not a plain file of its own):
+  it is not opened, so nothing is written where it points."""
+
+
+def _open_lock_file(lock_path: str) -> int:
+  """A descriptor of the lock file, created if absent, never through a link.
+
+  `O_NOFOLLOW` refuses a symbolic link (a dangling one too, which `O_CREAT`
+  would otherwise create at its target); a hard link or a non-file is refused
+  after opening, before anything is written.
+  """
+  flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+  advice = ("dynpt writes its holder's name into the lock file, so it never "
+            "opens one that leads elsewhere. Remove it (what it points to is "
+            "left as it is) and run again")
+  try:
+    fd = os.open(lock_path, flags, 0o644)
+  except OSError as e:
+    if e.errno == errno.ELOOP or os.path.islink(lock_path):
+      raise UnsafeLockFileError(
+          f"{lock_path} is a symbolic link (to {os.readlink(lock_path)}); "
+          f"{advice}") from None
+    raise
+  st = os.fstat(fd)
+  if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    os.close(fd)
+    what = ("not a plain file" if not stat.S_ISREG(st.st_mode)
+            else f"a hard link ({st.st_nlink} names for one file)")
+    raise UnsafeLockFileError(f"{lock_path} is {what}; {advice}")
+  return fd
+
+
+def _lock_key(lock_path: str) -> str:
+  """The lock file's path with its folder resolved (never its own link)."""
+  return os.path.join(os.path.realpath(os.path.dirname(lock_path)),
+                      os.path.basename(lock_path))
+
+
 def is_local(path: str) -> bool:
   return not fs.is_remote(path)
 
@@ -58,7 +102,8 @@ def _holder_info() -> dict:
 def describe_holder(lock_path: str) -> str:
   """'pid 123 on host h since t (command ...)', from the lock file's text."""
   try:
-    with open(lock_path) as f:
+    fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
       info = json.load(f)
     return (f"pid {info['pid']} on host {info['host']} since "
             f"{info['started']} (command: {info['command']})")
@@ -67,13 +112,17 @@ def describe_holder(lock_path: str) -> str:
 
 
 def _lock_locally(lock_path: str) -> str | None:
-  """Takes the lock (or deepens a hold); None, or the holder's description."""
-  key = os.path.realpath(lock_path)
+  """Takes the lock (or deepens a hold); None, or the holder's description.
+
+  Raises:
+    UnsafeLockFileError: the lock file is a link or not a plain file.
+  """
+  key = _lock_key(lock_path)
   with _HELD_GUARD:
     if key in _HELD:
       _HELD[key][1] += 1
       return None
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(lock_path)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -89,7 +138,7 @@ def _lock_locally(lock_path: str) -> str | None:
 
 
 def _unlock_locally(lock_path: str) -> None:
-  key = os.path.realpath(lock_path)
+  key = _lock_key(lock_path)
   with _HELD_GUARD:
     held = _HELD.get(key)
     if held is None:
@@ -107,6 +156,8 @@ class RunLock:
   Raises (on enter):
     RunDirInUseError: naming the holder (pid, host, start, command) when
       another process holds the directory.
+    UnsafeLockFileError: when `<run_dir>/.lock` is a symbolic link (or not a
+      plain file of its own); nothing is written to it or where it points.
   """
 
   def __init__(self, run_dir: str):
@@ -123,15 +174,24 @@ class RunLock:
           "job (tools/launch_tpu.py stops the previous one first; "
           "docs/scaling.md)", 1, self.run_dir)
       return
-    holder = None
+    holder, unsafe = None, None
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-      holder = _lock_locally(self.lock_path)
+      try:
+        holder = _lock_locally(self.lock_path)
+      except UnsafeLockFileError as e:
+        unsafe = e  # Raised below, once every process knows.
     if jax.process_count() > 1:
-      refused = multihost_utils.broadcast_one_to_all(
-          np.asarray(holder is not None, np.int32))
-      if bool(refused) and holder is None:
+      refused = int(multihost_utils.broadcast_one_to_all(np.asarray(
+          2 if unsafe else int(holder is not None), np.int32)))
+      if refused == 2 and unsafe is None:
+        unsafe = UnsafeLockFileError(f"{self.lock_path} is refused (see the "
+                                     "log of process 0)")
+      if refused == 1 and holder is None:
         holder = "another trainer (see the log of process 0)"
+    if unsafe is not None:
+      logging.error("%s", unsafe)
+      raise unsafe
     if holder is not None:
       raise RunDirInUseError(
           f"run directory {self.run_dir} is in use by {holder}; a second "

@@ -5,7 +5,7 @@ with: the mesh, the model, the jitted step, the train state (restored from
 the newest good checkpoint, or fresh, or from given params), the mixture
 feedback around the sampler (restored with it) and the per-task input fed
 one batch ahead. Pretraining (`loop.train`) and finetuning
-(`finetune.finetune`) both build their runs here.
+(`dynpt.downstream.finetune.finetune`) both build their runs here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dynpt import fs, mixing
-from dynpt.data import vocab as vocab_lib
 from dynpt.train import batching, checkpoints, memory, model_setup, optim
 from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
@@ -121,6 +120,16 @@ class TrainSession:
       self.feed.close()
 
 
+def make_train_optimizer(optimizer_cfg: optim.OptimizerConfig, train_cfg: TrainConfig,
+                         frozen_patterns: tuple[str, ...] = ()
+                         ) -> tuple[optim.OptimizerConfig, Any]:
+  """(the run's optimizer config, its optax transformation): `total_steps`
+  defaults to the run's `num_steps`."""
+  optimizer_cfg = dataclasses.replace(
+      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps)
+  return optimizer_cfg, optim.make_optimizer(optimizer_cfg, frozen_patterns)
+
+
 def jit_train_step(model, num_tasks: int, train_cfg: TrainConfig,
                    optimizer_cfg: optim.OptimizerConfig, mesh, shardings):
   """`step.train_step` jitted with the state donated, traced under the mesh's rules."""
@@ -140,7 +149,8 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
                   sampler_cfg: SamplerConfig, optimizer_cfg: optim.OptimizerConfig,
                   model_cfg: ModelConfig, *, init_params: Any = None,
                   frozen_patterns: tuple[str, ...] = (),
-                  num_data_shards: int | None = None) -> TrainSession:
+                  num_data_shards: int | None = None,
+                  run_model: model_setup.RunModel | None = None) -> TrainSession:
   """Builds (or restores) a run from valid configs, in a claimed run directory.
 
   Args (beyond the configs):
@@ -150,6 +160,8 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
     num_data_shards: logical data shards S (see `dynpt.train.batching`).
       Default: the checkpoint's S when resuming and the process count
       divides it, else one per process.
+    run_model: the run's `model_setup.build_run_model` when the caller built it
+      already (finetuning fits an export to it first); default: built here.
 
   Raises:
     ValueError: naming the setting, when the batch does not divide over the
@@ -161,19 +173,16 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
   batch_size = train_cfg.global_batch_size
   feedback = MixtureFeedback(build_sampler(sampler_cfg, task_names, batch_size, data_cfg,
                                             train_cfg.num_steps))
-  mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
+  run_model = run_model or model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
+  mesh = run_model.mesh
   data_devices = mesh.shape[partitioning.DATA]
   if batch_size % max(data_devices, jax.process_count()):
     raise ValueError(
         f"TrainConfig.global_batch_size={batch_size} must be divisible by the "
         f"{data_devices} data-parallel devices and {jax.process_count()} processes")
-  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
-  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
-  rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
-  optimizer_cfg = dataclasses.replace(
-      optimizer_cfg, total_steps=optimizer_cfg.total_steps or train_cfg.num_steps)
-  tx = optim.make_optimizer(optimizer_cfg, frozen_patterns)
-  init_fn = model_setup.init_params_fn(model, data_cfg)
+  vocab, model, rules = run_model.vocab, run_model.model, run_model.rules
+  optimizer_cfg, tx = make_train_optimizer(optimizer_cfg, train_cfg, frozen_patterns)
+  init_fn = run_model.init_fn()
   ckpt = checkpoints.Checkpointer(run_dir, keep=train_cfg.keep_checkpoints,
                                   save_every=train_cfg.checkpoint_every,
                                   async_save=train_cfg.async_checkpoints)

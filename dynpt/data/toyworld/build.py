@@ -15,8 +15,8 @@ from typing import Iterable, Mapping
 
 from absl import logging
 import tensorflow as tf
-import tqdm
 
+from dynpt import console
 from dynpt.data import schema
 from dynpt.data.toyworld import datasets as ds_lib
 from dynpt.data.toyworld import scene as scene_lib
@@ -59,7 +59,7 @@ def _clear_split(data_dir: str, dataset: str, split: str) -> None:
 
 
 def _write_split(data_dir: str, dataset: str, split: str, meta: dict,
-                 bar: tqdm.tqdm) -> None:
+                 bar) -> None:
   _clear_split(data_dir, dataset, split)
   with schema.ShardedWriter(data_dir, dataset, split, meta["num_shards"]) as writer:
     for index in range(meta["num_records"]):
@@ -95,7 +95,7 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
       dataset that has that split (`{'train': 8000}`), or 'dataset/split' for one
       dataset (`{'cc3m/train': 4000}`), which wins over the split name.
     overwrite: rebuild splits that are already complete.
-    progress: show a tqdm progress bar.
+    progress: show progress (a bar on a terminal, else a line every 30 s).
     palette: the visual vocabulary of random objects (`scene.PALETTES`): 'full' (every
       shape, colour, size, texture) or 'simple' (four plain shapes, medium or large:
       what a miniature image tower can read, docs/study/transfer.md).
@@ -136,7 +136,7 @@ def build_toy_world(data_dir: str, seed: int = 0, scale: str = "tiny",
       jobs.append((name, split, meta))
   todo = [j for j in jobs if overwrite or not _is_complete(data_dir, *j)]
   total = sum(meta["num_records"] for _, _, meta in todo)
-  with tqdm.tqdm(total=total, desc="toy world", unit="rec", disable=not progress) as bar:
+  with console.progress(total=total, desc="toy world", unit="rec", enabled=progress) as bar:
     for name, split, meta in todo:
       bar.set_postfix_str(f"{name}/{split}")
       _write_split(data_dir, name, split, meta, bar)

@@ -14,7 +14,6 @@ import numpy as np
 
 from dynpt import fs
 from dynpt.data import generated_captions
-from dynpt.data import vocab as vocab_lib
 from dynpt.train import export, model_setup
 from dynpt.train.config import DataConfig, ModelConfig
 
@@ -35,15 +34,16 @@ def load_captioner(export_dir: str, **kwargs) -> generated_captions.Captioner:
              if k not in info]
   if missing:
     raise ValueError(f"{export_dir}/export_info.json lacks {missing}")
-  vocab = vocab_lib.get_vocabulary(info.get("vocabulary_path"))
   model_cfg = ModelConfig(
       name=info["model"], t5_overrides=info.get("t5_overrides"),
       resnet_preactivation=bool(info.get("resnet_preactivation", False)),
       visual_fusion=info.get("visual_fusion") or "decoder")
-  model = model_setup.build_model(model_cfg, vocab, info["image_size"])
   data_cfg = DataConfig(image_size=info["image_size"], input_length=info["input_length"],
-                        target_length=info["target_length"])
-  _check_shapes(model_setup.init_params_fn(model, data_cfg), params, export_dir)
+                        target_length=info["target_length"],
+                        vocabulary_path=info.get("vocabulary_path"))
+  run_model = model_setup.build_run_model(model_cfg, data_cfg)
+  model, vocab = run_model.model, run_model.vocab
+  _check_shapes(run_model.init_fn(), params, export_dir)
   provenance = {"export_dir": fs.absolute(export_dir), "step": info.get("step"),
                 "model": info["model"], "image_size": info["image_size"]}
   return generated_captions.Captioner(

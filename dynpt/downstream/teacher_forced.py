@@ -3,7 +3,7 @@
 Reports each task's mean token cross-entropy and token accuracy on a split
 (by default the pretraining sources' `validation` split), the numbers the
 dynamic sampler reasons about. Generation metrics for downstream tasks live
-in `dynpt.train.finetune`.
+in `dynpt.downstream.decode_score`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import numpy as np
 from absl import logging
 
 from dynpt import fs
-from dynpt.data import pipeline
-from dynpt.data import vocab as vocab_lib
-from dynpt.train import checkpoints, model_setup, partitioning
+from dynpt.train import checkpoints, model_setup
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, TrainConfig
 
@@ -36,25 +34,15 @@ def evaluate(run_dir: str = "runs/default", data_cfg: DataConfig = DataConfig(),
   needed fsdp or model parallelism to train is evaluated the same way.
   """
   task_names = model_setup.resolve_task_names(data_cfg.mixture)
-  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
-  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  run_model = model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
   if params is None:
     params, step = checkpoints.restore_params(run_dir, step)
-  mesh = partitioning.create_mesh(train_cfg.num_model_partitions)
-  boxed = jax.eval_shape(model_setup.init_params_fn(model, data_cfg),
-                         jax.random.PRNGKey(0))
-  param_shardings = partitioning.param_shardings(
-      boxed, mesh, partitioning.logical_axis_rules(train_cfg.partition_mode))
-  params = jax.device_put(params, param_shardings)
-  eval_fn = jax.jit(partitioning.traced_under_rules(
-      functools.partial(step_lib.eval_step, model=model, num_tasks=len(task_names)),
-      mesh, train_cfg.partition_mode))
+  params = run_model.place(params)
+  eval_fn = run_model.jit(functools.partial(
+      step_lib.eval_step, model=run_model.model, num_tasks=len(task_names)))
   results = {}
   for task_id, name in enumerate(task_names):
-    it = pipeline.TaskIterator(
-        name, task_id=task_id, sequence_length=data_cfg.sequence_length,
-        image_size=data_cfg.image_size, seed=data_cfg.seed, split=split,
-        data_dir=data_cfg.data_dir, shuffle=False, vocabulary=vocab)
+    it = run_model.eval_iterator(name, task_id=task_id, split=split)
     loss_sum = tokens = correct = 0.0
     remaining = examples_per_task
     while remaining > 0:

@@ -17,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynpt.data import pipeline
-from dynpt.data import vocab as vocab_lib
 from dynpt.models import vl_model
 from dynpt.train import checkpoints, model_setup
-from dynpt.train.config import DataConfig, ModelConfig
+from dynpt.train.config import DataConfig, ModelConfig, TrainConfig
 
 
 def _sequence_scores(model, params, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -41,16 +39,17 @@ def _sequence_scores(model, params, batch) -> tuple[jax.Array, jax.Array, jax.Ar
           jnp.sum(weights, axis=-1))
 
 
-def answer_accuracy(task_names: tuple[str, ...] | list[str], params: Any, model, *,
-                    data_cfg: DataConfig, split: str = "validation",
+def answer_accuracy(task_names: tuple[str, ...] | list[str], params: Any,
+                    run_model: model_setup.RunModel, *, split: str = "validation",
                     examples: int = 128, batch_size: int = 64) -> dict[str, dict[str, float]]:
   """Per task: exact answer accuracy and token loss with true and with shuffled images.
 
   Args:
     task_names: registered tasks to probe (any kind; yes/no tasks are the telling ones).
     params: model params (e.g. `checkpoints.restore_params(run_dir)[0]`).
-    model: the `VLModel` the params belong to.
-    data_cfg: the run's data config (vocabulary, lengths, image size, data dir).
+    run_model: the run's model, mesh and rules (`model_setup.build_run_model`): the
+      params are placed and the scores traced as the run's train step, so a model
+      that needs fsdp to train is probed under fsdp.
     split: the split to read; pretraining sources have `validation`.
     examples: examples per task, read in order from the split's start.
     batch_size: examples per forward pass; the image shuffle is within a batch (so a
@@ -61,14 +60,12 @@ def answer_accuracy(task_names: tuple[str, ...] | list[str], params: Any, model,
     'loss_shuffled': ce, 'examples': n}}: accuracies are exact-match fractions, losses
     the mean target-token cross-entropy (the image helps where loss_true < loss_shuffled).
   """
-  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
-  score_fn = jax.jit(lambda p, b: _sequence_scores(model, p, b))
+  model = run_model.model
+  score_fn = run_model.jit(lambda p, b: _sequence_scores(model, p, b))
+  params = run_model.place(params)
   out = {}
   for task_id, name in enumerate(task_names):
-    it = pipeline.TaskIterator(
-        name, task_id=task_id, sequence_length=data_cfg.sequence_length,
-        image_size=data_cfg.image_size, seed=data_cfg.seed, split=split,
-        data_dir=data_cfg.data_dir, shuffle=False, vocabulary=vocab)
+    it = run_model.eval_iterator(name, task_id=task_id, split=split)
     sums = np.zeros((2, 3))  # [true | shuffled images, (correct, nll, tokens)]
     seen = 0
     while seen < examples:
@@ -86,9 +83,9 @@ def answer_accuracy(task_names: tuple[str, ...] | list[str], params: Any, model,
 
 
 def run_answer_accuracy(run_dir: str, task_names, *, model_cfg: ModelConfig,
-                        data_cfg: DataConfig, **kwargs) -> dict[str, dict[str, float]]:
+                        data_cfg: DataConfig, train_cfg: TrainConfig | None = None,
+                        **kwargs) -> dict[str, dict[str, float]]:
   """`answer_accuracy` for the latest checkpoint of a run directory."""
-  vocab = vocab_lib.get_vocabulary(data_cfg.vocabulary_path)
-  model = model_setup.build_model(model_cfg, vocab, data_cfg.image_size)
+  run_model = model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
   params, _ = checkpoints.restore_params(run_dir, None)
-  return answer_accuracy(task_names, params, model, data_cfg=data_cfg, **kwargs)
+  return answer_accuracy(task_names, params, run_model, **kwargs)
