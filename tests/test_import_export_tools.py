@@ -295,12 +295,26 @@ def test_a_run_export_failing_half_way_leaves_the_old_export(tmp_path, monkeypat
   out_dir = os.path.join(run_dir, "export")
   export.export(run_dir)
   before = _tree_bytes(out_dir)
+  ckpt = checkpoints.Checkpointer(run_dir, keep=2, async_save=False)
+  tower = {"token_embedder": {"embedding": jnp.zeros((4, 2))},
+           "encoder": {"w": jnp.zeros((2,))}, "decoder": {"w": jnp.zeros((2,))}}
+  ckpt.save(4, {"params": tower, "step": jnp.asarray(4)}, {}, {})  # A newer step.
+  ckpt.close()
+  save_params = checkpoints.save_params
+  calls = []
 
-  def fails(directory, params):
-    raise OSError(5, "Input/output error")
+  def fails_on_the_second_save(directory, params):
+    calls.append(directory)
+    if len(calls) == 2:
+      raise OSError(5, "Input/output error")
+    save_params(directory, params)
 
-  monkeypatch.setattr(checkpoints, "save_params", fails)
+  monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
   with pytest.raises(OSError, match="Input/output error"):
     export.export(run_dir)
-  assert _tree_bytes(out_dir) == before
+  assert _tree_bytes(out_dir) == before  # Step 3's export, whole.
+  assert _leftovers(run_dir) == []
+  monkeypatch.undo()
+  assert export.export(run_dir)["step"] == 4
+  assert export.load_export(out_dir)[1]["step"] == 4
   assert _leftovers(run_dir) == []
