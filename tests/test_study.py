@@ -305,7 +305,8 @@ def test_report_merges_existing_cells_and_lists_failures(tmp_path):
   assert re.search(r"Dynamic `dynpt_24` pretraining against no pretraining, per task: "
                    r"vqav2 \+25\.0 \[.*\] \(n=3\) \(better\); gqa \+2[45]\.\d", text)
   assert re.search(r"\| ODM \(online data mixing\) \| `odm` \| 50\.\d ± 0\.\d \(n=2\)", text)
-  assert "ODM (online data mixing) | -0.2 [" in text  # Paired over seeds 0 and 1.
+  # Paired over seeds 0 and 1: the planted -0.1 plus the rows' noise (sd 0.1).
+  assert re.search(r"ODM \(online data mixing\) \| -0\.[12] \[", text)
   assert os.path.exists(os.path.join(out, report.FIGURE1))
 
 
