@@ -208,7 +208,7 @@ def build_step(size: Size, *, dtype: str | None = None, remat: bool | None = Non
 
 def ensure_toy_world(data_dir: str) -> float:
   """Builds the default-scale toy world if missing; returns the seconds it took."""
-  from dynpt.data.toyworld import build
+  from dynpt.toyworld import build
 
   t = time.perf_counter()
   build.build_toy_world(data_dir, seed=0, scale="default", progress=False)

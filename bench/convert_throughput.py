@@ -4,7 +4,7 @@ Both engines convert the same SNLI-VE-layout fixture (one record per image, phot
 500x375 JPEGs, local disk, warm page cache) in one process, alternating, so the ratio
 is measured under the same conditions. The old engine is kept here, for this
 comparison only: list every item on the driver, cut them into contiguous shards and
-write each shard on a `concurrent.futures` thread (what dynpt/data/converters/engine.py
+write each shard on a `concurrent.futures` thread (what dynpt/converters/engine.py
 did before Beam). The Beam numbers include the pipeline's start-up, as a user's run
 does; that fixed cost is also timed alone, on an 8-record conversion.
 
@@ -29,8 +29,8 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dynpt.data import converters, schema  # noqa: E402
-from dynpt.data.converters import base  # noqa: E402
+from dynpt import converters, schema  # noqa: E402
+from dynpt.converters import base  # noqa: E402
 
 _ITEMS = flags.DEFINE_integer("items", 3000, "Records per conversion.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Threads (old) / direct_num_workers (Beam).")

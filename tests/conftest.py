@@ -31,10 +31,10 @@ def toy_data_dir(tmp_path_factory) -> str:
   """A data dir holding the tiny toy world (every dataset and split; 32 px).
 
   Built once per test session (a few seconds) by
-  `dynpt.data.toyworld.build.build_toy_world(dir, seed=0, scale='tiny')`.
+  `dynpt.toyworld.build.build_toy_world(dir, seed=0, scale='tiny')`.
   Treat it as read-only: tests that need to write data use their own tmp dir.
   """
-  from dynpt.data.toyworld.build import build_toy_world
+  from dynpt.toyworld.build import build_toy_world
 
   data_dir = str(tmp_path_factory.mktemp("toy_world"))
   build_toy_world(data_dir, seed=0, scale="tiny", progress=False)

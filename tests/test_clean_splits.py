@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from dynpt.data import schema
-from dynpt.data.converters import clean
+from dynpt.converters import clean
 from tests.test_convert_helpers import jpeg_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import pytest
 
-from dynpt.data import converters
+from dynpt import converters
 from dynpt.data import schema
-from dynpt.data.converters import base
-from dynpt.data.converters import engine
-from dynpt.data.converters import fs
+from dynpt.converters import base
+from dynpt.converters import engine
+from dynpt.converters import fs
 from tests.test_convert_helpers import (IN_MEMORY, by_id, run, skipped_lines, write,
                                         write_jpeg)
 

@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 
-from dynpt.data import converters
+from dynpt import converters
 from dynpt.data import schema
 
 

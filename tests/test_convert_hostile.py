@@ -14,11 +14,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dynpt.data import converters
-from dynpt.data.converters import base
-from dynpt.data.converters import img2dataset
-from dynpt.data.converters import refcoco
-from dynpt.data.converters import video
+from dynpt import converters
+from dynpt.converters import base
+from dynpt.converters import img2dataset
+from dynpt.converters import refcoco
+from dynpt.converters import video
 from tests.test_convert_helpers import (by_id, jpeg_bytes, run, skipped_lines, write,
                                         write_json, write_jpeg)
 from tests.test_convert_official import _tar

@@ -18,7 +18,7 @@ from PIL import Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynpt.data.converters import base
+from dynpt.converters import base
 from tests.test_convert_helpers import (by_id, jpeg_bytes, roundtrip, run, skipped_lines,
                                         texts, write, write_json, write_jpeg)
 
@@ -213,7 +213,7 @@ def test_raw_files_are_read_through_gfile_urls(tmp_path):
   """`gs://` inputs go through tf.io.gfile; TF's in-memory `ram://` file system stands in."""
   import tensorflow as tf
 
-  from dynpt.data.converters import video
+  from dynpt.converters import video
 
   raw = f"ram://{tmp_path.name}/raw"
 

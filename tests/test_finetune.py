@@ -16,7 +16,7 @@ from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConf
 @pytest.fixture(scope="module")
 def vqa_data_dir(tmp_path_factory):
   """A larger toy VQA set (500 train / 200 val at 32 px) than the tiny world."""
-  from dynpt.data.toyworld.build import build_toy_world
+  from dynpt.toyworld.build import build_toy_world
 
   data_dir = str(tmp_path_factory.mktemp("toy_vqa"))
   build_toy_world(data_dir, seed=0, scale="default", image_size=32,
@@ -119,7 +119,7 @@ def test_unmatched_frozen_pattern_is_an_error(toy_data_dir, tmp_path):
 @pytest.fixture(scope="module")
 def refcoco_data_dir(tmp_path_factory):
   """Toy RefCOCO at 64 px with 20k training expressions (~50 s to build)."""
-  from dynpt.data.toyworld.build import build_toy_world
+  from dynpt.toyworld.build import build_toy_world
 
   data_dir = str(tmp_path_factory.mktemp("toy_refcoco"))
   build_toy_world(data_dir, seed=0, scale="default", image_size=64, datasets=["refcoco"],

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from dynpt.data import schema
-from dynpt.data.toyworld import build
-from dynpt.data.toyworld import datasets as ds_lib
-from dynpt.data.toyworld import render
+from dynpt.toyworld import build
+from dynpt.toyworld import datasets as ds_lib
+from dynpt.toyworld import render
 
 SEED = 0
 TINY = ds_lib.SCALES["tiny"]
@@ -291,8 +291,8 @@ def test_make_toy_data_tool(tmp_path):
 
 def test_simple_palette_draws_only_its_vocabulary_and_is_recorded(tmp_path):
   """Every randomly drawn object, word and answer comes from the 'simple' palette."""
-  from dynpt.data.toyworld import language as lang
-  from dynpt.data.toyworld import scene as scene_lib
+  from dynpt.toyworld import language as lang
+  from dynpt.toyworld import scene as scene_lib
 
   simple = scene_lib.get_palette("simple")
   names = ["oi", "vg", "cc3m", "vqav2", "gqa", "snli_ve", "refcoco", "msvd_qa"]

@@ -11,8 +11,8 @@ import seqio
 import sentencepiece as spm
 
 from dynpt.data import vocab
-from dynpt.data.toyworld import build
-from dynpt.data.toyworld import scene as scene_lib
+from dynpt.toyworld import build
+from dynpt.toyworld import scene as scene_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "dynpt", "assets", "vocab", "toy_spm.model")

@@ -5,7 +5,7 @@ r"""Removes downstream evaluation images from every pretraining and training set
 Without --out_dir it only reports what would be removed. The report (12-in-1's
 Table 7: images before, after and the share removed, per set) is printed and written to
 `clean_splits_report.{md,json}` in out_dir (or data_dir). See
-`dynpt/data/converters/clean.py` for how images are matched. An --out_dir that
+`dynpt/converters/clean.py` for how images are matched. An --out_dir that
 resolves to --data_dir (a symlink to it too) cleans in place; one whose datasets or
 splits are symlinks into --data_dir is refused with one `error:` line (exit 2).
 """
@@ -21,7 +21,7 @@ from dynpt import console
 
 console.setup(__name__)  # Before TensorFlow loads: its start-up chatter is dropped.
 
-from dynpt.data.converters import clean  # noqa: E402
+from dynpt.converters import clean  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted data dir.", required=True)
 _OUT_DIR = flags.DEFINE_string(

@@ -36,8 +36,8 @@ from dynpt import console
 
 console.setup(__name__)  # Before Beam and TensorFlow load: their start-up chatter goes.
 
-from dynpt.data import converters  # noqa: E402
-from dynpt.data.converters import engine  # noqa: E402
+from dynpt import converters  # noqa: E402
+from dynpt.converters import engine  # noqa: E402
 
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Folder of the data set's raw files.",
                                required=True)

@@ -37,7 +37,7 @@ _SCALE = flags.DEFINE_enum("scale", "default", ["tiny", "default"],
 def main(argv) -> None:
   del argv
   from dynpt import main as dynpt_main
-  from dynpt.data.toyworld import build
+  from dynpt.toyworld import build
 
   print(f"toy world in {_DATA_DIR.value} (built once, then reused)")
   build.build_toy_world(_DATA_DIR.value, seed=0, scale=_SCALE.value)

@@ -15,8 +15,8 @@ from dynpt import console
 
 console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
 
-from dynpt.data.toyworld import datasets  # noqa: E402
-from dynpt.data.toyworld import scene  # noqa: E402
+from dynpt.toyworld import datasets  # noqa: E402
+from dynpt.toyworld import scene  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output data dir.", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Global seed of the toy world.")
@@ -48,7 +48,7 @@ def _parse_records(pairs):
 
 def main(argv):
   del argv
-  from dynpt.data.toyworld import build  # TensorFlow: after the flags (a fast --help).
+  from dynpt.toyworld import build  # TensorFlow: after the flags (a fast --help).
 
   records = _parse_records(_RECORDS.value)
   counts = build.build_toy_world(

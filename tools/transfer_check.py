@@ -142,7 +142,7 @@ def main(argv) -> None:
 
 def _run(seeds: list[int]) -> None:
   """Every missing run of the grid, then the table."""
-  from dynpt.data.toyworld import build
+  from dynpt.toyworld import build
 
   data_dir = os.path.abspath(_DATA_DIR.value)
   out_dir = os.path.abspath(_OUT_DIR.value)

@@ -67,7 +67,7 @@ def _load(data_dir: str, sources: list[str], split: str, size: int, names: list[
 def _synthetic(n: int, size: int, seed: int, names: list[str]):
   import numpy as np
 
-  from dynpt.data.toyworld import render, scene as scene_lib
+  from dynpt.toyworld import render, scene as scene_lib
 
   rng = np.random.default_rng(seed)
   pick = lambda opts: str(rng.choice(opts)) if opts else None  # noqa: E731
@@ -103,7 +103,7 @@ def main(argv):
 
   size = _IMAGE_SIZE.value
   if _SYNTHETIC.value:
-    from dynpt.data.toyworld import scene as scene_lib
+    from dynpt.toyworld import scene as scene_lib
     names = sorted(_SHAPES.value or scene_lib.SHAPES) if _ATTRIBUTE.value == "shape" else \
         sorted(scene_lib.COLORS)
     x_tr, y_tr = _synthetic(_SYNTHETIC.value, size, 1, names)

@@ -25,8 +25,8 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from dynpt.data.toyworld import datasets as toy_datasets
-from dynpt.data.toyworld import scene as scene_lib
+from dynpt.toyworld import datasets as toy_datasets
+from dynpt.toyworld import scene as scene_lib
 
 SCRATCH = "none"  # The `sampler` and `mixture` of a from-scratch cell.
 REFERENCE_SAMPLERS = {"doremi": "uniform"}  # Sampler -> the sampler of its reference.
@@ -429,7 +429,7 @@ def build_world(cfg: StudyConfig, out_dir: str, progress: bool = False) -> str:
 
   Splits already built with the same seed and sizes are kept.
   """
-  from dynpt.data.toyworld import build  # TensorFlow: only when a world is built.
+  from dynpt.toyworld import build  # TensorFlow: only when a world is built.
 
   path = data_dir(cfg, out_dir)
   build.build_toy_world(path, seed=cfg.world_seed, scale=cfg.toy_scale,

@@ -23,8 +23,8 @@ import math
 import re
 from typing import Any, Iterator
 
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
+from dynpt.converters import base
+from dynpt.converters import fs
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")

@@ -27,8 +27,8 @@ import os
 import tarfile
 from typing import Any, Iterator
 
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
+from dynpt.converters import base
+from dynpt.converters import fs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 

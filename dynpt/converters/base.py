@@ -44,7 +44,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from dynpt.data.converters import fs
+from dynpt.converters import fs
 
 # Namespaces whose ids are shared between data sets (normalised by `image_id`).
 SHARED_NAMESPACES = ("coco", "oi", "flickr", "vg")

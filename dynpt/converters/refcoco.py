@@ -17,8 +17,8 @@ import os
 import pickle
 from typing import Any, Iterator
 
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
+from dynpt.converters import base
+from dynpt.converters import fs
 
 # The only globals a refs pickle may name: set types, which Python 2 pickles build by
 # calling them on a list. Lists, dicts, tuples, strings and numbers need no global.

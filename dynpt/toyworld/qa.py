@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynpt.data.toyworld import language as lang
-from dynpt.data.toyworld import scene as scene_lib
-from dynpt.data.toyworld.scene import Scene
+from dynpt.toyworld import language as lang
+from dynpt.toyworld import scene as scene_lib
+from dynpt.toyworld.scene import Scene
 
 YES_NO = ("yes", "no")
 LOCATIONS = ("top left", "top", "top right", "left", "center", "right",

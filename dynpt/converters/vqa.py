@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from dynpt.data import schema
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
-from dynpt.data.converters import labels
+from dynpt.converters import base
+from dynpt.converters import fs
+from dynpt.converters import labels
 
 # split -> (questions file candidates, annotations file or None, COCO image folder).
 VQA_FILES = {

@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from absl import logging
 
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
-from dynpt.data.converters import img2dataset
+from dynpt.converters import base
+from dynpt.converters import fs
+from dynpt.converters import img2dataset
 
 OI_LABEL_FILES = {
     "train": ("oidv6-train-annotations-human-imagelabels.csv",

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dynpt.data.toyworld import language as lang
-from dynpt.data.toyworld import qa
-from dynpt.data.toyworld import render
-from dynpt.data.toyworld import scene as scene_lib
-from dynpt.data.toyworld.scene import Scene
+from dynpt.toyworld import language as lang
+from dynpt.toyworld import qa
+from dynpt.toyworld import render
+from dynpt.toyworld import scene as scene_lib
+from dynpt.toyworld.scene import Scene
 
 
 @dataclasses.dataclass(frozen=True)

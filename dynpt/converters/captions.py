@@ -16,10 +16,10 @@ import itertools
 import os
 from typing import Any, Iterator
 
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
-from dynpt.data.converters import img2dataset
-from dynpt.data.converters import labels
+from dynpt.converters import base
+from dynpt.converters import fs
+from dynpt.converters import img2dataset
+from dynpt.converters import labels
 
 
 def _row_of(name: str) -> int | None:

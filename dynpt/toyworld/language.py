@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dynpt.data.toyworld import scene as scene_lib
-from dynpt.data.toyworld.scene import Obj, Scene
+from dynpt.toyworld import scene as scene_lib
+from dynpt.toyworld.scene import Obj, Scene
 
 ATTRS = ("size", "color", "texture", "shape")  # Adjective order in noun phrases.
 COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")

@@ -56,8 +56,8 @@ from typing import Any, Iterable, Sequence
 from absl import logging
 
 from dynpt.data import schema
-from dynpt.data.converters import base
-from dynpt.data.converters import fs
+from dynpt.converters import base
+from dynpt.converters import fs
 
 DEFAULT_RUNNER = "DirectRunner"
 STATE_DIR = "conversion_state"

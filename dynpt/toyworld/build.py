@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from dynpt import console
 from dynpt.data import schema
-from dynpt.data.toyworld import datasets as ds_lib
-from dynpt.data.toyworld import scene as scene_lib
+from dynpt.toyworld import datasets as ds_lib
+from dynpt.toyworld import scene as scene_lib
 
 # Bump when the generator's output changes, so old builds are rebuilt.
 GENERATOR_VERSION = 1

@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dynpt.data.toyworld import scene as scene_lib
+from dynpt.toyworld import scene as scene_lib
 
 
 def _polygon(cx: float, cy: float, r: float, n: int, inner: float | None = None,

@@ -7,14 +7,14 @@ Each split is converted by an Apache Beam pipeline (`engine.py`). Use
   summary = converters.convert(conv, "val", out_dir="data/real")
 """
 
-from dynpt.data.converters.base import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
+from dynpt.converters.base import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
                                         ConvertOptions, Converter, Skip, Skipped, image_id)
-from dynpt.data.converters.captions import CC3M, CC12M, LocalizedNarratives
-from dynpt.data.converters.engine import DEFAULT_MAX_SKIP_FRACTION, convert, format_summary
-from dynpt.data.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome
-from dynpt.data.converters.refcoco import RefCOCO, RefCOCOg, RefCOCOPlus
-from dynpt.data.converters.video import IVQA, MSRVTTQA, MSVDQA
-from dynpt.data.converters.vqa import GQA, SNLIVE, VQAv2
+from dynpt.converters.captions import CC3M, CC12M, LocalizedNarratives
+from dynpt.converters.engine import DEFAULT_MAX_SKIP_FRACTION, convert, format_summary
+from dynpt.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome
+from dynpt.converters.refcoco import RefCOCO, RefCOCOg, RefCOCOPlus
+from dynpt.converters.video import IVQA, MSRVTTQA, MSVDQA
+from dynpt.converters.vqa import GQA, SNLIVE, VQAv2
 
 CONVERTERS: dict[str, type[Converter]] = {
     c.name: c for c in (CC3M, CC12M, LocalizedNarratives, OpenImagesLabels, ImageNet21k,
