@@ -109,7 +109,7 @@ def test_task_losses_are_nan_without_tokens():
 
 
 def test_the_training_loop_hands_samplers_what_they_declare(monkeypatch):
-  from dynpt.train import config, setup
+  from dynpt.train import config, session
 
   sizes = {"a": 10, "b": 20, "c": 30}
   counted = []
@@ -118,9 +118,9 @@ def test_the_training_loop_hands_samplers_what_they_declare(monkeypatch):
     counted.append(task)
     return sizes[task]
 
-  monkeypatch.setattr(setup.model_setup, "dataset_size", dataset_size)
+  monkeypatch.setattr(session.model_setup, "dataset_size", dataset_size)
   data_cfg = config.DataConfig(data_dir="unused")
-  build = lambda name, **options: setup.build_sampler(
+  build = lambda name, **options: session.build_sampler(
       config.SamplerConfig(name, {"min_per_task": 1, **options}), TASKS, 12, data_cfg, 50)
   # The 12-in-1 samplers score task epochs of the train loss (the loop feeds no
   # validation scores); samplers that need no sizes never have them counted.

@@ -1,7 +1,7 @@
 """Finetuning on downstream tasks (the paper's appendix B).
 
 Finetuning is the pretraining loop (`dynpt.train.loop.run`) on a run built by
-`dynpt.train.setup.build_session` from an export's params (fresh optimizer,
+`dynpt.train.session.build_session` from an export's params (fresh optimizer,
 fitted by `dynpt.train.init_params`), on one downstream task or a mixture of
 them, with optional frozen subtrees, plus an `EvalHook`: every
 `EvalConfig.every` steps and at the end the model decodes the eval split and
@@ -16,8 +16,9 @@ from typing import Any
 from dynpt import mixing
 from dynpt.downstream import best_params
 from dynpt.downstream.decode_score import EvalConfig
-from dynpt.train import hooks, loop, model_setup, optim, setup
+from dynpt.train import hooks, loop, model_setup, optim
 from dynpt.train import init_params as init_params_lib
+from dynpt.train import session as session_lib
 from dynpt.train.config import (DataConfig, ModelConfig, SamplerConfig, TrainConfig,
                                 validate_configs)
 
@@ -54,8 +55,8 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
   run_model = model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
   init_params = init_params_lib.load_init_params(init_from, run_model.model, data_cfg,
                                                  frozen_patterns)
-  with setup.claimed_run_dir(train_cfg.run_dir):
-    session = setup.build_session(
+  with session_lib.claimed_run_dir(train_cfg.run_dir):
+    session = session_lib.build_session(
         train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
         init_params=init_params, frozen_patterns=tuple(frozen_patterns),
         run_model=run_model)

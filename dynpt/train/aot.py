@@ -14,8 +14,8 @@ same for its users). `tools/check_config.py --tpu=TYPE` prints it.
   chip, so v4-32 is 16 chips), the chips per host, the torus wrap-around, the
   chip's HBM and its bf16 dense peak.
 * `compile_train_step` builds the trainer's step with the trainer's own
-  functions (`dynpt.train.setup.jit_train_step`, `state.state_shardings`,
-  the optimizer of `setup.make_train_optimizer`, the model of
+  functions (`dynpt.train.session.jit_train_step`, `state.state_shardings`,
+  the optimizer of `session.make_train_optimizer`, the model of
   `model_setup.model_config` for these devices) on a mesh over the slice's
   devices, and compiles it for the abstract state and batch.
 * `collectives(hlo_text)` counts the compiled program's collectives by kind.
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from dynpt.models import vl_model
 from dynpt.train import model_setup, optim, partitioning
-from dynpt.train import setup as setup_lib
+from dynpt.train import session as session_lib
 from dynpt.train import state as state_lib
 from dynpt.train.config import DataConfig, ModelConfig, TrainConfig
 
@@ -290,7 +290,7 @@ def compile_train_step(train_cfg: TrainConfig, data_cfg: DataConfig,
                        optimizer_cfg: optim.OptimizerConfig, model_cfg: ModelConfig, *,
                        devices: Sequence[jax.Device], vocab_size: int, num_tasks: int,
                        frozen_patterns: tuple[str, ...] = ()) -> CompiledStep:
-  """Compiles the trainer's step (`setup.build_session`'s) for a mesh over `devices`.
+  """Compiles the trainer's step (`session.build_session`'s) for a mesh over `devices`.
 
   Same model (resolved for these devices), optimizer, state shardings, logical-axis
   rules, batch sharding and donation as a run of these configs; the state and the
@@ -310,18 +310,18 @@ def compile_train_step(train_cfg: TrainConfig, data_cfg: DataConfig,
   model = vl_model.VLModel(model_setup.model_config(
       model_cfg, vocab_size, data_cfg.image_size, devices))
   rules = partitioning.logical_axis_rules(train_cfg.partition_mode)
-  optimizer_cfg, tx = setup_lib.make_train_optimizer(optimizer_cfg, train_cfg,
-                                                     frozen_patterns)
+  optimizer_cfg, tx = session_lib.make_train_optimizer(optimizer_cfg, train_cfg,
+                                                       frozen_patterns)
   init_fn = model_setup.init_params_fn(model, data_cfg)
   abstract, shardings = state_lib.state_shardings(init_fn, tx, mesh, rules,
                                                   train_cfg.seed)
-  p_step = setup_lib.jit_train_step(model, num_tasks, train_cfg, optimizer_cfg, mesh,
-                                    shardings)
+  train_step = session_lib.jit_train_step(model, num_tasks, train_cfg, optimizer_cfg,
+                                          mesh, shardings)
   batch = batch_spec(data_cfg, train_cfg.global_batch_size,
                      partitioning.batch_sharding(mesh))
   weights = jax.ShapeDtypeStruct((num_tasks,), jnp.float32,
                                  sharding=partitioning.replicated(mesh))
-  lowered = p_step.lower(abstract, batch, weights)
+  lowered = train_step.lower(abstract, batch, weights)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:

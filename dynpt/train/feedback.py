@@ -6,11 +6,11 @@ from the step loop so that its one rule can be read, tested and checkpointed
 on its own:
 
   **The batch of step n is drawn from the sampler after `update` with the
-  losses of every step up to n-2** (a lag of one step).
+  losses of every step up to n - 1 - `STEPS_IN_FLIGHT` = n-2.**
 
 Why n-2 and not n-1: the batch of step n is assembled on a background thread
-while the device runs step n-1, so step n-1's losses do not exist yet when
-its counts are needed. The rule is the same whether the jitted step call
+while the device runs step n-1 (`STEPS_IN_FLIGHT` = 1 step runs while a batch
+is drawn), so step n-1's losses do not exist yet when its counts are needed. The rule is the same whether the jitted step call
 returns at once (asynchronous dispatch) or only when the step is done
 (synchronous dispatch), and it does not depend on when checkpoints are
 written, so a resumed run replays the uninterrupted one exactly.
@@ -32,7 +32,9 @@ import numpy as np
 
 from dynpt import mixing
 
-LAG = 1  # Steps between a step's losses and the first batch drawn after them.
+# Steps still running when a batch is drawn: the batch of step n is drawn while
+# step n-1 runs, so it sees the losses of steps <= n - 1 - STEPS_IN_FLIGHT = n-2.
+STEPS_IN_FLIGHT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +104,14 @@ class MixtureFeedback:
     self._pending.append((step, loss.copy(), count.copy()))
 
   def draw(self, step: int) -> Draw:
-    """The composition of step `step`'s batch, after the updates the lag allows.
+    """The composition of step `step`'s batch, after the updates of steps <= `step` - 2.
 
     Raises:
       RuntimeError: if the losses of step `step` - 2 were never observed: the
         counts would then depend on when the caller happened to observe them.
     """
     step = int(step)
-    applies_through = step - 1 - LAG
+    applies_through = step - 1 - STEPS_IN_FLIGHT
     if self.observed_through < applies_through:
       raise RuntimeError(f"mixture feedback: the batch of step {step} needs the losses "
                          f"of step {applies_through}, but the last observed step is "

@@ -1,7 +1,7 @@
 """The step loop: batch -> jitted step -> mixture feedback -> hooks.
 
 `train` is pretraining: validate the configs, claim the run directory, build
-the run (`dynpt.train.setup`), then `run` it. `run` is the loop every run
+the run (`dynpt.train.session`), then `run` it. `run` is the loop every run
 shares (finetuning adds an `EvalHook`). One iteration, step s:
 
   1. take batch s (assembled on a background thread from `Draw` s);
@@ -34,7 +34,8 @@ from absl import logging
 from dynpt import console, fs
 from dynpt.train import checkpoints, optim
 from dynpt.train import config as config_lib
-from dynpt.train import preemption, setup
+from dynpt.train import preemption
+from dynpt.train import session as session_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
 from dynpt.train.hooks import (CheckpointHook, EvalHook, HistoryHook, LoggingHook,
                                StepResult, TrainingDivergedError)
@@ -69,15 +70,15 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   """
   config_lib.validate_configs(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
                               model_cfg)
-  with setup.claimed_run_dir(train_cfg.run_dir):
-    session = setup.build_session(
+  with session_lib.claimed_run_dir(train_cfg.run_dir):
+    session = session_lib.build_session(
         train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
         init_params=init_params, frozen_patterns=tuple(frozen_patterns),
         num_data_shards=num_data_shards)
     return run(session)
 
 
-def run(session: setup.TrainSession,
+def run(session: session_lib.TrainSession,
         eval_hooks: Sequence[EvalHook] = ()) -> dict[str, Any]:
   """Steps `session` to `num_steps` (or a preemption); returns the summary.
 
@@ -89,14 +90,14 @@ def run(session: setup.TrainSession,
   """
   cfg = session.train_cfg
   start, last = session.start_step, cfg.num_steps
-  feedback, feed = session.feedback, session.feed
+  feedback, prefetcher = session.feedback, session.prefetcher
   if start >= last:
     logging.info("run already complete at step %d", start)
   t_start = time.time()
   with contextlib.ExitStack() as stack:
     stack.callback(session.close)  # Runs last: waits for the checkpoint writes.
     logger = LoggingHook.create(cfg.run_dir, start, session.task_names, cfg,
-                                skip_counts=feed.input.skipped_by_task)
+                                skip_counts=prefetcher.input.skipped_by_task)
     stack.callback(logger.close)
     history = HistoryHook(cfg.run_dir, start, session.task_names, cfg.history_every)
     stack.callback(history.close)
@@ -113,17 +114,17 @@ def run(session: setup.TrainSession,
     pending: StepResult | None = None  # Dispatched, not yet taken in.
     try:
       if start < last:
-        feed.start(feedback.draw(start))
+        prefetcher.start(feedback.draw(start))
         if jax.process_count() > 1:
           session.compile_on_every_process()
       for step in _progress(cfg, start, last):
-        draw, batch, positions = feed.take()
+        draw, batch, positions = prefetcher.take()
         if pending is not None:
           take_in(pending)  # Waits for step - 1.
         if step + 1 < last:
-          feed.start(feedback.draw(step + 1))
-        session.state, metrics = session.p_step(session.state, batch,
-                                                jnp.asarray(draw.loss_weights))
+          prefetcher.start(feedback.draw(step + 1))
+        session.state, metrics = session.train_step(session.state, batch,
+                                                    jnp.asarray(draw.loss_weights))
         pending = StepResult(step, draw, _copy_to_host_async(metrics))
         done = step + 1
         # Collective where there are several processes: SIGTERM on any host
@@ -147,9 +148,9 @@ def run(session: setup.TrainSession,
   summary = logger.summary(start, int(jax.device_get(session.state.step)),
                            time.time() - t_start)
   summary.update(run_dir=cfg.run_dir, preempted=preempt.agreed,
-                 compilations=session.p_step._cache_size(),
-                 skipped_records=feed.input.skipped,
-                 skipped_records_by_task=feed.input.skipped_by_task(),
+                 compilations=session.train_step._cache_size(),
+                 skipped_records=prefetcher.input.skipped,
+                 skipped_records_by_task=prefetcher.input.skipped_by_task(),
                  checkpoints=session.checkpointer.directory)
   if jax.process_index() == 0:
     fs.write_text(fs.join(cfg.run_dir, "train_summary.json"),

@@ -3,7 +3,7 @@
 Kept apart from the loop so eval, export and finetuning build the very same
 model from the same configs. `build_run_model` is the one place that turns the
 configs into vocabulary, model, mesh and logical-axis rules: the trainer's set-up
-(`dynpt.train.setup.build_session`) and every scorer of `dynpt.downstream` start
+(`dynpt.train.session.build_session`) and every scorer of `dynpt.downstream` start
 from it, so an evaluation places params and traces its functions exactly as the
 run's train step does (a model that needs fsdp to train is evaluated under fsdp).
 """

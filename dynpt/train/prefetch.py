@@ -1,6 +1,6 @@
-"""The next batch, assembled ahead on a background thread.
+"""The next batch, assembled ahead on a background thread (prefetching).
 
-`BatchFeed.start(draw)` begins assembling the batch of `draw.step` while the
+`BatchPrefetcher.start(draw)` begins assembling the batch of `draw.step` while the
 device (or, with synchronous dispatch, the calling thread inside the jitted
 call, which releases the GIL) runs the current step; `take()` waits for it
 and records the data positions right after it, which is what a checkpoint of
@@ -18,7 +18,7 @@ from dynpt.train import batching
 from dynpt.train.feedback import Draw
 
 
-class BatchFeed:
+class BatchPrefetcher:
   """One batch ahead of the step loop over a `batching.MixtureInput`."""
 
   def __init__(self, mixture_input: batching.MixtureInput, batch_sharding):

@@ -3,8 +3,8 @@
 `build_session` makes everything the loop (`dynpt.train.loop.run`) steps
 with: the mesh, the model, the jitted step, the train state (restored from
 the newest good checkpoint, or fresh, or from given params), the mixture
-feedback around the sampler (restored with it) and the per-task input fed
-one batch ahead. Pretraining (`loop.train`) and finetuning
+feedback around the sampler (restored with it) and the per-task input
+prefetched one batch ahead (`prefetch.BatchPrefetcher`). Pretraining (`loop.train`) and finetuning
 (`dynpt.downstream.finetune.finetune`) both build their runs here.
 """
 
@@ -27,8 +27,8 @@ from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
-from dynpt.train.feed import BatchFeed
 from dynpt.train.feedback import MixtureFeedback
+from dynpt.train.prefetch import BatchPrefetcher
 
 _COMPILE_BARRIER_TIMEOUT_MS = 3600 * 1000  # Large models compile for minutes.
 _BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
@@ -70,10 +70,10 @@ class TrainSession:
     mesh: the (data, model) device mesh.
     model: the `VLModel`.
     state: the `TrainState` (donated to every step; replaced by the loop).
-    p_step: `(state, batch, loss_weights) -> (state, metrics)`, jitted.
+    train_step: `(state, batch, loss_weights) -> (state, metrics)`, jitted.
     start_step: the step the run continues from (0 for a fresh run).
     feedback: the mixture feedback around the sampler.
-    feed: the input, one batch ahead.
+    prefetcher: the input, one batch ahead.
     checkpointer: the run's checkpoints.
   """
   train_cfg: TrainConfig
@@ -81,10 +81,10 @@ class TrainSession:
   mesh: jax.sharding.Mesh
   model: Any
   state: Any
-  p_step: Any
+  train_step: Any
   start_step: int
   feedback: MixtureFeedback
-  feed: BatchFeed
+  prefetcher: BatchPrefetcher
   checkpointer: checkpoints.Checkpointer
 
   @property
@@ -102,12 +102,12 @@ class TrainSession:
     they meet at a barrier of the distributed runtime, which has no such
     limit. Call inside `with mesh` (part of jit's cache key).
     """
-    draw, local = self.feed.peek()
+    draw, local = self.prefetcher.peek()
     rows = jax.process_count()
     batch = {k: jax.ShapeDtypeStruct((v.shape[0] * rows,) + v.shape[1:], v.dtype,
-                                     sharding=self.feed.sharding)
+                                     sharding=self.prefetcher.sharding)
              for k, v in local.items()}
-    self.p_step.lower(self.state, batch, jnp.asarray(draw.loss_weights)).compile()
+    self.train_step.lower(self.state, batch, jnp.asarray(draw.loss_weights)).compile()
     ocp.multihost.get_barrier_sync_fn()(
         key=f"dynpt_train_step_compiled_{next(_BARRIER_IDS)}",
         timeout_ms=_COMPILE_BARRIER_TIMEOUT_MS)
@@ -117,7 +117,7 @@ class TrainSession:
     try:
       self.checkpointer.close()
     finally:
-      self.feed.close()
+      self.prefetcher.close()
 
 
 def make_train_optimizer(optimizer_cfg: optim.OptimizerConfig, train_cfg: TrainConfig,
@@ -214,10 +214,10 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
       target_length=data_cfg.target_length)))
   return TrainSession(
       train_cfg=train_cfg, task_names=task_names, mesh=mesh, model=model, state=state,
-      p_step=jit_train_step(model, len(task_names), train_cfg, optimizer_cfg, mesh,
+      train_step=jit_train_step(model, len(task_names), train_cfg, optimizer_cfg, mesh,
                             shardings),
       start_step=int(jax.device_get(state.step)), feedback=feedback,
-      feed=BatchFeed(mixture_input, partitioning.batch_sharding(mesh)),
+      prefetcher=BatchPrefetcher(mixture_input, partitioning.batch_sharding(mesh)),
       checkpointer=ckpt)
 
 
