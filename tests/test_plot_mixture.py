@@ -24,17 +24,19 @@ TASKS = [f"{s}_{k}" for s in SOURCES for k in KINDS[s]]
 def _write_history(run_dir, steps=30, corrupt=True):
   sampler = mixing.make_sampler("dynamic", TASKS, 256, window=5)
   rng = np.random.default_rng(0)
-  path = os.path.join(run_dir, mixing.HISTORY_FILENAME)
+  path = mixing.history_path(run_dir)
+  history = mixing.MixtureHistory(path, TASKS)  # The trainer's writer.
   for step in range(steps):
     loss = rng.uniform(0.5, 4.0, len(TASKS)) * (1.0 + np.arange(len(TASKS)) / 24)
     counts, shares = sampler.counts(step), sampler.shares(step)
     sampler.update(step, loss)
     if step == 3:
       loss[0] = np.nan  # Written as null, read back as NaN.
-    mixing.append_record(path, mixing.history_record(step, TASKS, shares, counts, loss))
+    history.write(step, shares, counts, loss)
     if corrupt and step == 10:
       with open(path, "a") as f:
         f.write('{"step": 11, "shares": \n')
+  history.close()
   return path
 
 

@@ -1,10 +1,11 @@
-"""Partitioning rules, optimizer schedule, history file, position re-split."""
+"""Partitioning rules, optimizer schedule, the trainer's history writer, position re-split."""
 import json
 
 import numpy as np
 import pytest
 
-from dynpt.train import batching, history, optim, partitioning
+from dynpt.mixing import history
+from dynpt.train import batching, optim, partitioning
 
 
 def test_logical_axis_rules_modes():

@@ -20,7 +20,8 @@ from dynpt.mixing.factory import RunFacts
 from dynpt.mixing.factory import make_sampler
 from dynpt.mixing.factory import needs
 from dynpt.mixing.history import HISTORY_FILENAME
-from dynpt.mixing.history import append_record
+from dynpt.mixing.history import MixtureHistory
+from dynpt.mixing.history import history_path
 from dynpt.mixing.history import history_record
 from dynpt.mixing.history import read_history
 from dynpt.mixing.hosts import host_counts

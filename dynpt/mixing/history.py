@@ -1,19 +1,26 @@
-"""The mixture history file: one JSON object per sampler update.
+"""The mixture history file, `<run_dir>/mixture_history.jsonl`: its one home.
 
-The trainer appends a record to `<run_dir>/mixture_history.jsonl` after every
-`sampler.update`, so the mixture over time can be plotted like the paper's
-Figure 2 (`tools/plot_mixture.py`). Format, one line per update::
+The file's name, its format, its writer (`MixtureHistory`, the trainer's) and
+its reader (`read_history`: `tools/plot_mixture.py`, the study, DoReMi's
+reference run) all live here. The trainer writes one line every
+`TrainConfig.history_every` steps, so the mixture over time can be plotted
+like the paper's Figure 2. Format, one JSON object per line::
 
   {"step": N, "shares": {task: share}, "counts": {task: n}, "task_loss": {task: L}}
 
 A task with no loss that step (no examples) is written as null (read back as
 NaN), keeping every line standard JSON.
+
+In a bucket (no appends there) the lines go to a local copy of the file,
+uploaded whole by `sync` (at each checkpoint) and `close` (`dynpt.fs.LocalMirror`):
+a run that resumes from a checkpoint finds every line up to it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,9 +32,14 @@ HISTORY_FILENAME = "mixture_history.jsonl"
 _KEYS = ("step", "shares", "counts", "task_loss")
 
 
+def history_path(run_dir: str) -> str:
+  """The history file of the run in `run_dir` (a local folder or a bucket)."""
+  return fs.join(run_dir, HISTORY_FILENAME)
+
+
 def history_record(step: int, task_names: Sequence[str], shares: np.ndarray,
                    counts: np.ndarray, task_loss: np.ndarray) -> dict[str, Any]:
-  """Builds one JSON-ready history record (the trainer writes one per update)."""
+  """Builds one JSON-ready history record (one line of the file)."""
   def _num(x: float) -> float | None:
     return None if math.isnan(float(x)) else float(x)
   names = list(task_names)
@@ -39,11 +51,68 @@ def history_record(step: int, task_names: Sequence[str], shares: np.ndarray,
   }
 
 
-def append_record(path: str, record: dict[str, Any]) -> None:
-  """Appends one record as a line (the file is created if missing; local files
-  only: the trainer's history in a bucket goes through `dynpt.train.history`)."""
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(record, allow_nan=False) + "\n")
+class MixtureHistory:
+  """Writes the history file, one line per `write` (the chief host only).
+
+  Args:
+    path: the file (`history_path(run_dir)`), local or in a bucket.
+    task_names: the mixture's tasks, in `task_id` order.
+    enabled: False on every process but the chief: nothing is written.
+  """
+
+  def __init__(self, path: str, task_names: Sequence[str], enabled: bool = True):
+    self.path = path
+    self.task_names = list(task_names)
+    self.enabled = enabled
+    self._file = None
+    self._mirror = None
+    self._local = path
+    if enabled:
+      self._mirror = fs.LocalMirror(fs.dirname(path) or ".", names=[fs.basename(path)])
+      self._local = os.path.join(self._mirror.local, fs.basename(path))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines for steps >= `step` (written after the checkpoint we resume
+    from), so a resumed run's history has no duplicates."""
+    if not self.enabled:
+      return
+    kept = []
+    if os.path.exists(self._local):
+      with open(self._local) as f:
+        for line in f:
+          try:
+            if json.loads(line)["step"] < step:
+              kept.append(line if line.endswith("\n") else line + "\n")
+          except (ValueError, KeyError, TypeError):
+            continue  # A line cut by a kill mid-write.
+    with open(self._local, "w") as f:
+      f.writelines(kept)
+    self._file = open(self._local, "a")
+
+  def write(self, step: int, shares, counts, task_loss) -> None:
+    """Appends the line of step `step` (`history_record`)."""
+    if not self.enabled:
+      return
+    if self._file is None:
+      self._file = open(self._local, "a")
+    record = history_record(step, self.task_names, shares, counts, task_loss)
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.flush()
+
+  def sync(self) -> None:
+    """Uploads the file when it lives in a bucket (a no-op on a local disk)."""
+    if self._mirror is not None:
+      if self._file is not None:
+        self._file.flush()
+      self._mirror.push()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._mirror is not None:
+      self._mirror.close()
+      self._mirror = None
 
 
 def _valid(record: Any) -> bool:

@@ -26,10 +26,10 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from dynpt import console, fs
+from dynpt.mixing import history as history_lib
 from dynpt.train import checkpoints, events
 from dynpt.train.config import TrainConfig
 from dynpt.train.feedback import Draw, MixtureFeedback, task_losses
-from dynpt.train.history import MixtureHistory
 
 
 class TrainingDivergedError(RuntimeError):
@@ -235,12 +235,12 @@ class LoggingHook:
 
 
 class HistoryHook:
-  """One `mixture_history.jsonl` line every `history_every` steps (chief only)."""
+  """One history line (`dynpt.mixing.history`) every `history_every` steps (chief only)."""
 
   def __init__(self, run_dir: str, start_step: int, task_names, every: int):
     self.every = every
-    self.history = MixtureHistory(fs.join(run_dir, "mixture_history.jsonl"),
-                                  task_names, enabled=jax.process_index() == 0)
+    self.history = history_lib.MixtureHistory(history_lib.history_path(run_dir),
+                                              task_names, enabled=jax.process_index() == 0)
     self.history.truncate_after(start_step)  # A killed attempt's lines after it go.
 
   def after_step(self, result: StepResult) -> None:

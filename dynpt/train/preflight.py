@@ -15,9 +15,10 @@ import tempfile
 from typing import Sequence
 
 from dynpt import fs
+from dynpt.mixing import history
 
 RUN_SUBDIRS = ("checkpoints", "tensorboard")
-RUN_FILES = ("config.gin", "mixture_history.jsonl", "train_summary.json")
+RUN_FILES = ("config.gin", history.HISTORY_FILENAME, "train_summary.json")
 
 
 class NotWritableError(PermissionError):
