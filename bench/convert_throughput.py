@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 
 from dynpt import converters, schema  # noqa: E402
 from dynpt.converters import base  # noqa: E402
+from dynpt.converters import skips  # noqa: E402
 
 _ITEMS = flags.DEFINE_integer("items", 3000, "Records per conversion.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Threads (old) / direct_num_workers (Beam).")
@@ -72,7 +73,7 @@ def thread_pool_convert(conv: base.Converter, split: str, out_dir: str,
   import tensorflow as tf
 
   items = [out for unit in conv.list_units(split) for out in conv.expand_unit(split, unit)
-           if not isinstance(out, base.Skipped)]
+           if not isinstance(out, skips.Skipped)]
   num_shards = max(1, -(-len(items) // records_per_shard))
   os.makedirs(schema.split_dir(out_dir, conv.name, split), exist_ok=True)
 
@@ -84,7 +85,7 @@ def thread_pool_convert(conv: base.Converter, split: str, out_dir: str,
         try:
           writer.write(schema.encode_example(conv.make_record(item)))
           written += 1
-        except base.Skip:
+        except skips.Skip:
           pass
     return written
 

@@ -12,9 +12,11 @@ import pytest
 
 from dynpt import converters
 from dynpt.data import schema
-from dynpt.converters import base
-from dynpt.converters import engine
+from dynpt.converters import beam_pipeline
 from dynpt.converters import fs
+from dynpt.converters import images
+from dynpt.converters import shards
+from dynpt.converters import staging
 from tests.test_convert_helpers import (IN_MEMORY, by_id, run, skipped_lines, write,
                                         write_jpeg)
 
@@ -38,8 +40,8 @@ def _shard_files(out, split="train"):
        st.integers(1, 50))
 def test_item_keys_are_canonical_and_shards_in_range(item, num_shards):
   reordered = dict(reversed(list(item.items())))
-  assert engine.item_key(item) == engine.item_key(reordered)
-  assert 0 <= engine.shard_of(engine.item_key(item), num_shards) < num_shards
+  assert shards.item_key(item) == shards.item_key(reordered)
+  assert 0 <= shards.shard_of(shards.item_key(item), num_shards) < num_shards
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.text(max_size=3)),
@@ -47,16 +49,16 @@ def test_item_keys_are_canonical_and_shards_in_range(item, num_shards):
 def test_skip_examples_merge_in_any_grouping(skips, parts, rng):
   shuffled = list(skips)
   rng.shuffle(shuffled)
-  chunks = [engine._merge_examples(shuffled[i::parts]) for i in range(parts)]
-  assert engine._merge_examples(chunks) == engine._merge_examples(skips)
-  for reason, (count, examples) in engine._merge_examples(skips).items():
+  chunks = [beam_pipeline._merge_examples(shuffled[i::parts]) for i in range(parts)]
+  assert beam_pipeline._merge_examples(chunks) == beam_pipeline._merge_examples(skips)
+  for reason, (count, examples) in beam_pipeline._merge_examples(skips).items():
     assert count == sum(r == reason for r, _ in skips)
     assert examples == sorted({w for r, w in skips if r == reason})[:3]
 
 
 def test_default_num_shards():
-  assert engine.default_num_shards(0, 10) == 1
-  assert engine.default_num_shards(21, 10) == 3
+  assert shards.default_num_shards(0, 10) == 1
+  assert shards.default_num_shards(21, 10) == 3
 
 
 def test_resume_rewrites_only_missing_shards(tmp_path):
@@ -104,21 +106,21 @@ def test_added_images_redo_their_shards_and_a_new_plan_replaces_the_old(tmp_path
 def test_interrupted_run_publishes_nothing_and_resumes_from_staging(tmp_path, monkeypatch):
   raw, out = tmp_path / "raw", tmp_path / "out"
   _snli_raw(raw, n=6)
-  real = engine._commit
+  real = shards._commit
 
   def killed_at_shard_1(tmp, path, result):
     if result.index == 1:
       raise RuntimeError("killed")
     return real(tmp, path, result)
 
-  monkeypatch.setattr(engine, "_commit", killed_at_shard_1)
+  monkeypatch.setattr(shards, "_commit", killed_at_shard_1)
   with pytest.raises(RuntimeError, match="killed"):
     run("snli_ve", raw, out, "train", num_shards=3)
   assert not (out / "snli_ve/train").exists()  # Nothing half-done is published.
   stage = out / "snli_ve/.staging-train"
   done = sorted(f for f in os.listdir(stage) if ".tfrecord-" in f and f[0] != ".")
   assert len(done) < 3
-  monkeypatch.setattr(engine, "_commit", real)
+  monkeypatch.setattr(shards, "_commit", real)
   summary, recs = run("snli_ve", raw, out, "train", num_shards=3)
   assert (summary["shards_resumed"], summary["shards_written"]) == (len(done), 3 - len(done))
   assert len(recs) == 6 and summary["published"] and not stage.exists()
@@ -126,14 +128,14 @@ def test_interrupted_run_publishes_nothing_and_resumes_from_staging(tmp_path, mo
 
 
 def _killed_at_shard(monkeypatch, index):
-  real = engine._commit
+  real = shards._commit
 
   def commit(tmp, path, result):
     if result.index == index:
       raise RuntimeError("killed")
     return real(tmp, path, result)
 
-  monkeypatch.setattr(engine, "_commit", commit)
+  monkeypatch.setattr(shards, "_commit", commit)
 
 
 def test_a_failing_overwrite_rerun_keeps_the_published_split(tmp_path, monkeypatch):
@@ -173,7 +175,7 @@ def test_a_failed_run_does_not_replace_an_ok_split(tmp_path):
   # A run killed between the swap's two renames: the next run first restores the split.
   os.rename(out / "snli_ve/train", out / "snli_ve/.replaced-train")
   conv = converters.get_converter("snli_ve", converters.ConvertOptions(raw_dir=str(raw)))
-  engine._recover(engine.SplitPlan(conv, "train", str(out), None, 100, False))
+  staging.recover(staging.SplitPlan(conv, "train", str(out), None, 100, False))
   assert len(schema.read_records(str(out), "snli_ve", "train")) == 4
   os.rename(raw / "elsewhere", raw / "flickr30k-images")
   summary, recs = run("snli_ve", raw, out, "train")
@@ -215,14 +217,14 @@ def test_a_shards_state_is_committed_after_the_shard(tmp_path, monkeypatch, capl
 def test_one_item_that_raises_is_one_skip(tmp_path, monkeypatch):
   raw, out = tmp_path / "raw", tmp_path / "out"
   _snli_raw(raw, n=4)
-  real = base.check_image
+  real = images.check_image
 
   def crash_on_image_2(data, where, *args, **kwargs):
     if where.endswith("/2.jpg"):
       raise KeyError("a bug that only item 2 meets")
     return real(data, where, *args, **kwargs)
 
-  monkeypatch.setattr(base, "check_image", crash_on_image_2)
+  monkeypatch.setattr(images, "check_image", crash_on_image_2)
   summary, recs = run("snli_ve", raw, out, "train", max_skip_fraction=0.5)
   assert summary["skipped"] == {"unexpected_error": 1} and len(recs) == 3
   (line,) = skipped_lines(out, "snli_ve", "train")

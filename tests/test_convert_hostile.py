@@ -15,9 +15,11 @@ from PIL import Image
 import pytest
 
 from dynpt import converters
-from dynpt.converters import base
+from dynpt.converters import ids
+from dynpt.converters import images
 from dynpt.converters import img2dataset
 from dynpt.converters import refcoco
+from dynpt.converters import skips
 from dynpt.converters import video
 from tests.test_convert_helpers import (by_id, jpeg_bytes, run, skipped_lines, write,
                                         write_json, write_jpeg)
@@ -50,33 +52,33 @@ def _listed(conv, split):
 
 
 def _skips(outs):
-  return sorted((s.reason, s.where) for s in outs if isinstance(s, base.Skipped))
+  return sorted((s.reason, s.where) for s in outs if isinstance(s, skips.Skipped))
 
 
 def test_check_image_skips_decoder_crashes_and_images_over_the_pixel_limit():
-  with pytest.raises(base.Skip) as e:
-    base.check_image(QOI_CRASH, "x.jpg")  # A QOI file named .jpg.
+  with pytest.raises(skips.Skip) as e:
+    images.check_image(QOI_CRASH, "x.jpg")  # A QOI file named .jpg.
   assert e.value.reason == "corrupt_image" and "IndexError" in e.value.detail
   big = _png(12000, 12000)  # The case: a small file, 144 Mpx decoded.
   assert len(big) < 100_000
-  with pytest.raises(base.Skip) as e:
-    base.check_image(big, "big.png")
+  with pytest.raises(skips.Skip) as e:
+    images.check_image(big, "big.png")
   assert e.value.reason == "image_too_large" and "12000x12000" in e.value.detail
   assert converters.ConvertOptions(raw_dir="r").max_image_pixels == Image.MAX_IMAGE_PIXELS
-  assert base.check_image(_png(40, 30), "ok.png", max_pixels=1200)[1:] == (40, 30)
-  with pytest.raises(base.Skip, match="image_too_large"):
-    base.check_image(_png(40, 30), "ok.png", max_pixels=1199)
+  assert images.check_image(_png(40, 30), "ok.png", max_pixels=1200)[1:] == (40, 30)
+  with pytest.raises(skips.Skip, match="image_too_large"):
+    images.check_image(_png(40, 30), "ok.png", max_pixels=1199)
 
 
 def test_snli_ve_hostile_rows_are_each_one_skip(tmp_path):
   raw, out = tmp_path / "raw", tmp_path / "out"
-  images = raw / "flickr30k-images"
-  write_jpeg(str(images / "0.jpg"))
-  write(str(images / "1.jpg"), QOI_CRASH)
-  write_jpeg(str(images / "2.jpg"), 20, 20)  # Over --max_image_pixels=192.
-  write(str(images / "3.jpg"), jpeg_bytes() + b"\0" * 5000)  # Over --max_file_bytes.
+  folder = raw / "flickr30k-images"
+  write_jpeg(str(folder / "0.jpg"))
+  write(str(folder / "1.jpg"), QOI_CRASH)
+  write_jpeg(str(folder / "2.jpg"), 20, 20)  # Over --max_image_pixels=192.
+  write(str(folder / "3.jpg"), jpeg_bytes() + b"\0" * 5000)  # Over --max_file_bytes.
   write_jpeg(str(tmp_path / "secret.jpg"))  # Outside the raw folder.
-  os.symlink(tmp_path / "secret.jpg", images / "4.jpg")
+  os.symlink(tmp_path / "secret.jpg", folder / "4.jpg")
   rows = [("0", "ok"), ("1", "qoi"), ("2", "large"), ("3", "heavy"),
           ("../../secret", "dots"), (str(tmp_path / "secret"), "absolute"), ("4", "link")]
   lines = [f'{{"Flickr30K_ID": "{i}", "sentence2": "{h}", "gold_label": "neutral"}}\n'
@@ -96,7 +98,7 @@ def test_snli_ve_hostile_rows_are_each_one_skip(tmp_path):
   jsonl = str(raw / "snli_ve_train.jsonl")
   assert where["malformed_row"] == [f"{jsonl}:8: not UTF-8 (byte 39)"]
   unsafe = sorted(where["unsafe_path"])
-  assert unsafe[0].startswith(f"{images}/4.jpg: resolves to {tmp_path}/secret.jpg, "
+  assert unsafe[0].startswith(f"{folder}/4.jpg: resolves to {tmp_path}/secret.jpg, "
                               "outside")
   assert unsafe[1] == f"{jsonl}:5: Flickr30K_ID '../../secret.jpg' climbs out with `..`"
   assert unsafe[2] == (f"{jsonl}:6: Flickr30K_ID '{tmp_path}/secret.jpg' is an absolute "
@@ -145,7 +147,7 @@ def test_annotation_values_that_do_not_convert_are_skipped(tmp_path):
   write_jpeg(str(raw / "images/\u2460.jpg"))
   record = conv.make_record(next(o for o in outs if o["image"] == "\u2460"))
   assert record["image/id"] == "gqa:\u2460"
-  assert base.image_id("coco", "\u00b2") == "coco:\u00b2"
+  assert ids.image_id("coco", "\u00b2") == "coco:\u00b2"
 
 
 def test_names_with_digits_int_rejects_are_not_rows(tmp_path):
@@ -211,10 +213,10 @@ def test_refcoco_bad_annotations_are_skips_and_crafted_pickles_are_refused(tmp_p
                       {"id": 3, "bbox": [1, 2, 3, 4]}]})
   outs = _listed(_conv("refcoco", raw), "val")
   assert [o["file_name"] for o in outs if isinstance(o, dict)] == ["a.jpg"]
-  skips = _skips(outs)
-  assert [s[0] for s in skips] == ["malformed_annotation", "unsafe_path"]
-  assert "ann_id 2 has no finite bbox" in skips[0][1]
-  assert "is an absolute path" in skips[1][1]
+  found = _skips(outs)
+  assert [s[0] for s in found] == ["malformed_annotation", "unsafe_path"]
+  assert "ann_id 2 has no finite bbox" in found[0][1]
+  assert "is an absolute path" in found[1][1]
 
   marker = tmp_path / "ran"
 
@@ -266,7 +268,7 @@ def test_damaged_tars_are_read_past_the_damage_and_counted(tmp_path):
                            f"past the end of the file ({offsets[4] + 600} bytes)")]
   # img2dataset shards are listed the same way.
   samples = list(img2dataset.index_tar(path))
-  assert [s.reason for s in samples if isinstance(s, base.Skipped)] == ["damaged_archive"]
+  assert [s.reason for s in samples if isinstance(s, skips.Skipped)] == ["damaged_archive"]
 
 
 @pytest.mark.parametrize("ext, codec", [("mp4", "h264"), ("avi", "mpeg4"),

@@ -18,7 +18,7 @@ from PIL import Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynpt.converters import base
+from dynpt.converters import raw_files
 from tests.test_convert_helpers import (by_id, jpeg_bytes, roundtrip, run, skipped_lines,
                                         texts, write, write_json, write_jpeg)
 
@@ -58,8 +58,8 @@ def test_csv_byte_ranges_cover_every_line_once(tmp_path_factory, num_rows, chunk
   path = str(tmp_path_factory.mktemp("csv") / "rows.csv")
   rows = [f"{i},{'x' * (i % 5)}" for i in range(num_rows)]
   write(path, "\n".join(rows) + "\n")
-  seen = [r for p, a, b in base.csv_byte_ranges(path, chunk)
-          for _, r in base.iter_csv_range(p, a, b)]
+  seen = [r for p, a, b in raw_files.csv_byte_ranges(path, chunk)
+          for _, r in raw_files.iter_csv_range(p, a, b)]
   assert [",".join(r) for r in seen] == rows
 
 

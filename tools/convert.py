@@ -37,7 +37,7 @@ from dynpt import console
 console.setup(__name__)  # Before Beam and TensorFlow load: their start-up chatter goes.
 
 from dynpt import converters  # noqa: E402
-from dynpt.converters import engine  # noqa: E402
+from dynpt.converters import beam_pipeline  # noqa: E402
 
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Folder of the data set's raw files.",
                                required=True)
@@ -103,7 +103,7 @@ def main(argv: Sequence[str]) -> None:
   if len(positional) != 1:
     raise app.UsageError(
         f"give exactly one dataset, one of {sorted(converters.CONVERTERS)}")
-  unknown = engine.unknown_pipeline_args(beam_args)
+  unknown = beam_pipeline.unknown_pipeline_args(beam_args)
   if unknown:
     print(f"error: unknown flags {unknown}: neither convert.py flags (--helpshort) nor "
           "Beam pipeline options", file=sys.stderr, flush=True)

@@ -7,12 +7,14 @@ Each split is converted by an Apache Beam pipeline (`engine.py`). Use
   summary = converters.convert(conv, "val", out_dir="data/real")
 """
 
-from dynpt.converters.base import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS,
-                                        ConvertOptions, Converter, Skip, Skipped, image_id)
+from dynpt.converters.base import ConvertOptions, Converter
 from dynpt.converters.captions import CC3M, CC12M, LocalizedNarratives
 from dynpt.converters.engine import DEFAULT_MAX_SKIP_FRACTION, convert, format_summary
+from dynpt.converters.ids import image_id
+from dynpt.converters.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from dynpt.converters.labels import ImageNet21k, OpenImagesLabels, VisualGenome
 from dynpt.converters.refcoco import RefCOCO, RefCOCOg, RefCOCOPlus
+from dynpt.converters.skips import Skip, Skipped
 from dynpt.converters.video import IVQA, MSRVTTQA, MSVDQA
 from dynpt.converters.vqa import GQA, SNLIVE, VQAv2
 

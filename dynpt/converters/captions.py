@@ -18,13 +18,17 @@ from typing import Any, Iterator
 
 from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import ids
+from dynpt.converters import images
 from dynpt.converters import img2dataset
 from dynpt.converters import labels
+from dynpt.converters import raw_files
+from dynpt.converters import skips
 
 
 def _row_of(name: str) -> int | None:
   stem, ext = os.path.splitext(name)
-  if base.is_number(stem) and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
+  if ids.is_number(stem) and ext.lower() in img2dataset.IMAGE_EXTENSIONS:
     return int(stem)
   return None
 
@@ -40,7 +44,7 @@ class ConceptualCaptions(base.Converter):
 
   def _tsv(self, split: str) -> str:
     name = self.tsv_files.get(split) or self.tsv_files["train"]
-    return base.find_file(self.raw_dir, [name], f"{self.name} {split} TSV")
+    return raw_files.find_file(self.raw_dir, [name], f"{self.name} {split} TSV")
 
   def _image_folder(self, split: str) -> str:
     return fs.join(self.image_dir, split) if self.images_per_split else self.image_dir
@@ -48,7 +52,7 @@ class ConceptualCaptions(base.Converter):
   def _keep(self, row: int, split: str) -> bool:
     if self.tsv_files["validation"]:  # An official validation TSV: keep every row.
       return True
-    return base.holdout_split(str(row), self.options.holdout_every) == split
+    return ids.holdout_split(str(row), self.options.holdout_every) == split
 
   def list_units(self, split: str) -> list[Any]:
     """Tars and parquets of img2dataset output, else the TSV and the image sub-folders.
@@ -69,16 +73,16 @@ class ConceptualCaptions(base.Converter):
     kind, path = unit
     if kind == "tar":
       for sample in img2dataset.index_tar(path):
-        if isinstance(sample, base.Skipped):
+        if isinstance(sample, skips.Skipped):
           yield sample
-        elif not base.is_number(sample["key"]):
-          yield base.Skipped("malformed_row", f"{path}: key {sample['key']!r}")
+        elif not ids.is_number(sample["key"]):
+          yield skips.Skipped("malformed_row", f"{path}: key {sample['key']!r}")
         elif self._keep(int(sample["key"]), split):
           yield {"row": int(sample["key"]), "sample": sample}
     elif kind == "parquet":
       for key, status in img2dataset.failed_downloads(path):
-        if not base.is_number(key) or self._keep(int(key), split):
-          yield base.Skipped("download_failed", f"{path}: key {key} ({status})")
+        if not ids.is_number(key) or self._keep(int(key), split):
+          yield skips.Skipped("download_failed", f"{path}: key {key} ({status})")
     elif kind == "tsv":
       yield from self._tsv_rows(split, path)
     else:  # Image files named by row: directly in the folder, or anywhere below it.
@@ -90,20 +94,20 @@ class ConceptualCaptions(base.Converter):
             yield str(row), {"path": fs.join(root, name)}
 
   def _tsv_rows(self, split: str, path: str) -> Iterator[Any]:
-    rows = base.iter_csv(path, delimiter="\t")
+    rows = raw_files.iter_csv(path, delimiter="\t")
     first = next(rows, None)
-    if first is not None and (isinstance(first, base.Skipped) or sorted(
+    if first is not None and (isinstance(first, skips.Skipped) or sorted(
         f.strip().lower() for f in first[1]) != ["caption", "url"]):
       rows = itertools.chain([first], rows)  # No header (as published): a data row.
     for row, entry in enumerate(rows):
       if not self._keep(row, split):
         continue
-      if isinstance(entry, base.Skipped):  # Not UTF-8: the row keeps its number.
+      if isinstance(entry, skips.Skipped):  # Not UTF-8: the row keeps its number.
         yield entry
         continue
       line, fields = entry
       if len(fields) != 2 or not fields[self.caption_column].strip():
-        yield base.Skipped("malformed_row", f"{path}:{line}")
+        yield skips.Skipped("malformed_row", f"{path}:{line}")
         continue
       yield str(row), {"caption": fields[self.caption_column].strip(),
                        "where": f"{path}:{line}"}
@@ -114,11 +118,11 @@ class ConceptualCaptions(base.Converter):
       return None  # An image file whose TSV row is malformed (recorded) or absent.
     path = min((p["path"] for p in parts if "path" in p), default=None)
     if path is None:
-      return base.Skipped("missing_image", f"{caption['where']}: no image for row {key}")
+      return skips.Skipped("missing_image", f"{caption['where']}: no image for row {key}")
     return {"row": int(key), "caption": caption["caption"], "path": path}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    key = base.image_id(self.name, item["row"])
+    key = ids.image_id(self.name, item["row"])
     if "sample" in item:
       sample = item["sample"]
       data, width, height = self.check_image(
@@ -126,7 +130,7 @@ class ConceptualCaptions(base.Converter):
           f"{sample['image'][0]}:{sample['key']}")
       caption = img2dataset.sample_caption(sample)
       if not caption:
-        raise base.Skip("missing_caption", f"{sample['image'][0]}: key {sample['key']}")
+        raise skips.Skip("missing_caption", f"{sample['image'][0]}: key {sample['key']}")
       return {"image/id": key, "image/encoded": data, "image/width": width,
               "image/height": height, "text/captions": [caption]}
     return {**self.image_record(key, item["path"]), "text/captions": [item["caption"]]}
@@ -165,19 +169,19 @@ class LocalizedNarratives(base.Converter):
   }
 
   def list_units(self, split: str) -> list[Any]:
-    return base.find_files(self.raw_dir, self.jsonl_patterns[split], f"ln {split}")
+    return raw_files.find_files(self.raw_dir, self.jsonl_patterns[split], f"ln {split}")
 
   def expand_unit(self, split: str, unit: str) -> Iterator[Any]:
-    for row in base.iter_jsonl(unit):
-      if isinstance(row, base.Skipped):
+    for row in raw_files.iter_jsonl(unit):
+      if isinstance(row, skips.Skipped):
         yield row
         continue
       where, obj = row
       image, caption = obj.get("image_id"), obj.get("caption")
       if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
-        yield base.Skipped("malformed_row", f"{where}: no image_id or caption")
+        yield skips.Skipped("malformed_row", f"{where}: no image_id or caption")
         continue
-      unsafe = base.unsafe_name(where, "image_id", f"{image}.jpg")
+      unsafe = images.unsafe_name(where, "image_id", f"{image}.jpg")
       if unsafe:
         yield unsafe
         continue
@@ -188,7 +192,7 @@ class LocalizedNarratives(base.Converter):
     return {"image_id": key, "captions": [c for _, _, c in sorted(parts)]}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    path = base.find_image(labels.oi_image_folders(self, item["image_id"]),
-                           [f"{item['image_id']}.jpg"])
-    return {**self.image_record(base.image_id("oi", item["image_id"]), path),
+    path = images.find_image(labels.oi_image_folders(self, item["image_id"]),
+                             [f"{item['image_id']}.jpg"])
+    return {**self.image_record(ids.image_id("oi", item["image_id"]), path),
             "text/captions": item["captions"]}

@@ -27,8 +27,9 @@ import os
 import tarfile
 from typing import Any, Iterator
 
-from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import images
+from dynpt.converters import skips
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -38,7 +39,7 @@ def has_img2dataset_output(folder: str) -> bool:
 
 
 def read_member(member: list | tuple,
-                max_bytes: int = base.DEFAULT_MAX_FILE_BYTES) -> bytes:
+                max_bytes: int = images.DEFAULT_MAX_FILE_BYTES) -> bytes:
   """Reads one tar member given as (tar path, data offset, size).
 
   Raises:
@@ -46,12 +47,12 @@ def read_member(member: list | tuple,
   """
   path, offset, size = member
   if size > max_bytes:
-    raise base.Skip("file_too_large", f"{path}@{offset}: {size} bytes is more than "
-                    f"--max_file_bytes={max_bytes}")
+    raise skips.Skip("file_too_large", f"{path}@{offset}: {size} bytes is more than "
+                     f"--max_file_bytes={max_bytes}")
   data = fs.read_bytes(path, offset, size)
   if len(data) != size:
-    raise base.Skip("damaged_archive", f"{path}@{offset}: member of {size} bytes "
-                    f"holds only {len(data)}")
+    raise skips.Skip("damaged_archive", f"{path}@{offset}: member of {size} bytes "
+                     f"holds only {len(data)}")
   return data
 
 
@@ -70,7 +71,7 @@ def _nonzero_at(f, start: int, stop: int) -> int | None:
   return None
 
 
-def tar_members(tar_path: str) -> Iterator[tuple[str, int, int] | base.Skipped]:
+def tar_members(tar_path: str) -> Iterator[tuple[str, int, int] | skips.Skipped]:
   """Yields (member name, data offset, size) of a tar's files, reading headers only.
 
   Damage does not end the listing early and is never silent: `tarfile` reads on past
@@ -90,7 +91,7 @@ def tar_members(tar_path: str) -> Iterator[tuple[str, int, int] | base.Skipped]:
         m = tar.next()
       except tarfile.TarError as e:  # Its data ends past the end of the file.
         if expected <= total:
-          yield base.Skipped("damaged_archive", f"{tar_path}@{tar.offset}: {e}")
+          yield skips.Skipped("damaged_archive", f"{tar_path}@{tar.offset}: {e}")
         return
       tar.members.clear()  # Listing only: keep no index of a large tar.
       end = total if m is None else m.offset
@@ -99,27 +100,27 @@ def tar_members(tar_path: str) -> Iterator[tuple[str, int, int] | base.Skipped]:
         if bad is not None:
           what = ("bytes that are no tar header (a damaged header?)" if m is not None
                   else "bytes after the last sound header")
-          yield base.Skipped("damaged_archive",
-                             f"{tar_path}@{bad}: {end - bad} {what}")
+          yield skips.Skipped("damaged_archive",
+                              f"{tar_path}@{bad}: {end - bad} {what}")
       if m is None:
         return
       expected = tar.offset
       if m.offset_data + m.size > total:
-        yield base.Skipped("damaged_archive",
-                           f"{tar_path}@{m.offset}: member {m.name!r} of {m.size} bytes "
-                           f"ends past the end of the file ({total} bytes)")
+        yield skips.Skipped("damaged_archive",
+                            f"{tar_path}@{m.offset}: member {m.name!r} of {m.size} bytes "
+                            f"ends past the end of the file ({total} bytes)")
       elif m.isfile():
         yield m.name, m.offset_data, m.size
 
 
-def index_tar(tar_path: str) -> Iterator[dict[str, Any] | base.Skipped]:
+def index_tar(tar_path: str) -> Iterator[dict[str, Any] | skips.Skipped]:
   """Yields one sample per key with an image: {key, image, txt, json} members.
 
   Samples without an image are `Skipped('missing_image')`.
   """
   samples: dict[str, dict[str, Any]] = collections.defaultdict(dict)
   for member in tar_members(tar_path):
-    if isinstance(member, base.Skipped):
+    if isinstance(member, skips.Skipped):
       yield member
       continue
     name, offset, size = member
@@ -130,7 +131,7 @@ def index_tar(tar_path: str) -> Iterator[dict[str, Any] | base.Skipped]:
   for key in sorted(samples):
     sample = samples[key]
     if "image" not in sample:
-      yield base.Skipped("missing_image", f"{tar_path}: key {key} has no image")
+      yield skips.Skipped("missing_image", f"{tar_path}: key {key} has no image")
       continue
     yield {"key": key, **sample}
 
@@ -165,5 +166,5 @@ def sample_caption(item: dict[str, Any]) -> str:
       return str(meta.get("caption") or "").strip()
   except (ValueError, AttributeError, RecursionError) as e:
     member = item.get("txt") or item["json"]
-    raise base.Skip("malformed_caption", f"{member[0]}@{member[1]}: {e}") from e
+    raise skips.Skip("malformed_caption", f"{member[0]}@{member[1]}: {e}") from e
   return ""

@@ -16,7 +16,11 @@ from absl import logging
 
 from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import ids
+from dynpt.converters import images
 from dynpt.converters import img2dataset
+from dynpt.converters import raw_files
+from dynpt.converters import skips
 
 OI_LABEL_FILES = {
     "train": ("oidv6-train-annotations-human-imagelabels.csv",
@@ -55,8 +59,8 @@ def oi_image_folders(conv: base.Converter, image: str) -> list[str]:
 def read_oi_classes(path: str) -> dict[str, str]:
   """Reads `LabelName,DisplayName` rows; the header (v6 and later) is optional."""
   names = {}
-  for entry in base.iter_csv(path):
-    if isinstance(entry, base.Skipped):  # Its class's labels are then `unknown_label`.
+  for entry in raw_files.iter_csv(path):
+    if isinstance(entry, skips.Skipped):  # Its class's labels are then `unknown_label`.
       logging.warning("%s: %s", entry.where, entry.reason)
       continue
     line, row = entry
@@ -70,8 +74,8 @@ def read_oi_classes(path: str) -> dict[str, str]:
 
 
 def _csv_header(path: str) -> list[str]:
-  first = next(base.iter_csv(path), None)
-  return [] if first is None or isinstance(first, base.Skipped) else first[1]
+  first = next(raw_files.iter_csv(path), None)
+  return [] if first is None or isinstance(first, skips.Skipped) else first[1]
 
 
 class OpenImagesLabels(base.Converter):
@@ -91,14 +95,14 @@ class OpenImagesLabels(base.Converter):
 
   def list_units(self, split: str) -> list[Any]:
     self._classes = read_oi_classes(
-        base.find_file(self.raw_dir, OI_CLASS_FILES, "oi class descriptions"))
-    path = base.find_file(self.raw_dir, OI_LABEL_FILES[split], f"oi {split} labels")
+        raw_files.find_file(self.raw_dir, OI_CLASS_FILES, "oi class descriptions"))
+    path = raw_files.find_file(self.raw_dir, OI_LABEL_FILES[split], f"oi {split} labels")
     header = _csv_header(path)
     if header[:4] != OI_COLUMNS:
       raise ValueError(f"{path}: expected header {OI_COLUMNS}, got {header}")
-    units = [("labels", r, None) for r in base.csv_byte_ranges(path, OI_CSV_CHUNK_BYTES)]
+    units = [("labels", r, None) for r in raw_files.csv_byte_ranges(path, OI_CSV_CHUNK_BYTES)]
     try:
-      box_path = base.find_file(self.raw_dir, OI_BOX_FILES[split], f"oi {split} boxes")
+      box_path = raw_files.find_file(self.raw_dir, OI_BOX_FILES[split], f"oi {split} boxes")
     except FileNotFoundError:
       return units  # Boxes are optional: records then have labels only.
     header = _csv_header(box_path)
@@ -107,12 +111,12 @@ class OpenImagesLabels(base.Converter):
       raise ValueError(f"{box_path}: missing columns {missing} (header {header})")
     cols = [header.index(c) for c in OI_BOX_COLUMNS]
     return units + [("boxes", r, cols)
-                    for r in base.csv_byte_ranges(box_path, OI_CSV_CHUNK_BYTES)]
+                    for r in raw_files.csv_byte_ranges(box_path, OI_CSV_CHUNK_BYTES)]
 
   def expand_unit(self, split: str, unit: Any) -> Iterator[Any]:
     kind, (path, start, stop), cols = unit
-    for entry in base.iter_csv_range(path, start, stop):
-      if isinstance(entry, base.Skipped):
+    for entry in raw_files.iter_csv_range(path, start, stop):
+      if isinstance(entry, skips.Skipped):
         yield entry
         continue
       where, row = entry
@@ -120,22 +124,22 @@ class OpenImagesLabels(base.Converter):
       if position == 0:
         continue  # The header.
       image = row[cols[0]] if kind == "boxes" and len(row) > cols[0] else row[0]
-      unsafe = base.unsafe_name(where, "ImageID", f"{image}.jpg")
+      unsafe = images.unsafe_name(where, "ImageID", f"{image}.jpg")
       if unsafe:
         yield unsafe
         continue
       if kind == "labels":
         if len(row) != 4:
-          yield base.Skipped("malformed_row", where)
+          yield skips.Skipped("malformed_row", where)
           continue
         image, _, label, confidence = row
         try:
           verified = float(confidence) == 1.0
         except ValueError:
-          yield base.Skipped("malformed_row", where)
+          yield skips.Skipped("malformed_row", where)
           continue
         if verified and label not in self._classes:
-          yield base.Skipped("unknown_label", where)
+          yield skips.Skipped("unknown_label", where)
           verified = False
         yield image, ("label", position, self._classes[label] if verified else None)
       else:
@@ -143,13 +147,13 @@ class OpenImagesLabels(base.Converter):
           image, label = row[cols[0]], row[cols[1]]
           x0, x1, y0, y1 = (float(row[c]) for c in cols[2:])
         except (IndexError, ValueError):
-          yield base.Skipped("malformed_row", where)
+          yield skips.Skipped("malformed_row", where)
           continue
         if not all(map(math.isfinite, (x0, x1, y0, y1))):
-          yield base.Skipped("malformed_row", f"{where} (a box coordinate is not finite)")
+          yield skips.Skipped("malformed_row", f"{where} (a box coordinate is not finite)")
           continue
         if label not in self._classes:
-          yield base.Skipped("unknown_label", where)
+          yield skips.Skipped("unknown_label", where)
           continue
         yield image, ("box", position, self._classes[label], [x0, y0, x1, y1])
 
@@ -162,13 +166,13 @@ class OpenImagesLabels(base.Converter):
       if p[0] == "label" and p[2] is not None and p[2] not in names:
         names.append(p[2])
     if not names:
-      return base.Skipped("no_verified_labels", f"oi image {key}")
+      return skips.Skipped("no_verified_labels", f"oi image {key}")
     return {"image_id": key, "labels": names, "boxes": boxes}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    path = base.find_image(oi_image_folders(self, item["image_id"]),
-                           [f"{item['image_id']}.jpg"])
-    record = self.image_record(base.image_id("oi", item["image_id"]), path)
+    path = images.find_image(oi_image_folders(self, item["image_id"]),
+                             [f"{item['image_id']}.jpg"])
+    record = self.image_record(ids.image_id("oi", item["image_id"]), path)
     w, h = record["image/width"], record["image/height"]
     boxes = [[x0 * w, y0 * h, x1 * w, y1 * h] for x0, y0, x1, y1 in item["boxes"]]
     return {**record, "objects/label": item["labels"], "objects/bbox": boxes}
@@ -177,8 +181,8 @@ class OpenImagesLabels(base.Converter):
 def read_words(path: str) -> dict[str, str]:
   """Reads ImageNet `words.txt` (`n01440764\\ttench, Tinca tinca`) -> first name per synset."""
   names = {}
-  for entry in base.iter_csv(path, delimiter="\t"):
-    if isinstance(entry, base.Skipped):  # Its synset's images are then `unknown_label`.
+  for entry in raw_files.iter_csv(path, delimiter="\t"):
+    if isinstance(entry, skips.Skipped):  # Its synset's images are then `unknown_label`.
       logging.warning("%s: %s", entry.where, entry.reason)
       continue
     _, row = entry
@@ -190,7 +194,7 @@ def read_words(path: str) -> dict[str, str]:
 
 
 def _is_wnid(name: str) -> bool:
-  return name.startswith("n") and base.is_number(name[1:])
+  return name.startswith("n") and ids.is_number(name[1:])
 
 
 class ImageNet21k(base.Converter):
@@ -211,8 +215,8 @@ class ImageNet21k(base.Converter):
   image_extensions = (".jpeg", ".jpg", ".png")
 
   def list_units(self, split: str) -> list[Any]:
-    self._words = read_words(base.find_file(self.raw_dir, ["words.txt"],
-                                            "in21k synset names"))
+    self._words = read_words(raw_files.find_file(self.raw_dir, ["words.txt"],
+                                                 "in21k synset names"))
     units = []
     for root in (self.image_dir, fs.join(self.image_dir, "winter21_whole")):
       folders = set(fs.subdirs(root))
@@ -231,13 +235,13 @@ class ImageNet21k(base.Converter):
     name = os.path.basename(path.rstrip("/"))
     wnid = name[:-4] if kind == "tar" else name
     if kind == "tar":
-      members = (m if isinstance(m, base.Skipped) else
+      members = (m if isinstance(m, skips.Skipped) else
                  (os.path.basename(m[0]), (path, m[1], m[2]))
                  for m in img2dataset.tar_members(path))
     else:
       members = ((n, fs.join(path, n)) for n in fs.listdir(path))
     for member in members:
-      if isinstance(member, base.Skipped):  # Counted in each split that lists the tar.
+      if isinstance(member, skips.Skipped):  # Counted in each split that lists the tar.
         yield member
         continue
       fname, source = member
@@ -245,17 +249,17 @@ class ImageNet21k(base.Converter):
       if ext.lower() not in self.image_extensions:
         continue
       key = f"{wnid}/{stem}"
-      if base.holdout_split(key, self.options.holdout_every) != split:
+      if ids.holdout_split(key, self.options.holdout_every) != split:
         continue
       if wnid not in self._words:
-        yield base.Skipped("unknown_label", f"{path}: {fname} ({wnid} not in words.txt)")
+        yield skips.Skipped("unknown_label", f"{path}: {fname} ({wnid} not in words.txt)")
         continue
       item = {"key": key, "label": self._words[wnid]}
       item["member" if kind == "tar" else "path"] = source
       yield item
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    key = base.image_id("in21k", item["key"])
+    key = ids.image_id("in21k", item["key"])
     if "member" in item:
       data, width, height = self.check_image(
           img2dataset.read_member(item["member"], self.options.max_file_bytes),
@@ -274,10 +278,10 @@ def vg_image_id(meta: dict[str, Any]) -> str:
   (VQAv2, RefCOCO) or Flickr30k (SNLI-VE) images; GQA uses the same function.
   """
   if meta.get("coco_id"):
-    return base.image_id("coco", meta["coco_id"])
+    return ids.image_id("coco", meta["coco_id"])
   if meta.get("flickr_id"):
-    return base.image_id("flickr", meta["flickr_id"])
-  return base.image_id("vg", meta.get("image_id", meta.get("id")))
+    return ids.image_id("flickr", meta["flickr_id"])
+  return ids.image_id("vg", meta.get("image_id", meta.get("id")))
 
 
 def read_vg_image_data(path: str) -> dict[int, dict[str, Any]]:
@@ -286,13 +290,13 @@ def read_vg_image_data(path: str) -> dict[int, dict[str, Any]]:
   An entry without a usable id is left out with a warning (its images then get
   `vg:<id>` ids instead of shared ones).
   """
-  data = base.load_json(path)
+  data = raw_files.load_json(path)
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a json list of image metadata")
   out, bad = {}, []
   for i, m in enumerate(data):
     try:
-      out[base.as_int(m.get("image_id", m.get("id")))] = m
+      out[ids.as_int(m.get("image_id", m.get("id")))] = m
     except (AttributeError, ValueError):
       bad.append(i)
   if bad:
@@ -313,22 +317,22 @@ class VisualGenome(base.Converter):
   writes_labels = True
 
   def locate(self, split: str) -> dict[str, str]:
-    return {"meta": base.find_file(self.raw_dir, ["image_data.json"], "vg image metadata"),
-            "objects": base.find_file(self.raw_dir, ["objects.json"], "vg objects")}
+    return {"meta": raw_files.find_file(self.raw_dir, ["image_data.json"], "vg image metadata"),
+            "objects": raw_files.find_file(self.raw_dir, ["objects.json"], "vg objects")}
 
   def list_items(self, split: str, unit: dict[str, str]) -> Iterator[Any]:
     meta = read_vg_image_data(unit["meta"])
-    objects = base.load_json(unit["objects"])
+    objects = raw_files.load_json(unit["objects"])
     if not isinstance(objects, list):
       raise ValueError(f"{unit['objects']}: expected a json list of images")
     for i, entry in enumerate(objects):
       try:
-        vg_id = base.as_int(entry.get("image_id", entry.get("id")))
+        vg_id = ids.as_int(entry.get("image_id", entry.get("id")))
         objs = list(entry["objects"])
       except (AttributeError, KeyError, TypeError, ValueError):
-        yield base.Skipped("malformed_row", f"{unit['objects']}: [{i}]")
+        yield skips.Skipped("malformed_row", f"{unit['objects']}: [{i}]")
         continue
-      if base.holdout_split(str(vg_id), self.options.holdout_every) != split:
+      if ids.holdout_split(str(vg_id), self.options.holdout_every) != split:
         continue
       labels, boxes = [], []
       for o in objs:
@@ -341,14 +345,14 @@ class VisualGenome(base.Converter):
           labels.append(names[0])
           boxes.append([x, y, x + w, y + h])
       if not labels:
-        yield base.Skipped("no_objects", f"{unit['objects']}: image_id {vg_id}")
+        yield skips.Skipped("no_objects", f"{unit['objects']}: image_id {vg_id}")
         continue
       m = meta.get(vg_id, {"image_id": vg_id})
       yield {"vg_id": vg_id, "id": vg_image_id(m), "labels": labels, "boxes": boxes}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     folders = [fs.join(self.image_dir, d) for d in ("VG_100K", "VG_100K_2")]
-    path = base.find_image(folders + [self.image_dir], [f"{item['vg_id']}.jpg"])
+    path = images.find_image(folders + [self.image_dir], [f"{item['vg_id']}.jpg"])
     record = self.image_record(item["id"], path)
     w, h = record["image/width"], record["image/height"]
     labels, boxes = [], []
@@ -358,5 +362,5 @@ class VisualGenome(base.Converter):
         labels.append(label)
         boxes.append(box)
     if not labels:
-      raise base.Skip("no_objects", f"vg image {item['vg_id']}: every box is outside")
+      raise skips.Skip("no_objects", f"vg image {item['vg_id']}: every box is outside")
     return {**record, "objects/label": labels, "objects/bbox": boxes}

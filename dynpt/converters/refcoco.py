@@ -19,6 +19,10 @@ from typing import Any, Iterator
 
 from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import ids
+from dynpt.converters import images
+from dynpt.converters import raw_files
+from dynpt.converters import skips
 
 # The only globals a refs pickle may name: set types, which Python 2 pickles build by
 # calling them on a list. Lists, dicts, tuples, strings and numbers need no global.
@@ -74,18 +78,18 @@ def _coco_index(path: str, instances: Any) -> tuple[dict, dict]:
   """
   if not isinstance(instances, dict):
     raise ValueError(f"{path}: expected a COCO-format json object")
-  images, boxes = {}, {}
+  files, boxes = {}, {}
   for im in instances.get("images") or []:
     if isinstance(im, dict) and isinstance(im.get("file_name"), str):
       try:
-        images[base.as_int(im.get("id"))] = im["file_name"]
+        files[ids.as_int(im.get("id"))] = im["file_name"]
       except ValueError:
         continue
   for ann in instances.get("annotations") or []:
     if not isinstance(ann, dict):
       continue
     try:
-      ann_id = base.as_int(ann.get("id"))
+      ann_id = ids.as_int(ann.get("id"))
     except ValueError:
       continue
     try:
@@ -93,7 +97,7 @@ def _coco_index(path: str, instances: Any) -> tuple[dict, dict]:
       boxes[ann_id] = box if len(box) == 4 and all(map(math.isfinite, box)) else None
     except (KeyError, TypeError, ValueError):
       boxes[ann_id] = None
-  return images, boxes
+  return files, boxes
 
 
 class RefCOCOBase(base.Converter):
@@ -104,8 +108,8 @@ class RefCOCOBase(base.Converter):
   default_image_subdir = os.path.join("images", "mscoco", "images", "train2014")
 
   def _path(self, name: str) -> str:
-    return base.find_file(fs.join(self.raw_dir, self.folder), [name],
-                          f"{self.name} {name}")
+    return raw_files.find_file(fs.join(self.raw_dir, self.folder), [name],
+                               f"{self.name} {name}")
 
   def locate(self, split: str) -> dict[str, str]:
     return {"refs": self._path(self.refs_file), "instances": self._path("instances.json")}
@@ -113,31 +117,31 @@ class RefCOCOBase(base.Converter):
   def list_items(self, split: str, unit: dict[str, str]) -> Iterator[Any]:
     refs_path = unit["refs"]
     refs = load_refs(refs_path)
-    images, boxes = _coco_index(unit["instances"], base.load_json(unit["instances"]))
+    files, boxes = _coco_index(unit["instances"], raw_files.load_json(unit["instances"]))
     for i, ref in enumerate(refs):
       where = f"{refs_path}: refs[{i}]"
       try:
         if ref["split"] != split:
           continue
-        ann_id, image = base.as_int(ref["ann_id"]), base.as_int(ref["image_id"])
+        ann_id, image = ids.as_int(ref["ann_id"]), ids.as_int(ref["image_id"])
         sentences = [str(s["sent"]) for s in ref["sentences"]]
       except (KeyError, TypeError, ValueError):
-        yield base.Skipped("malformed_row", where)
+        yield skips.Skipped("malformed_row", where)
         continue
       if ann_id not in boxes:
         for _ in sentences:
-          yield base.Skipped("missing_annotation", f"{where}: ann_id {ann_id}")
+          yield skips.Skipped("missing_annotation", f"{where}: ann_id {ann_id}")
         continue
       if boxes[ann_id] is None:
         for _ in sentences:
-          yield base.Skipped("malformed_annotation",
-                             f"{unit['instances']}: ann_id {ann_id} has no finite bbox "
-                             f"(for {where})")
+          yield skips.Skipped("malformed_annotation",
+                              f"{unit['instances']}: ann_id {ann_id} has no finite bbox "
+                              f"(for {where})")
         continue
       x, y, w, h = boxes[ann_id]
-      file_name = images.get(image, f"COCO_train2014_{image:012d}.jpg")
-      unsafe = base.unsafe_name(f"{unit['instances']}: image {image}", "file_name",
-                                file_name)
+      file_name = files.get(image, f"COCO_train2014_{image:012d}.jpg")
+      unsafe = images.unsafe_name(f"{unit['instances']}: image {image}", "file_name",
+                                  file_name)
       if unsafe:
         for _ in sentences:
           yield unsafe
@@ -147,9 +151,9 @@ class RefCOCOBase(base.Converter):
                "bbox": [x, y, x + w, y + h]}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    path = base.find_image([self.image_dir, fs.join(self.raw_dir, "train2014")],
-                           [item["file_name"]])
-    return {**self.image_record(base.image_id("coco", item["image"]), path),
+    path = images.find_image([self.image_dir, fs.join(self.raw_dir, "train2014")],
+                             [item["file_name"]])
+    return {**self.image_record(ids.image_id("coco", item["image"]), path),
             "refexp": item["refexp"], "refexp/bbox": item["bbox"]}
 
 

@@ -25,6 +25,10 @@ from typing import Any, Iterator
 
 from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import ids
+from dynpt.converters import images
+from dynpt.converters import raw_files
+from dynpt.converters import skips
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
@@ -32,7 +36,7 @@ FRAME_JPEG_QUALITY = 90
 
 
 def _natural_key(name: str) -> list:
-  return [int(t) if base.is_number(t) else t for t in re.split(r"([0-9]+)", name)]
+  return [int(t) if ids.is_number(t) else t for t in re.split(r"([0-9]+)", name)]
 
 
 def uniform_indices(total: int, num_frames: int) -> list[int]:
@@ -45,46 +49,46 @@ def sample_frame_folder(folder: str, num_frames: int) -> list[str]:
   names = sorted((n for n in fs.listdir(folder)
                   if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
   if not names:
-    raise base.Skip("missing_video", f"{folder} holds no frames")
+    raise skips.Skip("missing_video", f"{folder} holds no frames")
   return [fs.join(folder, names[i]) for i in uniform_indices(len(names), num_frames)]
 
 
-def _open_video(path: str, max_bytes: int = base.DEFAULT_MAX_FILE_BYTES):
+def _open_video(path: str, max_bytes: int = images.DEFAULT_MAX_FILE_BYTES):
   import av
 
   try:
     size = fs.size(path)
   except Exception as e:  # pylint: disable=broad-except
     if fs.is_missing_error(e):
-      raise base.Skip("missing_video", path) from e
-    raise base.Skip("unreadable_video", f"{path}: {type(e).__name__}: {e}") from e
+      raise skips.Skip("missing_video", path) from e
+    raise skips.Skip("unreadable_video", f"{path}: {type(e).__name__}: {e}") from e
   if size > max_bytes:
-    raise base.Skip("file_too_large", f"{path}: {size} bytes is more than "
-                    f"--max_file_bytes={max_bytes}")
+    raise skips.Skip("file_too_large", f"{path}: {size} bytes is more than "
+                     f"--max_file_bytes={max_bytes}")
   try:
     return av.open(fs.open_file(path, "rb") if fs.is_url(path) else path,
                    metadata_errors="replace")
   except av.error.FFmpegError as e:
     if fs.is_missing_error(e):
-      raise base.Skip("missing_video", path) from e
-    raise base.Skip("corrupt_video", f"{path}: {e}") from e
+      raise skips.Skip("missing_video", path) from e
+    raise skips.Skip("corrupt_video", f"{path}: {e}") from e
   except (UnicodeError, ValueError, OSError) as e:
-    raise base.Skip("corrupt_video", f"{path}: {type(e).__name__}: {e}") from e
+    raise skips.Skip("corrupt_video", f"{path}: {type(e).__name__}: {e}") from e
 
 
 def _count_frames(path: str, max_bytes: int) -> int:
   """Frames of the first video stream: the header's count, else counted packets."""
   with _open_video(path, max_bytes) as container:
     if not container.streams.video:
-      raise base.Skip("corrupt_video", f"{path}: no video stream")
+      raise skips.Skip("corrupt_video", f"{path}: no video stream")
     stream = container.streams.video[0]
     if stream.frames > 0:
       return stream.frames
     return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def sample_video(path: str, num_frames: int, max_bytes: int = base.DEFAULT_MAX_FILE_BYTES,
-                 max_pixels: int = base.DEFAULT_MAX_IMAGE_PIXELS
+def sample_video(path: str, num_frames: int, max_bytes: int = images.DEFAULT_MAX_FILE_BYTES,
+                 max_pixels: int = images.DEFAULT_MAX_IMAGE_PIXELS
                  ) -> tuple[list[bytes], int, int]:
   """Decodes `num_frames` uniformly sampled frames of a video file as JPEG bytes.
 
@@ -99,32 +103,32 @@ def sample_video(path: str, num_frames: int, max_bytes: int = base.DEFAULT_MAX_F
 
   total = _count_frames(path, max_bytes)
   if total <= 0:
-    raise base.Skip("corrupt_video", f"{path}: no frames")
+    raise skips.Skip("corrupt_video", f"{path}: no frames")
   picks = uniform_indices(total, num_frames)
-  wanted, images, last = set(picks), {}, None
+  wanted, decoded, last = set(picks), {}, None
   try:
     with _open_video(path, max_bytes) as container:
       stream = container.streams.video[0]
       if stream.width * stream.height > max_pixels:
-        raise base.Skip("image_too_large", f"{path}: frames of {stream.width}x"
-                        f"{stream.height} pixels, more than --max_image_pixels={max_pixels}")
+        raise skips.Skip("image_too_large", f"{path}: frames of {stream.width}x"
+                         f"{stream.height} pixels, more than --max_image_pixels={max_pixels}")
       for index, frame in enumerate(container.decode(stream)):
         if index in wanted:
-          images[index] = frame.to_image()
+          decoded[index] = frame.to_image()
         last = frame
         if index >= picks[-1]:
           break
   except (av.error.FFmpegError, UnicodeError, ValueError) as e:
-    raise base.Skip("corrupt_video", f"{path}: {e}") from e
+    raise skips.Skip("corrupt_video", f"{path}: {e}") from e
   if last is None:
-    raise base.Skip("corrupt_video", f"{path}: no decodable frame")
+    raise skips.Skip("corrupt_video", f"{path}: no decodable frame")
   frames = []
   for index in picks:  # The header may count more frames than decode: repeat the last.
-    image = images.get(index) or last.to_image()
+    image = decoded.get(index) or last.to_image()
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=FRAME_JPEG_QUALITY)
     frames.append(out.getvalue())
-  width, height = images[picks[0]].size if picks[0] in images else last.to_image().size
+  width, height = decoded[picks[0]].size if picks[0] in decoded else last.to_image().size
   return frames, width, height
 
 
@@ -165,7 +169,7 @@ class VideoQA(base.Converter):
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     path = item["video"]
     if path is None:
-      raise base.Skip("missing_video", f"{self.name}: {item['names']} not found")
+      raise skips.Skip("missing_video", f"{self.name}: {item['names']} not found")
     if path.endswith("/"):
       frames, width, height = [], 0, 0
       for frame in sample_frame_folder(path.rstrip("/"), self.options.num_frames):
@@ -176,7 +180,7 @@ class VideoQA(base.Converter):
       frames, width, height = sample_video(path, self.options.num_frames,
                                            self.options.max_file_bytes,
                                            self.options.max_image_pixels)
-    return {"image/id": base.image_id(self.namespace, item["names"][0]),
+    return {"image/id": ids.image_id(self.namespace, item["names"][0]),
             "video/frames": frames, "image/width": width, "image/height": height,
             "question": item["question"], "answers": item["answers"]}
 
@@ -191,10 +195,10 @@ class JsonVideoQA(VideoQA):
     return [str(row["video_id"])]
 
   def locate(self, split: str) -> str:
-    return base.find_file(self.raw_dir, [f"{split}_qa.json"], f"{self.name} {split}")
+    return raw_files.find_file(self.raw_dir, [f"{split}_qa.json"], f"{self.name} {split}")
 
   def list_items(self, split: str, unit: str) -> Iterator[Any]:
-    rows = base.load_json(unit)
+    rows = raw_files.load_json(unit)
     if not isinstance(rows, list):
       raise ValueError(f"{unit}: expected a json list of questions")
     index = self.index_videos()
@@ -204,7 +208,7 @@ class JsonVideoQA(VideoQA):
         item = {"question": str(row["question"]), "answers": [str(row["answer"])],
                 "names": names}
       except (KeyError, TypeError, ValueError, AttributeError):
-        yield base.Skipped("malformed_row", f"{unit}: [{i}]")
+        yield skips.Skipped("malformed_row", f"{unit}: [{i}]")
         continue
       yield {**item, "video": self.find_video(index, names)}
 
@@ -219,7 +223,7 @@ class MSRVTTQA(JsonVideoQA):
   def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
-    return [f"video{base.as_int(row['video_id'])}", str(row["video_id"])]
+    return [f"video{ids.as_int(row['video_id'])}", str(row["video_id"])]
 
 
 class MSVDQA(JsonVideoQA):
@@ -244,7 +248,7 @@ class MSVDQA(JsonVideoQA):
   def video_names(self, row: dict[str, Any]) -> list[str]:
     if "video" in row:
       return [str(row["video"])]
-    vid = f"vid{base.as_int(row['video_id'])}"
+    vid = f"vid{ids.as_int(row['video_id'])}"
     return [vid] + ([self._names[vid]] if vid in self._names else [])
 
 
@@ -270,12 +274,12 @@ class IVQA(VideoQA):
              "answer4", "answer5")
 
   def locate(self, split: str) -> str:
-    return base.find_file(self.raw_dir, [f"{split}.csv"], f"ivqa {split}")
+    return raw_files.find_file(self.raw_dir, [f"{split}.csv"], f"ivqa {split}")
 
   def list_items(self, split: str, unit: str) -> Iterator[Any]:
-    rows = base.iter_csv(unit)
+    rows = raw_files.iter_csv(unit)
     first = next(rows, (0, []))
-    header = [] if isinstance(first, base.Skipped) else first[1]
+    header = [] if isinstance(first, skips.Skipped) else first[1]
     missing = [c for c in self.columns if c not in header]
     if missing:
       raise ValueError(f"{unit}: missing columns {missing} (header {header})")
@@ -289,23 +293,23 @@ class IVQA(VideoQA):
         per_video.setdefault(parts[0], []).append(name)
     col = {c: header.index(c) for c in self.columns}
     for entry in rows:
-      if isinstance(entry, base.Skipped):
+      if isinstance(entry, skips.Skipped):
         yield entry
         continue
       line, row = entry
       where = f"{unit}:{line}"
       if len(row) != len(header):
-        yield base.Skipped("malformed_row", where)
+        yield skips.Skipped("malformed_row", where)
         continue
       get = {c: row[i].strip() for c, i in col.items()}
       answers = [get[f"answer{k}"] for k in range(1, 6) if get[f"answer{k}"]]
       if not get["video_id"] or not get["question"] or not answers:
-        yield base.Skipped("malformed_row", where)
+        yield skips.Skipped("malformed_row", where)
         continue
       try:
         start, end = (str(int(float(get[c]))) if get[c] else "" for c in ("start", "end"))
       except (ValueError, OverflowError):  # Not a number; `inf`.
-        yield base.Skipped("malformed_row", where)
+        yield skips.Skipped("malformed_row", where)
         continue
       clip = f"{get['video_id']}_{start}_{end}"
       names = [clip, get["video_id"]]

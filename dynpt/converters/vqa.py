@@ -7,7 +7,11 @@ from typing import Any, Iterator
 from dynpt.data import schema
 from dynpt.converters import base
 from dynpt.converters import fs
+from dynpt.converters import ids
+from dynpt.converters import images
 from dynpt.converters import labels
+from dynpt.converters import raw_files
+from dynpt.converters import skips
 
 # split -> (questions file candidates, annotations file or None, COCO image folder).
 VQA_FILES = {
@@ -33,21 +37,21 @@ class VQAv2(base.Converter):
 
   def locate(self, split: str) -> dict[str, str | None]:
     q_names, a_name, _ = VQA_FILES[split]
-    return {"questions": base.find_file(self.raw_dir, q_names, f"vqav2 {split} questions"),
-            "annotations": a_name and base.find_file(self.raw_dir, [a_name],
-                                                     f"vqav2 {split} annotations")}
+    return {"questions": raw_files.find_file(self.raw_dir, q_names, f"vqav2 {split} questions"),
+            "annotations": a_name and raw_files.find_file(self.raw_dir, [a_name],
+                                                          f"vqav2 {split} annotations")}
 
   def list_items(self, split: str, unit: dict[str, str | None]) -> Iterator[Any]:
     folder = VQA_FILES[split][2]
     q_path, a_path = unit["questions"], unit["annotations"]
-    questions = base.load_json(q_path)
+    questions = raw_files.load_json(q_path)
     questions = questions.get("questions") if isinstance(questions, dict) else None
     if not isinstance(questions, list):
       raise ValueError(f"{q_path}: expected a `questions` list")
     answers = None
     if a_path:
       answers = {}
-      annotations = base.load_json(a_path)
+      annotations = raw_files.load_json(a_path)
       if not isinstance(annotations, dict) or "annotations" not in annotations:
         raise ValueError(f"{a_path}: expected an `annotations` list")
       if not isinstance(annotations["annotations"], list):
@@ -56,27 +60,27 @@ class VQAv2(base.Converter):
         try:
           answers[ann["question_id"]] = [str(a["answer"]) for a in ann["answers"]]
         except (KeyError, TypeError):  # TypeError: not a dict, an unhashable id.
-          yield base.Skipped("malformed_annotation", f"{a_path}: annotations[{i}]")
+          yield skips.Skipped("malformed_annotation", f"{a_path}: annotations[{i}]")
     for i, q in enumerate(questions):
       try:
-        qid, image, text = q["question_id"], base.as_int(q["image_id"]), str(q["question"])
+        qid, image, text = q["question_id"], ids.as_int(q["image_id"]), str(q["question"])
         hash(qid)
       except (KeyError, TypeError, ValueError):
-        yield base.Skipped("malformed_row", f"{q_path}: questions[{i}]")
+        yield skips.Skipped("malformed_row", f"{q_path}: questions[{i}]")
         continue
       item = {"image": image, "question": text, "folder": folder}
       if answers is not None:
         if qid not in answers:
-          yield base.Skipped("missing_annotation", f"{q_path}: question_id {qid}")
+          yield skips.Skipped("missing_annotation", f"{q_path}: question_id {qid}")
           continue
         item["answers"] = answers[qid]
       yield item
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
     folder = item["folder"]
-    path = base.find_image([fs.join(self.image_dir, folder), self.image_dir],
-                           [f"COCO_{folder}_{item['image']:012d}.jpg"])
-    record = {**self.image_record(base.image_id("coco", item["image"]), path),
+    path = images.find_image([fs.join(self.image_dir, folder), self.image_dir],
+                             [f"COCO_{folder}_{item['image']:012d}.jpg"])
+    record = {**self.image_record(ids.image_id("coco", item["image"]), path),
               "question": item["question"]}
     if "answers" in item:
       record["answers"] = item["answers"]
@@ -97,10 +101,10 @@ class GQA(base.Converter):
            "test": "testdev_balanced_questions.json"}
 
   def locate(self, split: str) -> str:
-    return base.find_file(self.raw_dir, [self.files[split]], f"gqa {split} questions")
+    return raw_files.find_file(self.raw_dir, [self.files[split]], f"gqa {split} questions")
 
   def list_items(self, split: str, unit: str) -> Iterator[Any]:
-    questions = base.load_json(unit)
+    questions = raw_files.load_json(unit)
     if not isinstance(questions, dict):
       raise ValueError(f"{unit}: expected a json object qid -> question")
     meta_path = fs.join(self.raw_dir, "image_data.json")
@@ -109,25 +113,25 @@ class GQA(base.Converter):
       try:
         image, text, answer = q["imageId"], str(q["question"]), str(q["answer"])
       except (KeyError, TypeError):
-        yield base.Skipped("malformed_row", f"{unit}: question {qid}")
+        yield skips.Skipped("malformed_row", f"{unit}: question {qid}")
         continue
       if isinstance(image, int) and not isinstance(image, bool):
         image = str(image)
       if not isinstance(image, str):
-        yield base.Skipped("malformed_row", f"{unit}: question {qid}: imageId {image!r}")
+        yield skips.Skipped("malformed_row", f"{unit}: question {qid}: imageId {image!r}")
         continue
-      unsafe = base.unsafe_name(f"{unit}: question {qid}", "imageId", f"{image}.jpg")
+      unsafe = images.unsafe_name(f"{unit}: question {qid}", "imageId", f"{image}.jpg")
       if unsafe:
         yield unsafe
         continue
-      if base.is_number(image):
+      if ids.is_number(image):
         key = labels.vg_image_id(meta.get(int(image), {"image_id": image}))
       else:
-        key = base.image_id("gqa", image)
+        key = ids.image_id("gqa", image)
       yield {"image": image, "id": key, "question": text, "answers": [answer]}
 
   def make_record(self, item: dict[str, Any]) -> dict[str, Any]:
-    path = base.find_image([self.image_dir], [f"{item['image']}.jpg"])
+    path = images.find_image([self.image_dir], [f"{item['image']}.jpg"])
     return {**self.image_record(item["id"], path), "question": item["question"],
             "answers": item["answers"]}
 
@@ -148,11 +152,11 @@ class SNLIVE(base.Converter):
            "test": "snli_ve_test.jsonl"}
 
   def locate(self, split: str) -> str:
-    return base.find_file(self.raw_dir, [self.files[split]], f"snli_ve {split}")
+    return raw_files.find_file(self.raw_dir, [self.files[split]], f"snli_ve {split}")
 
   def list_items(self, split: str, unit: str) -> Iterator[Any]:
-    for row in base.iter_jsonl(unit):
-      if isinstance(row, base.Skipped):
+    for row in raw_files.iter_jsonl(unit):
+      if isinstance(row, skips.Skipped):
         yield row
         continue
       where, row = row
@@ -161,11 +165,11 @@ class SNLIVE(base.Converter):
       if isinstance(image, int) and not isinstance(image, bool):
         image = str(image)
       if not isinstance(image, str) or not isinstance(hypothesis, str):
-        yield base.Skipped("malformed_row", f"{where}: no {self.image_key_names[0]} or sentence2")
-      elif unsafe := base.unsafe_name(where, self.image_key_names[0], f"{image}.jpg"):
+        yield skips.Skipped("malformed_row", f"{where}: no {self.image_key_names[0]} or sentence2")
+      elif unsafe := images.unsafe_name(where, self.image_key_names[0], f"{image}.jpg"):
         yield unsafe
       elif not isinstance(label, str) or label not in schema.LABELS_SNLI:
-        yield base.Skipped("bad_label", f"{where}: gold_label {label!r}")
+        yield skips.Skipped("bad_label", f"{where}: gold_label {label!r}")
       else:
         yield {"image": str(image), "hypothesis": hypothesis, "label": label}
 
@@ -173,6 +177,6 @@ class SNLIVE(base.Converter):
     folders = [self.image_dir]
     if not self.options.image_dir:
       folders.append(fs.join(self.raw_dir, "flickr30k_images"))
-    path = base.find_image(folders, [f"{item['image']}.jpg"])
-    return {**self.image_record(base.image_id("flickr", item["image"]), path),
+    path = images.find_image(folders, [f"{item['image']}.jpg"])
+    return {**self.image_record(ids.image_id("flickr", item["image"]), path),
             "hypothesis": item["hypothesis"], "label": item["label"]}
