@@ -8,9 +8,10 @@ rewritten to `--gin_bindings`), `--gin_search_paths`, `--mode`. The config is
 parsed and checked before anything is built; a bad binding fails with gin's
 message naming the configurable and parameter, and a `--gin.NAME=` binding of
 a macro that no config references (a typo such as `--gin.NUM_STEP=2`) is
-refused. The config that ran is written to `<run_dir>/config.gin` while the
-run directory is locked (pretrain and finetune; `dynpt.train.run_lock`);
-eval and export write it only where there is none.
+refused. The config that ran is written to `<run_dir>/config.gin` once the
+run holds its directory (pretrain and finetune, which lock it for the whole
+run: `dynpt.train.session.claimed_run_dir`); eval and export write it only
+where there is none.
 
 Exit codes (docs/troubleshooting.md): 0 finished; 1 a mistake the user can
 fix, reported as one `error:` line naming the file, task or key; 3 the run
@@ -26,7 +27,6 @@ shows everything, the traceback behind an `error:` line included.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging as std_logging
 import os
@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from dynpt import console, fs, hostalloc
 
 MODES = ("pretrain", "finetune", "eval", "export")
-LOCKED_MODES = ("pretrain", "finetune")  # Modes that write the run directory.
+LOCKED_MODES = ("pretrain", "finetune")  # Modes that lock and write the run directory.
 EXIT_ERROR = 1
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
@@ -200,13 +200,27 @@ def write_config(run_dir: str) -> str:
 
 
 def run_mode(mode: str):
-  """Calls the gin-configured function of `mode`; returns its result."""
+  """Calls the gin-configured function of `mode`; returns its result.
+
+  Pretraining and finetuning lock the run directory for the whole run and,
+  once they hold it, the chief writes the config to `<run_dir>/config.gin`
+  (`write_config`): a run refused for a directory in use leaves its config.
+  """
   from dynpt.downstream import finetune, teacher_forced
   from dynpt.train import export, loop
 
   fn = {"pretrain": loop.train, "finetune": finetune.finetune,
         "eval": teacher_forced.evaluate, "export": export.export}[mode]
+  if mode in LOCKED_MODES:
+    return gin.get_configurable(fn)(on_claimed=_write_config_on_chief)
   return gin.get_configurable(fn)()
+
+
+def _write_config_on_chief(run_dir: str) -> None:
+  import jax
+
+  if jax.process_index() == 0:
+    logging.info("config written to %s", write_config(run_dir))
 
 
 def main(argv) -> None:
@@ -231,13 +245,11 @@ def main(argv) -> None:
     _exit_with_error(e)
   run_dir = gin.query_parameter("%RUN_DIR") if _has_macro("RUN_DIR") else None
   try:
-    with _run_dir_held(run_dir, _MODE.value):
-      if run_dir and jax.process_index() == 0 and (
-          _MODE.value in LOCKED_MODES
-          or not _has_config(run_dir)):
-        # eval/export keep the trainer's config.gin (a trainer may be running).
-        logging.info("config written to %s", write_config(run_dir))
-      result = run_mode(_MODE.value)
+    if (run_dir and _MODE.value not in LOCKED_MODES and jax.process_index() == 0
+        and not _has_config(run_dir)):
+      # eval/export keep the trainer's config.gin (a trainer may be running).
+      logging.info("config written to %s", write_config(run_dir))
+    result = run_mode(_MODE.value)
   except Exception as e:  # pylint: disable=broad-except
     code = exit_code_for(e)
     if code is None:
@@ -290,15 +302,6 @@ def summary_lines(mode: str, result) -> list[str]:
 
 def _has_config(run_dir: str) -> bool:
   return fs.exists(fs.join(run_dir, "config.gin"))
-
-
-def _run_dir_held(run_dir: str | None, mode: str):
-  """The run directory's lock for modes that write it, else nothing."""
-  if not run_dir or mode not in LOCKED_MODES:
-    return contextlib.nullcontext()
-  from dynpt.train import run_lock
-
-  return run_lock.RunLock(run_dir)
 
 
 def exit_code_for(error: BaseException) -> int | None:

@@ -78,13 +78,40 @@ def test_main_refuses_a_second_trainer_and_keeps_its_config(
   assert not os.path.exists(os.path.join(run_dir, "config.gin"))
 
 
-def test_the_lock_is_reentrant_within_a_process(tmp_path):
+def _open_descriptors() -> int:
+  return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_run_takes_the_lock_once_and_a_second_hold_is_refused(tmp_path):
+  # Not re-entrant: a second hold of the same directory, from this process
+  # too, is a second trainer.
+  before = _open_descriptors()
   with run_lock.RunLock(str(tmp_path)):
-    with run_lock.RunLock(str(tmp_path)):
-      pass
-    # Still held by the outer one: another process would be refused.
-    assert run_lock._HELD
-  assert not run_lock._HELD
+    with pytest.raises(run_lock.RunDirInUseError, match=f"pid {os.getpid()}"):
+      run_lock.RunLock(str(tmp_path)).acquire()
+  assert _open_descriptors() == before  # The refused one kept no descriptor.
+  with run_lock.RunLock(str(tmp_path)):  # Released on exit: free again.
+    pass
+
+
+def test_train_writes_config_once_it_holds_the_run_dir(held_by_another_process,
+                                                      tmp_path, monkeypatch):
+  run_dir, child = held_by_another_process
+  claimed = []
+  with pytest.raises(run_lock.RunDirInUseError):
+    loop.train(TrainConfig(run_dir=run_dir, num_steps=2, global_batch_size=4),
+               on_claimed=claimed.append)
+  assert claimed == []
+
+  def stop_after_claim(*a, **k):
+    raise RuntimeError("built")
+
+  monkeypatch.setattr(model_setup, "resolve_task_names", stop_after_claim)
+  free = str(tmp_path / "free")
+  with pytest.raises(RuntimeError, match="built"):
+    loop.train(TrainConfig(run_dir=free, num_steps=2, global_batch_size=4),
+               on_claimed=claimed.append)
+  assert claimed == [free]
 
 
 def test_object_store_run_dirs_are_not_locked_but_warned(caplog):
@@ -142,15 +169,16 @@ def test_a_lock_file_that_leads_elsewhere_is_refused_and_left_alone(tmp_path, ki
     os.link(target, lock)
   else:
     os.symlink(target, lock)
+  before = _open_descriptors()
   with pytest.raises(run_lock.UnsafeLockFileError) as err:
     run_lock.RunLock(str(run_dir)).acquire()
   assert str(lock) in str(err.value)
   assert "\n" not in str(err.value)
+  assert _open_descriptors() == before
   if kind == "dangling_symlink":
     assert not target.exists()  # O_CREAT did not create the link's target.
   else:
     assert target.read_text() == "keep me\n"
-  assert not run_lock._HELD
 
 
 def test_main_refuses_a_symlinked_lock_with_one_error_line(tmp_path):

@@ -11,7 +11,7 @@ metric are kept in `<run_dir>/best/` with `best.json` (`best_params`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from dynpt import mixing
 from dynpt.downstream import best_params
@@ -36,7 +36,8 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
                                                         {"min_per_task": 1}),
              eval_cfg: EvalConfig = EvalConfig(),
              init_from: str | None = None,
-             frozen_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
+             frozen_patterns: tuple[str, ...] = (),
+             on_claimed: Callable[[str], Any] | None = None) -> dict[str, Any]:
   """Finetunes from an export (or from scratch when `init_from` is None).
 
   Args:
@@ -45,17 +46,19 @@ def finetune(train_cfg: TrainConfig = TrainConfig(),
       "no pretraining" baseline).
     frozen_patterns: regexes of param paths to freeze, e.g. ('^encoder/',
       '^resnet/') for a frozen encoder.
+    on_claimed: called with the run directory once this run holds it
+      (`session.claimed_run_dir`; `dynpt.main` writes `config.gin` there).
 
   Returns:
     the train summary plus `eval` (last evaluation) and `best` (its score).
   """
   validate_configs(train_cfg, data_cfg, optimizer_cfg, model_cfg, sampler_cfg,
                    eval_cfg)
-  task_names = model_setup.resolve_task_names(data_cfg.mixture)
-  run_model = model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
-  init_params = init_params_lib.load_init_params(init_from, run_model.model, data_cfg,
-                                                 frozen_patterns)
-  with session_lib.claimed_run_dir(train_cfg.run_dir):
+  with session_lib.claimed_run_dir(train_cfg.run_dir, on_claimed):
+    task_names = model_setup.resolve_task_names(data_cfg.mixture)
+    run_model = model_setup.build_run_model(model_cfg, data_cfg, train_cfg)
+    init_params = init_params_lib.load_init_params(init_from, run_model.model,
+                                                   data_cfg, frozen_patterns)
     session = session_lib.build_session(
         train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
         init_params=init_params, frozen_patterns=tuple(frozen_patterns),

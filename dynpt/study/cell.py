@@ -5,7 +5,7 @@ r"""Runs one study cell, stage by stage, in its own process.
 The runner (`dynpt.study.runner`) writes the spec and starts one such process
 per cell, so a crash, a hang or an out-of-memory kill ends that cell only.
 Inside, the stages run in-process through the entry point's own functions
-(`dynpt.main.parse_gin`, `write_config`, `run_mode`), which saves starting
+(`dynpt.main.parse_gin`, `run_mode`), which saves starting
 Python, JAX and TensorFlow once per stage:
 
   pretrain        the pretraining run (resumes from its last checkpoint)
@@ -74,20 +74,18 @@ def _configure(gin_files: list[str], bindings: list[str]) -> None:
   dynpt_main.parse_gin(gin_files, bindings)
 
 
-def _train(mode: str, gin_files: list[str], bindings: list[str], run_dir: str) -> dict:
-  """`python -m dynpt.main --mode=<mode>` in this process, run directory locked."""
+def _train(mode: str, gin_files: list[str], bindings: list[str]) -> dict:
+  """`python -m dynpt.main --mode=<mode>` in this process (`run_mode` locks the run
+  directory and writes its config.gin)."""
   from dynpt import main as dynpt_main
-  from dynpt.train import run_lock
 
   _configure(gin_files, bindings)
-  with run_lock.RunLock(run_dir):
-    dynpt_main.write_config(run_dir)
-    return dynpt_main.run_mode(mode)
+  return dynpt_main.run_mode(mode)
 
 
 def _pretrain(spec: dict) -> dict[str, Any]:
   pt = spec["pretrain"]
-  summary = _train("pretrain", pt["gin_files"], pt["bindings"], pt["run_dir"])
+  summary = _train("pretrain", pt["gin_files"], pt["bindings"])
   if summary.get("preempted"):
     raise InterruptedError("pretraining was preempted (SIGTERM); run the study again")
   return {"end_step": int(summary["end_step"])}
@@ -122,7 +120,7 @@ def primary_metric(results: dict[str, float]) -> tuple[str, float]:
 
 def _finetune(ft: dict, init_from: str | None) -> dict[str, Any]:
   bindings = ft["bindings"] + [f"INIT_FROM={init_from!r}"]
-  summary = _train("finetune", ft["gin_files"], bindings, ft["run_dir"])
+  summary = _train("finetune", ft["gin_files"], bindings)
   if summary.get("preempted"):
     raise InterruptedError("finetuning was preempted (SIGTERM); run the study again")
   last = summary.get("eval") or {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,8 @@ def train(train_cfg: TrainConfig = TrainConfig(),
           optimizer_cfg: optim.OptimizerConfig = optim.OptimizerConfig(),
           model_cfg: ModelConfig = ModelConfig(),
           init_params: Any = None, frozen_patterns: tuple[str, ...] = (),
-          num_data_shards: int | None = None) -> dict[str, Any]:
+          num_data_shards: int | None = None,
+          on_claimed: Callable[[str], Any] | None = None) -> dict[str, Any]:
   """Runs (or resumes) a multi-task pretraining run; returns a summary dict.
 
   Args (beyond the configs):
@@ -61,6 +62,9 @@ def train(train_cfg: TrainConfig = TrainConfig(),
       same S on any process count (dividing S) see the same batches. Default:
       the checkpoint's S when resuming and the process count divides it,
       else one per process.
+    on_claimed: called with the run directory once this run holds it, before
+      the model is built (`session.claimed_run_dir`; `dynpt.main` writes
+      `config.gin` there).
 
   Everything that can be wrong with the configuration (a field of the wrong
   type or range, unknown task or sampler, batch too small for the per-task
@@ -70,7 +74,7 @@ def train(train_cfg: TrainConfig = TrainConfig(),
   """
   config_lib.validate_configs(train_cfg, data_cfg, sampler_cfg, optimizer_cfg,
                               model_cfg)
-  with session_lib.claimed_run_dir(train_cfg.run_dir):
+  with session_lib.claimed_run_dir(train_cfg.run_dir, on_claimed):
     session = session_lib.build_session(
         train_cfg, data_cfg, sampler_cfg, optimizer_cfg, model_cfg,
         init_params=init_params, frozen_patterns=tuple(frozen_patterns),

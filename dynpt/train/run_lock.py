@@ -12,8 +12,9 @@ Object stores (`gs://`, `s3://`) have no locks: there only the launcher can
 ensure that one job writes a run directory, and `acquire` says so in the log.
 Multi-host runs lock from process 0, and every process learns the answer.
 
-Holding is re-entrant within a process (`dynpt.main` holds the lock while it
-writes `config.gin`, then `loop.train` takes it again).
+A run takes the lock once, in its set-up (`dynpt.train.session.claimed_run_dir`,
+for pretraining and finetuning alike); a second hold of the same directory is
+refused, from this process too.
 
 The lock file is opened without following links (`O_NOFOLLOW`): a `.lock`
 that is a symbolic link (or a hard link, or not a plain file) is refused
@@ -30,7 +31,6 @@ import os
 import socket
 import stat
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -40,9 +40,6 @@ from jax.experimental import multihost_utils
 from dynpt import fs
 
 LOCK_FILE = ".lock"
-
-_HELD: dict[str, list[int]] = {}  # real path of the lock file -> [fd, depth].
-_HELD_GUARD = threading.Lock()
 
 
 class RunDirInUseError(RuntimeError):
@@ -82,12 +79,6 @@ def _open_lock_file(lock_path: str) -> int:
   return fd
 
 
-def _lock_key(lock_path: str) -> str:
-  """The lock file's path with its folder resolved (never its own link)."""
-  return os.path.join(os.path.realpath(os.path.dirname(lock_path)),
-                      os.path.basename(lock_path))
-
-
 def is_local(path: str) -> bool:
   return not fs.is_remote(path)
 
@@ -111,43 +102,27 @@ def describe_holder(lock_path: str) -> str:
     return "a process that has not written its name yet"
 
 
-def _lock_locally(lock_path: str) -> str | None:
-  """Takes the lock (or deepens a hold); None, or the holder's description.
+def _lock_locally(lock_path: str) -> tuple[int | None, str | None]:
+  """Takes the lock: (its descriptor, None), or (None, the holder's description).
+
+  Another descriptor of the file, this process's own included, is refused:
+  `flock` locks belong to an open file description.
 
   Raises:
     UnsafeLockFileError: the lock file is a link or not a plain file.
   """
-  key = _lock_key(lock_path)
-  with _HELD_GUARD:
-    if key in _HELD:
-      _HELD[key][1] += 1
-      return None
-    fd = _open_lock_file(lock_path)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      os.close(fd)
-      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        return describe_holder(lock_path)
-      raise
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(_holder_info()).encode())
-    os.fsync(fd)
-    _HELD[key] = [fd, 1]
-    return None
-
-
-def _unlock_locally(lock_path: str) -> None:
-  key = _lock_key(lock_path)
-  with _HELD_GUARD:
-    held = _HELD.get(key)
-    if held is None:
-      return
-    held[1] -= 1
-    if held[1] == 0:
-      fcntl.flock(held[0], fcntl.LOCK_UN)
-      os.close(held[0])
-      del _HELD[key]
+  fd = _open_lock_file(lock_path)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    os.close(fd)
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      return None, describe_holder(lock_path)
+    raise
+  os.ftruncate(fd, 0)
+  os.write(fd, json.dumps(_holder_info()).encode())
+  os.fsync(fd)
+  return fd, None
 
 
 class RunLock:
@@ -163,7 +138,7 @@ class RunLock:
   def __init__(self, run_dir: str):
     self.run_dir = run_dir
     self.lock_path = fs.join(fs.absolute(run_dir), LOCK_FILE)
-    self._held = False
+    self._fd: int | None = None  # The locked file's descriptor (process 0).
 
   def acquire(self) -> None:
     if not is_local(self.run_dir):
@@ -178,7 +153,7 @@ class RunLock:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
       try:
-        holder = _lock_locally(self.lock_path)
+        self._fd, holder = _lock_locally(self.lock_path)
       except UnsafeLockFileError as e:
         unsafe = e  # Raised below, once every process knows.
     if jax.process_count() > 1:
@@ -197,12 +172,12 @@ class RunLock:
           f"run directory {self.run_dir} is in use by {holder}; a second "
           "trainer would corrupt its checkpoints and history. Wait for it to "
           "finish, stop it, or choose another RUN_DIR")
-    self._held = jax.process_index() == 0
 
   def release(self) -> None:
-    if self._held:
-      _unlock_locally(self.lock_path)
-      self._held = False
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
   def __enter__(self) -> "RunLock":
     self.acquire()

@@ -35,11 +35,22 @@ _BARRIER_IDS = itertools.count()  # Barrier keys must not repeat in a process.
 
 
 @contextlib.contextmanager
-def claimed_run_dir(run_dir: str) -> Iterator[None]:
-  """Holds the run directory for the whole run (`run_lock.RunLock`: a second
-  trainer on it is refused) and checks that its folders are writable."""
+def claimed_run_dir(run_dir: str, on_claimed: Callable[[str], Any] | None = None
+                    ) -> Iterator[None]:
+  """Holds the run directory for the whole run and checks that its folders are
+  writable; the one place a run takes `run_lock.RunLock` (a second trainer on
+  the directory is refused).
+
+  Args:
+    run_dir: the run directory.
+    on_claimed: called with `run_dir` once it is held and found writable,
+      before anything is built: `dynpt.main` writes `config.gin` there, so a
+      refused run leaves the holder's config as it is.
+  """
   with run_lock.RunLock(run_dir):
     preflight.check_writable(run_dir)
+    if on_claimed is not None:
+      on_claimed(run_dir)
     yield
 
 
