@@ -76,12 +76,14 @@ def test_dry_run_prints_every_gcloud_command(tmp_path):
   # A fresh release folder (mkdir without -p fails on an existing one), then the stop.
   assert "mkdir ~/dynpt/releases/L1 &&" in stop
   assert stop.endswith("python3 ~/dynpt/releases/L1/tools/tpu_worker.py stop --timeout=120")
-  assert install.startswith("cd ~/dynpt/releases/L1 && python3 -m pip install")
+  assert install.startswith("cd ~/dynpt/releases/L1 && env PIP_BREAK_SYSTEM_PACKAGES=1 "
+                            "python3 -m pip install -q --user uv==")
+  assert "python3 -m uv venv --seed --python 3.11 .venv && .venv/bin/python -m pip" in install
   start, trainer = run.split(" -- ", 1)
   assert start == ("python3 ~/dynpt/releases/L1/tools/tpu_worker.py start --launch_id=L1 "
                    "--env=DYNPT_CLOUD_TPU=1")
   assert shlex.split(trainer) == [
-      "python3", "-m", "dynpt.main", "--gin_file=gin_configs/pretrain.gin",
+      ".venv/bin/python", "-m", "dynpt.main", "--gin_file=gin_configs/pretrain.gin",
       "--gin.TRAIN_STEPS=500000", "--gin.MODEL_NAME='base'", "--gin.BATCH_SIZE=4096",
       "--gin.RUN_DIR='gs://bucket/run1'"]
   assert "--worker=0" in commands[6]
@@ -207,8 +209,13 @@ def test_install_line_holds_the_tested_pins():
   install = _script(launch_tpu.install_command(_config()))
   steps = [shlex.split(step) for step in install.split(" && ")]
   assert steps[0][0] == "cd"
-  first, second = steps[1:]
-  assert first[:4] == ["python3", "-m", "pip", "install"]
+  uv, venv, first, second = steps[1:]
+  # The image's python3 only installs the pinned uv, which makes the release's venv on
+  # the tested Python; everything else goes into that venv.
+  assert uv[-2:] == ["--user", launch_tpu.UV_SPEC] and "==" in launch_tpu.UV_SPEC
+  assert venv == ["python3", "-m", "uv", "venv", "--seed", "--python",
+                  launch_tpu.WORKER_PYTHON, ".venv"]
+  assert first[:4] == [".venv/bin/python", "-m", "pip", "install"]
   assert first[first.index("-r") + 1] == "requirements.txt"
   named = [a for i, a in enumerate(first[4:], 4)
            if not a.startswith("-") and first[i - 1] not in ("-r", "-f")]
@@ -217,9 +224,19 @@ def test_install_line_holds_the_tested_pins():
     name, _, version = requirement.partition("==")
     base = name.split("[", 1)[0]
     assert pins.get(base) == version, (requirement, pins.get(base))
-  assert second == ["python3", "-m", "pip", "install", "-q", "--no-deps", "-e", "."]
+  assert second == [".venv/bin/python", "-m", "pip", "install", "-q", "--no-deps", "-e", "."]
   # requirements.txt travels in the tarball (nothing skips it).
   assert "requirements.txt" not in launch_tpu._SKIP_IN_TARBALL | launch_tpu._SKIP_AT_TOP
+
+
+def test_worker_python_is_the_tested_one():
+  """JAX needs Python >= 3.11; the TPU images' python3 is older: refused below 3.11."""
+  setup_py = open(os.path.join(_REPO, "setup.py")).read()
+  assert f'python_requires=">={launch_tpu.WORKER_PYTHON}"' in setup_py
+  assert _config(python_version="3.12").python_version == "3.12"
+  for bad in ("3.10", "python3.11", "3"):
+    with pytest.raises(ValueError, match="python_version"):
+      _config(python_version=bad)
 
 
 def test_make_tarball_skips_venv_git_and_caches(tmp_path):

@@ -84,10 +84,18 @@ else:
   sys.exit(f"stand-in gcloud: unsupported verb {{verb}}")
 '''
 
-# The workers' python3: pip is recorded, not run; everything else is this Python.
+# The workers' python3: pip is recorded, not run; `uv venv DIR` makes DIR/bin/python
+# a copy of this script (so the venv's pip is recorded too); everything else is this
+# Python.
 _PYTHON3 = """#!/bin/bash
 if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
   echo "$PWD $*" >> "$HOME/pip-calls.txt"
+  exit 0
+fi
+if [ "$1" = "-m" ] && [ "$2" = "uv" ] && [ "$3" = "venv" ]; then
+  echo "$PWD $*" >> "$HOME/uv-calls.txt"
+  venv="${{@: -1}}"
+  mkdir -p "$venv/bin" && cp "$0" "$venv/bin/python"
   exit 0
 fi
 exec "{python}" "$@"
@@ -200,9 +208,13 @@ def test_relaunch_stops_the_trainer_after_its_checkpoint_and_the_next_resumes(
   assert "SIGTERM received" in first_log.read_text()
   # Each launch installed the tested pins in its own release, after the stop.
   pip_calls = (home / "pip-calls.txt").read_text().splitlines()
-  assert len(pip_calls) == 4
-  assert pip_calls[2].startswith(f"{home}/dynpt/releases/second -m pip install -q -r "
+  assert len(pip_calls) == 6  # uv for the user, the pins and dynpt into the venv
+  assert pip_calls[3].endswith(f"-m pip install -q --user {launch_tpu.UV_SPEC}")
+  assert pip_calls[4].startswith(f"{home}/dynpt/releases/second -m pip install -q -r "
                                  f"requirements.txt {launch_tpu.pinned_jax_spec()} -f ")
+  uv_calls = (home / "uv-calls.txt").read_text().splitlines()
+  assert uv_calls[1] == (f"{home}/dynpt/releases/second -m uv venv --seed --python "
+                         f"{launch_tpu.WORKER_PYTHON} .venv")
   # The first release is gone (no process uses it); `current` names the second.
   assert os.listdir(home / "dynpt" / "releases") == ["second"]
   assert os.readlink(home / "dynpt" / "current") == os.path.join("releases", "second")

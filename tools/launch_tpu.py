@@ -12,10 +12,14 @@ What it does, in order (each step one gcloud command; ``--dry_run`` prints them)
    ``~/dynpt/releases/<launch id>``, then stops the trainer a previous launch started:
    SIGTERM to its whole process group, a wait of up to ``--stop_timeout`` seconds
    for it to write its checkpoint and exit (75), SIGKILL only after that;
-4. on every worker, only once no trainer runs, installs the tested pins into the
-   workers' Python: ``requirements.txt`` (what ``setup.py`` installs), ``jax[tpu]``
-   at the same jax version, and the release itself without dependencies;
-5. on every worker, starts ``python3 -m dynpt.main --gin_file=... --gin.KEY=VALUE ...
+4. on every worker, only once no trainer runs, makes the release its own virtual
+   environment, ``<release>/.venv``, on the Python dynpt is tested on
+   (``--python_version``, 3.11; the TPU VM images ship an older ``python3``, which
+   JAX no longer supports, so ``uv`` (pinned) fetches that Python when the image
+   lacks it), and installs the tested pins into it: ``requirements.txt`` (what
+   ``setup.py`` installs), ``jax[tpu]`` at the same jax version, and the release
+   itself without dependencies;
+5. on every worker, starts ``.venv/bin/python -m dynpt.main --gin_file=... --gin.KEY=VALUE ...
    --gin.RUN_DIR='gs://...'`` from the release, in a session of its own, logging to
    ``~/dynpt/logs/<launch id>.log``; ``~/dynpt/current`` then names that release and
    releases no process uses any more are removed. ``DYNPT_CLOUD_TPU=1`` makes
@@ -64,6 +68,12 @@ REQUIREMENTS = "requirements.txt"  # setup.py's install_requires, as `make setup
 LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 RECREATE_STATES = ("PREEMPTED", "TERMINATED")
 DEFAULT_STOP_TIMEOUT_S = 300
+# The workers' Python: the version dynpt is tested on (setup.py's python_requires,
+# .ci/run), in a virtual environment inside each release, made by a pinned uv.
+WORKER_PYTHON = "3.11"
+UV_SPEC = "uv==0.13.9"
+RELEASE_VENV = ".venv"  # relative to a release
+VENV_PYTHON = f"{RELEASE_VENV}/bin/python"
 SIMULATION_ENV = "DYNPT_LAUNCH_TPU_SIMULATION"
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SKIP_IN_TARBALL = frozenset({".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis",
@@ -134,6 +144,7 @@ class LaunchConfig:
   launch_id: str = dataclasses.field(default_factory=new_launch_id)
   stop_timeout_s: int = DEFAULT_STOP_TIMEOUT_S
   local_paths: bool = False
+  python_version: str = WORKER_PYTHON
 
   def __post_init__(self):
     local_ok = lambda path: self.local_paths and _is_local_abs(path)
@@ -161,6 +172,11 @@ class LaunchConfig:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.launch_id):
       raise ValueError(f"--launch_id must be letters, digits, '.', '_' and '-', "
                        f"got {self.launch_id!r}")
+    if not re.fullmatch(r"3\.\d+(\.\d+)?", self.python_version):
+      raise ValueError(f"--python_version must look like 3.11, got {self.python_version!r}")
+    if tuple(int(x) for x in self.python_version.split(".")[:2]) < (3, 11):
+      raise ValueError(f"--python_version {self.python_version} is below the 3.11 that "
+                       "dynpt and its JAX need")
     if self.stop_timeout_s < 0:
       raise ValueError(f"--stop_timeout must be >= 0 seconds, got {self.stop_timeout_s}")
 
@@ -248,19 +264,29 @@ def stop_command(config: LaunchConfig) -> list[str]:
 
 
 def install_argvs(config: LaunchConfig) -> list[list[str]]:
-  """The pip commands run in the release: the tested pins, then dynpt without deps.
+  """The commands run in the release: its virtual environment, the tested pins in
+  it, then dynpt without deps.
 
-  `make setup` installs ``requirements.txt`` and then the package with
-  ``--no-deps``; the workers get the same, plus ``jax[tpu]`` at the pinned jax
-  version (its extra adds the matching libtpu).
+  The image's ``python3`` only installs the pinned ``uv`` for its user (Ubuntu
+  24.04 images mark the system Python externally managed, hence the environment
+  variable; older pips ignore it). ``uv venv`` makes ``.venv`` on
+  `python_version`, downloading that Python when the image lacks it, with pip in
+  it. `make setup` installs ``requirements.txt`` and then the package with
+  ``--no-deps``; the venv gets the same, plus ``jax[tpu]`` at the pinned jax
+  version (its extra adds the matching libtpu). A fresh venv per release means a
+  relaunch never changes the packages under a process of an older release.
   """
-  return [["python3", "-m", "pip", "install", "-q", "-r", REQUIREMENTS, config.jax_spec,
+  return [["env", "PIP_BREAK_SYSTEM_PACKAGES=1", "python3", "-m", "pip", "install", "-q",
+           "--user", UV_SPEC],
+          ["python3", "-m", "uv", "venv", "--seed", "--python", config.python_version,
+           RELEASE_VENV],
+          [VENV_PYTHON, "-m", "pip", "install", "-q", "-r", REQUIREMENTS, config.jax_spec,
            "-f", LIBTPU_RELEASES],
-          ["python3", "-m", "pip", "install", "-q", "--no-deps", "-e", "."]]
+          [VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "-e", "."]]
 
 
 def install_command(config: LaunchConfig) -> list[str]:
-  """Installs into the workers' Python; runs only after `stop_command` succeeded."""
+  """Installs the release's venv on every worker; runs only after `stop_command` succeeded."""
   script = " && ".join([f"cd {release_dir(config)}"] + [shlex.join(a)
                                                         for a in install_argvs(config)])
   return _ssh_all(config, script)
@@ -268,7 +294,7 @@ def install_command(config: LaunchConfig) -> list[str]:
 
 def train_argv(config: LaunchConfig) -> list[str]:
   """The trainer's command line on each worker; the run dir is dynpt.main's RUN_DIR macro."""
-  return (["python3", "-m", "dynpt.main", f"--gin_file={config.gin_file}"]
+  return ([VENV_PYTHON, "-m", "dynpt.main", f"--gin_file={config.gin_file}"]
           + [f"--gin.{binding}" for binding in config.gin_bindings]
           + [f"--gin.RUN_DIR='{config.run_dir}'"])
 
@@ -364,6 +390,9 @@ def define_flags() -> None:
   flags.DEFINE_string("jax_spec", None,
                       "pip requirement for JAX on the TPU; default jax[tpu] at the jax "
                       "version requirements.txt pins. Anything else runs untested pins.")
+  flags.DEFINE_string("python_version", WORKER_PYTHON,
+                      "Python of the workers' virtual environment (uv fetches it when "
+                      "the image has none); the tested one by default.")
   flags.DEFINE_integer("stop_timeout", DEFAULT_STOP_TIMEOUT_S,
                        "Seconds the previous trainer gets after SIGTERM to write its "
                        "checkpoint and exit before SIGKILL.")
@@ -408,7 +437,8 @@ def config_from_flags(flag_values: flags.FlagValues,
                       project=flag_values.project, jax_spec=jax_spec,
                       data_dir=flag_values.data_dir,
                       launch_id=flag_values.launch_id or new_launch_id(),
-                      stop_timeout_s=flag_values.stop_timeout, local_paths=simulated)
+                      stop_timeout_s=flag_values.stop_timeout, local_paths=simulated,
+                      python_version=flag_values.python_version)
 
 
 def main(argv: Sequence[str]) -> None:
