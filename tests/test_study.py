@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats as scipy_stats
 
-from dynpt.study import grid, pretrain_loss, report, runner, stats, store
+from dynpt.study import grid, plan, pretrain_loss, report, runner, stats, store, world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE4 = ("easiest", "hardest", "uniform", "size", "loss_reweight", "dsg", "dynamic",
@@ -107,7 +107,7 @@ def test_training_loss_weights_by_count_and_falls_back_for_starved_tasks():
 
 def test_grid_has_table4_table5_scratch_and_orders_references():
   cfg = _config()
-  cells = grid.expand(cfg)
+  cells = plan.expand(cfg)
   names = [c.name for c in cells]
   assert len(names) == len(set(names))
   pretrained = [c for c in cells if c.init == "pretrained"]
@@ -120,13 +120,13 @@ def test_grid_has_table4_table5_scratch_and_orders_references():
       assert (ref.sampler, ref.mixture) == ("uniform", cell.mixture)
       assert ref.seed != cell.seed  # A same-seed reference leaves DoReMi at uniform.
       assert names.index(ref.name) < names.index(cell.name)
-  one_seed = grid.expand(_config(seeds=(4,)))
+  one_seed = plan.expand(_config(seeds=(4,)))
   refs = [c for c in one_seed if c.name == "uniform-dynpt_24-s5"]
   assert len(refs) == 1 and refs[0].tasks == ()  # Reference only: no finetuning.
 
 
 def test_sweep_seeds_run_table5_mixtures_on_the_first_seeds_only():
-  cells = grid.expand(_config(sweep_seeds=1, sweep_samplers=("uniform", "doremi")))
+  cells = plan.expand(_config(sweep_seeds=1, sweep_samplers=("uniform", "doremi")))
   seeds = lambda s, m: sorted(c.seed for c in cells  # noqa: E731
                               if (c.sampler, c.mixture) == (s, m) and c.tasks)
   assert seeds("uniform", "dynpt_4") == seeds("doremi", "dynpt_8") == [0]
@@ -135,7 +135,7 @@ def test_sweep_seeds_run_table5_mixtures_on_the_first_seeds_only():
   doremi = next(c for c in cells if c.name == "doremi-dynpt_8-s0")
   ref = next(c for c in cells if c.name == doremi.reference)
   assert (ref.sampler, ref.mixture, ref.seed, ref.tasks) == ("uniform", "dynpt_8", 1, ())
-  assert len(grid.expand(_config(sweep_seeds=5))) == len(grid.expand(_config()))
+  assert len(plan.expand(_config(sweep_seeds=5))) == len(plan.expand(_config()))
   with pytest.raises(ValueError, match="sweep_seeds=0"):
     _config(sweep_seeds=0)
 
@@ -143,8 +143,8 @@ def test_sweep_seeds_run_table5_mixtures_on_the_first_seeds_only():
 @given(st.integers(1, 9))
 @settings(max_examples=9, deadline=None)
 def test_shards_cover_each_cell_once_and_keep_references_together(count):
-  cells = grid.expand(_config())
-  shards = [grid.shard(cells, i, count) for i in range(count)]
+  cells = plan.expand(_config())
+  shards = [plan.shard(cells, i, count) for i in range(count)]
   names = [c.name for s in shards for c in s]
   assert sorted(names) == sorted(c.name for c in cells)
   for s in shards:
@@ -154,17 +154,17 @@ def test_shards_cover_each_cell_once_and_keep_references_together(count):
 
 
 def test_select_adds_references():
-  cells = grid.expand(_config())
-  picked = [c.name for c in grid.select(cells, ["doremi-dynpt_24-s2", "scratch-gqa-s0"])]
+  cells = plan.expand(_config())
+  picked = [c.name for c in plan.select(cells, ["doremi-dynpt_24-s2", "scratch-gqa-s0"])]
   assert picked == ["uniform-dynpt_24-s0", "scratch-gqa-s0", "doremi-dynpt_24-s2"]
   with pytest.raises(ValueError, match="--cell=nope"):
-    grid.select(cells, ["nope"])
+    plan.select(cells, ["nope"])
 
 
 @pytest.mark.parametrize("text", ["3/2", "2/2", "-1/2", "1", "a/b", "0/0", "1/2/3"])
 def test_parse_shard_rejects(text):
   with pytest.raises(ValueError, match="--shard"):
-    grid.parse_shard(text)
+    plan.parse_shard(text)
 
 
 def test_config_validation_and_quick():
@@ -181,7 +181,7 @@ def test_config_validation_and_quick():
 def test_cell_spec_bindings_parse_in_gin():
   cfg = _config(sampler_options={"doremi": {"eta": 1.0}, "odm": {"min_per_task": 1}},
                 common_bindings={"IMAGE_SIZE": 32, "config.ModelConfig.name": "tiny"})
-  cells = {c.name: c for c in grid.expand(cfg)}
+  cells = {c.name: c for c in plan.expand(cfg)}
   spec = runner.cell_spec(cfg, cells["doremi-dynpt_24-s1"], "/tmp/study")
   bindings = spec["pretrain"]["bindings"]
   assert "SAMPLER='doremi'" in bindings and "SEED=1" in bindings
@@ -215,7 +215,7 @@ def test_every_configured_sampler_builds_with_the_study_options(gin_file, tmp_pa
   gin.clear_config()
   ref = tmp_path / "cells" / "uniform-dynpt_24-s1" / "pretrain"
   ref.mkdir(parents=True)
-  for cell in grid.expand(cfg):
+  for cell in plan.expand(cfg):
     if cell.init != "pretrained":
       continue
     tasks = task_registry.mixture_task_names(cell.mixture)
@@ -240,7 +240,7 @@ def test_every_configured_sampler_builds_with_the_study_options(gin_file, tmp_pa
 def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_path):
   out = str(tmp_path)
   cfg = _config(samplers=("uniform",), sweep_samplers=(), seeds=(0,), downstream=("vqav2",))
-  cell = grid.expand(cfg)[0]
+  cell = plan.expand(cfg)[0]
   spec = runner.cell_spec(cfg, cell, out)
   store.write_json_atomic(os.path.join(spec["cell_dir"], "spec.json"), spec)
   store.write_json_atomic(os.path.join(spec["cell_dir"], "stages", "pretrain.json"), {})
@@ -256,8 +256,8 @@ def test_changed_configuration_refuses_done_cells_and_sets_aside_unfinished(tmp_
   assert runner.stale_cells(changed, [cell], out) == [cell.name]
   # Another toy-world palette reads another data dir: its cells are never the same.
   simple = dataclasses.replace(cfg, toy_palette="simple")
-  assert grid.data_dir(simple, out) == os.path.join(out, "data_simple")
-  assert grid.data_dir(cfg, out) == os.path.join(out, "data")
+  assert world.data_dir(simple, out) == os.path.join(out, "data_simple")
+  assert world.data_dir(cfg, out) == os.path.join(out, "data")
   assert runner.stale_cells(simple, [cell], out) == [cell.name]
   with pytest.raises(ValueError, match="toy_palette='bright'"):
     _config(toy_palette="bright")
@@ -279,7 +279,7 @@ def test_report_merges_existing_cells_and_lists_failures(tmp_path):
   out = str(tmp_path)
   cfg = _config(samplers=("uniform", "dynamic", "odm"), sweep_samplers=(),
                 sweep_mixtures=(), seeds=(0, 1, 2), downstream=("vqav2", "gqa"))
-  cells = grid.expand(cfg)
+  cells = plan.expand(cfg)
   rng = np.random.default_rng(0)
   bonus = {"uniform": 0.0, "dynamic": 5.0, "odm": -0.1, grid.SCRATCH: -20.0}
   for cell in cells:
@@ -326,7 +326,7 @@ def test_parallel_cells_wait_for_references_and_respect_the_limit(tmp_path, monk
   import time
 
   cfg = _config(seeds=(0, 1), sweep_mixtures=())
-  cells = grid.expand(cfg)
+  cells = plan.expand(cfg)
   out = str(tmp_path)
   lock, live, peak, started = threading.Lock(), [0], [0], []
 
@@ -434,7 +434,7 @@ def test_an_edited_gin_file_makes_done_cells_stale(tmp_path, monkeypatch):
   out = str(tmp_path / "study")
   cfg = _config(samplers=("uniform",), sweep_samplers=(), seeds=(0,), downstream=("vqav2",),
                 pretrain_gin="pt.gin", finetune_gin="ft_{task}.gin")
-  cell = grid.expand(cfg)[0]
+  cell = plan.expand(cfg)[0]
   spec = runner.cell_spec(cfg, cell, out)
   store.mark_done(out, cell.name, {"cell": cell.name, "rows": [],
                                    "fingerprint": spec["fingerprint"]})

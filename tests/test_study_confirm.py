@@ -11,7 +11,7 @@ import pytest
 
 from dynpt import main as dynpt_main
 from dynpt.data import schema
-from dynpt.study import grid, prior, provenance, report, runner, stats
+from dynpt.study import figures, grid, plan, prior, provenance, report, runner, stats, world
 
 DOWNSTREAM_TEXT = {"vqav2": "question", "gqa": "question", "snli_ve": "hypothesis"}
 
@@ -26,7 +26,7 @@ def _confirm(*bindings: str) -> grid.StudyConfig:
 
 def _world(cfg, out_dir):
   """(image bytes, question text) of each downstream `val` record, per task."""
-  path = grid.build_world(cfg, str(out_dir))
+  path = world.build_world(cfg, str(out_dir))
   return {task: [(r["image/encoded"], r[key]) for r in schema.read_records(path, task, "val")]
           for task, key in DOWNSTREAM_TEXT.items()}
 
@@ -37,7 +37,7 @@ def test_world_seed_changes_every_image_and_the_questions(tmp_path):
            "'testB': 1}")
   one, two = _confirm(*small, "WORLD_SEED=1"), _confirm(*small, "WORLD_SEED=2")
   assert (one.world_seed, two.world_seed) == (1, 2)
-  assert grid.data_dir(one, "/s") != grid.data_dir(two, "/s")
+  assert world.data_dir(one, "/s") != world.data_dir(two, "/s")
   a, b = _world(one, tmp_path / "a"), _world(two, tmp_path / "b")
   again = _world(one, tmp_path / "c")
   assert again == a  # The same seed: the same bytes and words.
@@ -50,7 +50,7 @@ def test_world_seed_changes_every_image_and_the_questions(tmp_path):
 def test_eval_examples_binds_the_finetuning_and_contrasts_are_checked():
   cfg = _confirm()
   assert cfg.world_seed != 0 and cfg.eval_examples >= 1000 and len(cfg.seeds) >= 6
-  cell = next(c for c in grid.expand(cfg) if c.init == "scratch")
+  cell = next(c for c in plan.expand(cfg) if c.init == "scratch")
   spec = runner.cell_spec(cfg, cell, "/tmp/s")
   assert f"EVAL_EXAMPLES={cfg.eval_examples}" in spec["finetune"][0]["bindings"]
   assert spec["world_seed"] == cfg.world_seed
@@ -143,7 +143,7 @@ def test_report_refuses_mixed_code_unless_pooled_and_figure1_points_per_sampler(
   # dsg's runs equal uniform's: one point; dynamic is another, mean over its seeds.
   rows += [_row("dsg", s, "vqav2", 50.0 + s) for s in (0, 1)]
   rows += [_row("dynamic", s, "vqav2", 60.0 + 2 * s, loss=2.0 + s) for s in (0, 1)]
-  points = report.sampler_points(rows, ["vqav2"])
+  points = figures.sampler_points(rows, ["vqav2"])
   assert [p["samplers"] for p in points] == [["uniform", "dsg"], ["dynamic"]]
   assert points[1]["accuracy"].mean == 61.0 and points[1]["loss"].mean == 2.5
   assert points[1]["accuracy"].std == pytest.approx(math.sqrt(2))

@@ -138,7 +138,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     _error(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from dynpt.study import grid, report, runner, store
+  from dynpt.study import plan, report, runner, store, world
 
   if not _OUT_DIR.value:
     _error("--out_dir is required")
@@ -146,20 +146,20 @@ def main(argv) -> None:
     _error(f"--jobs={_JOBS.value}: must be at least 1")
   out_dir = os.path.abspath(_OUT_DIR.value)
   try:
-    index, count = grid.parse_shard(_SHARD.value)
+    index, count = plan.parse_shard(_SHARD.value)
     cfg = load_config(FLAGS.gin_file, FLAGS.gin_bindings, _QUICK.value)
     check_names(cfg)
-    cells = grid.expand(cfg)
+    cells = plan.expand(cfg)
   except ValueError as e:
     _error(str(e))
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     _error(f"--out_dir={_OUT_DIR.value}: {e}")
-  mine = grid.shard(cells, index, count)
+  mine = plan.shard(cells, index, count)
   if _CELL.value:
     try:
-      mine = grid.select(mine, _CELL.value)
+      mine = plan.select(mine, _CELL.value)
     except ValueError as e:
       _error(str(e))
   if not _REPORT_ONLY.value:
@@ -184,7 +184,7 @@ def main(argv) -> None:
   if not _REPORT_ONLY.value:
     if cfg.toy_scale is not None:
       try:
-        grid.build_world(cfg, out_dir, progress=_PROGRESS.value)
+        world.build_world(cfg, out_dir, progress=_PROGRESS.value)
       except ValueError as e:
         _error(f"StudyConfig.toy_*: {e}")
     env = {}

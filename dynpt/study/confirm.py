@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from dynpt.study import grid, stats
+from dynpt.study import grid, stats, tables
 
 ALPHA = 0.05
 LABEL_SCRATCH = "scratch"
@@ -46,7 +46,7 @@ def values(table: Mapping, sampler: str, mixture: str, task: str,
 
 
 def tested_contrasts(contrasts: Sequence[grid.Contrast], table: Mapping, mixture: str,
-                   downstream: Sequence[str]) -> list[dict[str, Any]]:
+                     downstream: Sequence[str]) -> list[dict[str, Any]]:
   """Each contrast's paired difference, raw and Holm-adjusted p-value (input order)."""
   out = []
   for c in contrasts:
@@ -71,14 +71,6 @@ def verdict(confirmed: Mapping[str, Any], exploratory: stats.PairedDifference | 
       math.copysign(1, d.mean):
     return "reversed (significant, opposite sign to the exploratory estimate)"
   return "held" if d.mean > 0 else "held (negative)"
-
-
-def _fmt(d: stats.PairedDifference) -> str:
-  if d.n == 0:
-    return "missing"
-  if math.isnan(d.low):
-    return f"{d.mean:+.1f} (n={d.n}, no interval)"
-  return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n})"
 
 
 def _fmt_p(p: float) -> str:
@@ -129,11 +121,11 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
     c = r["contrast"]
     prior = priors.get(c.task)
     rows.append([f"{_name(c.a)} − {_name(c.b)}", c.task, _fmt_mean(r["a"]), _fmt_mean(r["b"]),
-                 "–" if prior is None else f"{prior.best:.1f}", _fmt(r["diff"]),
+                 "–" if prior is None else f"{prior.best:.1f}", tables.fmt_diff(r["diff"]),
                  _fmt_p(r["p"]), _fmt_p(r["p_holm"]),
                  verdict(r, explored.get(c.text))])
-  out += _table(["contrast", "task", "a", "b", "blind prior", "a − b", "p", "p (Holm)",
-                 "verdict"], rows)
+  out += tables.md_table(["contrast", "task", "a", "b", "blind prior", "a − b", "p",
+                          "p (Holm)", "verdict"], rows)
   out += ["", "## Blind answer prior", "",
           "The accuracy of answering without looking at the image, fitted on the task's "
           "`train` split and scored on the same `val` examples with the official metric "
@@ -149,8 +141,8 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
     prow.append([task] + (["–", "–", "–"] if p is None else
                           [f"{p.overall:.1f} (`{p.answer}`)", f"{p.by_type:.1f} ({p.types} types)",
                            f"{p.best:.1f}"]) + accs)
-  out += _table(["task", "overall", "by type", "prior"]
-                + [f"`{_name(s)}`" for s in [grid.SCRATCH] + list(cfg.samplers)], prow)
+  out += tables.md_table(["task", "overall", "by type", "prior"]
+                         + [f"`{_name(s)}`" for s in [grid.SCRATCH] + list(cfg.samplers)], prow)
   out += ["", "## Exploratory (tuned) against confirmatory (held-out)", ""]
   if exploratory_table is None:
     out += ["No exploratory results given (`StudyConfig.exploratory_results`).", ""]
@@ -160,10 +152,10 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
             "these contrasts; it is shown only to say whether its estimates held on a world "
             "nobody tuned on.", ""]
     erows = [[f"{_name(r['contrast'].a)} − {_name(r['contrast'].b)}", r["contrast"].task,
-              _fmt(explored[r["contrast"].text]), _fmt(r["diff"]), _fmt_p(r["p_holm"]),
-              verdict(r, explored[r["contrast"].text])] for r in tested]
-    out += _table(["contrast", "task", "exploratory (tuned)", "confirmatory (held-out)",
-                   "p (Holm)", "verdict"], erows)
+              tables.fmt_diff(explored[r["contrast"].text]), tables.fmt_diff(r["diff"]),
+              _fmt_p(r["p_holm"]), verdict(r, explored[r["contrast"].text])] for r in tested]
+    out += tables.md_table(["contrast", "task", "exploratory (tuned)",
+                            "confirmatory (held-out)", "p (Holm)", "verdict"], erows)
   out += ["", "## What held and what did not", ""]
   for r in tested:
     c = r["contrast"]
@@ -174,13 +166,9 @@ def section(cfg: grid.StudyConfig, table: Mapping, priors: Mapping[str, Any],
       note = (f" `{_name(c.a)}` ({r['a'].mean:.1f}) is within 2 points of the blind prior "
               f"({prior.best:.1f}): it barely reads the image.")
     got = ("no seed has both rows yet" if r["diff"].n == 0 else
-           f"{_fmt(r['diff'])} points, Holm p = {_fmt_p(r['p_holm'])}")
+           f"{tables.fmt_diff(r['diff'])} points, Holm p = {_fmt_p(r['p_holm'])}")
     out.append(f"- **{_name(c.a)} − {_name(c.b)} on {c.task}: {v}.** {got}"
-               + (f"; exploratory {_fmt(explored[c.text])}" if c.text in explored else "")
+               + (f"; exploratory {tables.fmt_diff(explored[c.text])}" if c.text in explored
+                  else "")
                + "." + note)
   return out + [""]
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

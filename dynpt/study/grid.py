@@ -1,35 +1,20 @@
-"""The study's grid: which cells exist, what each runs, and in which order.
+"""The study's grid as declared: `StudyConfig` (bound in `gin_configs/study/*.gin`).
 
-A *cell* is one unit of work whose results never change once written: a
-pretrained cell (sampler x mixture x seed) pretrains, measures its
-pretraining loss, exports and finetunes on every downstream task; a scratch
-cell finetunes one downstream task from random init with one seed (the
-paper's "no pretraining" baseline). The grid is the Table-4 rows (every
-sampler on one mixture) plus the Table-5 sweep (a few samplers on more
-mixtures), times the seeds.
-
-DoReMi's reference model is trained on the baseline mixture, so a `doremi`
-cell reads the losses of a uniform cell of the same mixture. That cell has
-another seed (the next seed of the study): a same-seed uniform run replays
-the doremi run's first batch exactly, the excess loss stays 0 and the weights
-never leave uniform (dynpt/mixing/doremi.py). With a single seed a
-reference-only uniform cell (no finetuning) is added. Cells are ordered so
-that a reference runs before the cells that read it, and sharding keeps a
-cell and its reference on the same shard.
+What a study runs: the Table-4 rows (every sampler on one mixture), the
+Table-5 sweep (a few samplers on more mixtures), the seeds, the downstream
+tasks, the regime (steps, bindings, toy world) and the contrasts declared
+before it runs. `plan` expands it into cells, `world` builds the toy world
+they read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 from typing import Any, Mapping, Sequence
 
-from dynpt.toyworld import datasets as toy_datasets
 from dynpt.toyworld import scene as scene_lib
 
 SCRATCH = "none"  # The `sampler` and `mixture` of a from-scratch cell.
-REFERENCE_SAMPLERS = {"doremi": "uniform"}  # Sampler -> the sampler of its reference.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,206 +219,9 @@ def _check(ok: bool, message: str) -> None:
     raise ValueError(message)
 
 
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One unit of the study.
-
-  Attributes:
-    sampler: the make_sampler name, or `none` for a scratch cell.
-    mixture: the pretraining mixture, or `none` for a scratch cell.
-    seed: the cell's seed.
-    tasks: downstream tasks it finetunes (empty: a reference-only cell).
-    reference: the name of the cell whose run it reads (doremi), or None.
-  """
-  sampler: str
-  mixture: str
-  seed: int
-  tasks: tuple[str, ...]
-  reference: str | None = None
-
-  @property
-  def init(self) -> str:
-    return "scratch" if self.sampler == SCRATCH else "pretrained"
-
-  @property
-  def name(self) -> str:
-    if self.init == "scratch":
-      return f"scratch-{self.tasks[0]}-s{self.seed}"
-    return f"{self.sampler}-{self.mixture}-s{self.seed}"
-
-
-def pretrained_name(sampler: str, mixture: str, seed: int) -> str:
-  return Cell(sampler, mixture, seed, ()).name
-
-
-def expand(cfg: StudyConfig) -> list[Cell]:
-  """Every cell of the study, each reference before the cells that read it."""
-  seeds = list(cfg.seeds)
-  sweep_seeds = seeds[:cfg.sweep_seeds] if cfg.sweep_seeds is not None else seeds
-  pairs = [(s, cfg.mixture, seeds) for s in cfg.samplers]
-  # Table 5's last row is Table 4's mixture, with every seed.
-  pairs += [(s, m, seeds if m == cfg.mixture else sweep_seeds)
-            for m in cfg.sweep_mixtures for s in cfg.sweep_samplers]
-  tasks = tuple(cfg.downstream)
-  cells: dict[str, Cell] = {}
-  # Seed by seed, each seed's scratch cells right after its pretrained ones, so a
-  # study stopped early has whole seeds (every row of a paired comparison).
-  for seed in seeds:
-    for sampler, mixture, pair_seeds in pairs:
-      if seed in pair_seeds:
-        cells.setdefault(pretrained_name(sampler, mixture, seed),
-                         Cell(sampler, mixture, seed, tasks))
-    for task in tasks:
-      cell = Cell(SCRATCH, SCRATCH, seed, (task,))
-      cells[cell.name] = cell
-  for sampler, mixture, pair_seeds in pairs:
-    if sampler not in REFERENCE_SAMPLERS:
-      continue
-    for i, seed in enumerate(pair_seeds):
-      ref_seed = (pair_seeds[(i + 1) % len(pair_seeds)] if len(pair_seeds) > 1
-                  else seed + 1)
-      ref = Cell(REFERENCE_SAMPLERS[sampler], mixture, ref_seed, ())
-      ref = cells.setdefault(ref.name, ref)
-      name = pretrained_name(sampler, mixture, seed)
-      cells[name] = dataclasses.replace(cells[name], reference=ref.name)
-  return order(list(cells.values()))
-
-
-def order(cells: Sequence[Cell]) -> list[Cell]:
-  """`cells` with every reference moved before the first cell that reads it."""
-  by_name = {c.name: c for c in cells}
-  out: list[Cell] = []
-  placed: set[str] = set()
-
-  def place(cell: Cell, chain: tuple[str, ...]) -> None:
-    if cell.name in placed:
-      return
-    if cell.name in chain:
-      raise ValueError(f"cells {' -> '.join(chain + (cell.name,))} depend on each other")
-    if cell.reference is not None and cell.reference in by_name:
-      place(by_name[cell.reference], chain + (cell.name,))
-    placed.add(cell.name)
-    out.append(cell)
-
-  for cell in cells:
-    place(cell, ())
-  return out
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-  """'i/N' -> (i, N) with 0 <= i < N; raises ValueError naming the flag."""
-  parts = text.split("/")
-  try:
-    index, count = int(parts[0]), int(parts[1])
-    if len(parts) != 2:
-      raise ValueError
-  except (ValueError, IndexError):
-    raise ValueError(f"--shard={text}: expected i/N, e.g. --shard=0/4") from None
-  if count < 1 or not 0 <= index < count:
-    raise ValueError(f"--shard={text}: need 0 <= i < N (shards are numbered 0..N-1)")
-  return index, count
-
-
-def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
-  """The cells of shard `index` of `count`; every cell lands in exactly one.
-
-  A cell and the cells that read it (doremi and its reference) form a group
-  that stays on one shard, so no shard waits for another. Groups are dealt
-  round-robin in grid order, so the shards' sizes differ by at most a group.
-  """
-  root: dict[str, str] = {c.name: c.name for c in cells}
-
-  def find(name: str) -> str:
-    while root[name] != name:
-      root[name] = root[root[name]]
-      name = root[name]
-    return name
-
-  for cell in cells:
-    if cell.reference in root:
-      root[find(cell.name)] = find(cell.reference)
-  groups = list(dict.fromkeys(find(c.name) for c in cells))
-  mine = {g for i, g in enumerate(groups) if i % count == index}
-  return [c for c in cells if find(c.name) in mine]
-
-
-def select(cells: Sequence[Cell], names: Sequence[str]) -> list[Cell]:
-  """The named cells and the references they read, in grid order.
-
-  Raises:
-    ValueError: naming a cell that is not in `cells`.
-  """
-  by_name = {c.name: c for c in cells}
-  wanted: set[str] = set()
-  for name in names:
-    if name not in by_name:
-      raise ValueError(f"--cell={name}: no such cell in this study (shard); "
-                       "`--dry_run` lists them")
-    while name is not None and name not in wanted:
-      wanted.add(name)
-      name = by_name[name].reference if by_name[name].reference in by_name else None
-  return [c for c in cells if c.name in wanted]
-
-
-def gin_literal(value: Any) -> str:
-  """A Python value as gin writes it (gin parses Python literals)."""
-  if isinstance(value, float) and not math.isfinite(value):
-    raise ValueError(f"gin cannot express the value {value}")
-  if isinstance(value, Mapping):
-    return "{" + ", ".join(f"{gin_literal(k)}: {gin_literal(v)}"
-                           for k, v in value.items()) + "}"
-  if isinstance(value, (list, tuple)):
-    inner = ", ".join(gin_literal(v) for v in value)
-    return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
-        f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
-  return repr(value)
-
-
-def bindings(values: Mapping[str, Any]) -> list[str]:
-  """`NAME=VALUE` gin binding lines, in order."""
-  return [f"{name}={gin_literal(value)}" for name, value in values.items()]
-
-
 def warmup_steps(cfg: StudyConfig, steps: int) -> int:
   return int(round(cfg.warmup_fraction * steps))
 
 
 def finetune_gin_file(cfg: StudyConfig, task: str) -> str:
   return cfg.finetune_gin.format(task=task)
-
-
-def data_dir(cfg: StudyConfig, out_dir: str) -> str:
-  """Where the cells read data: the study's own toy world, or `cfg.data_dir`."""
-  if cfg.toy_scale is None:
-    return os.path.abspath(str(cfg.data_dir))
-  name = "data" if cfg.toy_palette == "full" else f"data_{cfg.toy_palette}"
-  if cfg.world_seed:
-    name += f"_w{cfg.world_seed}"
-  return os.path.abspath(os.path.join(out_dir, name))
-
-
-def toy_records(cfg: StudyConfig) -> dict[str, int]:
-  """Records per split of the study's toy world: `toy_records`, and each
-  downstream task's `val` split of `eval_examples` records when that is set."""
-  records = dict(cfg.toy_records)
-  if cfg.eval_examples is not None:
-    for task in cfg.downstream:
-      spec = toy_datasets.DATASETS.get(task)
-      if spec is not None and "val" in spec.splits:
-        records[f"{task}/val"] = int(cfg.eval_examples)
-  return records
-
-
-def build_world(cfg: StudyConfig, out_dir: str, progress: bool = False) -> str:
-  """Builds the study's toy world (seed `world_seed`, `toy_records(cfg)`); its data dir.
-
-  Splits already built with the same seed and sizes are kept.
-  """
-  from dynpt.toyworld import build  # TensorFlow: only when a world is built.
-
-  path = data_dir(cfg, out_dir)
-  build.build_toy_world(path, seed=cfg.world_seed, scale=cfg.toy_scale,
-                        image_size=cfg.common_bindings.get("IMAGE_SIZE"),
-                        records=toy_records(cfg), palette=cfg.toy_palette,
-                        progress=progress)
-  return path

@@ -14,28 +14,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 
-from dynpt.study import grid, store
+from dynpt.study import grid, plan, store, world
 from dynpt.study.cell import SPEC
 
 LOG = "worker.log"
 LOG_TAIL_CHARS = 4000
 
 
-def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str, Any]:
+def cell_spec(cfg: grid.StudyConfig, cell: plan.Cell, out_dir: str) -> dict[str, Any]:
   """Everything the worker of `cell` needs, as plain JSON."""
   out_dir = os.path.abspath(out_dir)
   directory = store.cell_dir(out_dir, cell.name)
-  data = grid.data_dir(cfg, out_dir)
+  data = world.data_dir(cfg, out_dir)
   spec: dict[str, Any] = {
       "name": cell.name, "sampler": cell.sampler, "mixture": cell.mixture,
       "seed": cell.seed, "init": cell.init, "out_dir": out_dir, "cell_dir": directory,
@@ -52,7 +53,7 @@ def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str,
               "NUM_STEPS": cfg.pretrain_steps,
               "WARMUP_STEPS": grid.warmup_steps(cfg, cfg.pretrain_steps),
               **cfg.common_bindings, **cfg.pretrain_bindings}
-    spec["pretrain"] = {"gin_files": [cfg.pretrain_gin], "bindings": grid.bindings(values),
+    spec["pretrain"] = {"gin_files": [cfg.pretrain_gin], "bindings": bindings(values),
                         "run_dir": run_dir, "loss_fraction": cfg.pretrain_loss_fraction}
   for task in cell.tasks:
     run_dir = os.path.join(directory, f"finetune_{task}")
@@ -64,10 +65,29 @@ def cell_spec(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str) -> dict[str,
               **cfg.common_bindings, **cfg.finetune_bindings}
     spec["finetune"].append({"task": task, "run_dir": run_dir,
                              "gin_files": [grid.finetune_gin_file(cfg, task)],
-                             "bindings": grid.bindings(values)})
+                             "bindings": bindings(values)})
   spec["fingerprint"] = fingerprint(spec)
   spec["world_seed"] = cfg.world_seed
   return spec
+
+
+def gin_literal(value: Any) -> str:
+  """A Python value as gin writes it (gin parses Python literals)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"gin cannot express the value {value}")
+  if isinstance(value, Mapping):
+    return "{" + ", ".join(f"{gin_literal(k)}: {gin_literal(v)}"
+                           for k, v in value.items()) + "}"
+  if isinstance(value, (list, tuple)):
+    inner = ", ".join(gin_literal(v) for v in value)
+    return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
+        f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+  return repr(value)
+
+
+def bindings(values: Mapping[str, Any]) -> list[str]:
+  """`NAME=VALUE` gin binding lines, in order."""
+  return [f"{name}={gin_literal(value)}" for name, value in values.items()]
 
 
 def fingerprint(spec: dict[str, Any]) -> str:
@@ -103,7 +123,7 @@ def _gin_contents(gin_files: Sequence[str]) -> str:
     return f"missing: {e}"
 
 
-def stale_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str) -> list[str]:
+def stale_cells(cfg: grid.StudyConfig, cells: Sequence[plan.Cell], out_dir: str) -> list[str]:
   """Cells finished under another configuration than `cfg`'s.
 
   Their results would silently mix two configurations into one table, so the
@@ -137,7 +157,7 @@ def _set_aside_if_changed(spec: dict[str, Any]) -> None:
                   "directory is now %s", spec["name"], target)
 
 
-def sampler_options(cfg: grid.StudyConfig, cell: grid.Cell) -> dict[str, Any]:
+def sampler_options(cfg: grid.StudyConfig, cell: plan.Cell) -> dict[str, Any]:
   """The cell's SAMPLER_OPTIONS: the config's, plus what the cell decides.
 
   A sampler that draws at random (takes `seed`) gets the cell's seed unless
@@ -154,7 +174,7 @@ def sampler_options(cfg: grid.StudyConfig, cell: grid.Cell) -> dict[str, Any]:
   return options
 
 
-def predicted_seconds(cfg: grid.StudyConfig, cell: grid.Cell) -> float:
+def predicted_seconds(cfg: grid.StudyConfig, cell: plan.Cell) -> float:
   """The prior estimate of one cell's wall time (StudyConfig's seconds_per_*)."""
   pretrained = cell.init == "pretrained"
   return (cfg.seconds_per_run * (pretrained + len(cell.tasks))
@@ -162,7 +182,7 @@ def predicted_seconds(cfg: grid.StudyConfig, cell: grid.Cell) -> float:
           + len(cell.tasks) * cfg.finetune_steps * cfg.seconds_per_finetune_step)
 
 
-def estimate_seconds(cfg: grid.StudyConfig, cells: Sequence[grid.Cell],
+def estimate_seconds(cfg: grid.StudyConfig, cells: Sequence[plan.Cell],
                      done: dict[str, dict[str, Any]]) -> tuple[float, str]:
   """(seconds the cells not yet done will take, how that was estimated).
 
@@ -188,7 +208,7 @@ class RunSummary:
   failed: list[str] = dataclasses.field(default_factory=list)
 
 
-def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
+def run_cells(cfg: grid.StudyConfig, cells: Sequence[plan.Cell], out_dir: str,
               env: dict[str, str] | None = None, progress: bool = True,
               jobs: int = 1, provenance: dict[str, Any] | None = None) -> RunSummary:
   """Runs every cell of `cells` that is not done; never raises for a cell.
@@ -211,9 +231,9 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
   pending = list(cells)
   names = {c.name for c in cells}
   failed_here: set[str] = set()
-  running: dict[concurrent.futures.Future, grid.Cell] = {}
+  running: dict[concurrent.futures.Future, plan.Cell] = {}
 
-  def blocked(cell: grid.Cell) -> bool:
+  def blocked(cell: plan.Cell) -> bool:
     """The cell's reference is in this run and has not ended yet."""
     ref = cell.reference
     return (ref is not None and ref in names and ref not in failed_here
@@ -248,7 +268,7 @@ def run_cells(cfg: grid.StudyConfig, cells: Sequence[grid.Cell], out_dir: str,
             running[pool.submit(run_one, cfg, cell, out_dir, env, provenance)] = cell
             bar.set_postfix_str(", ".join(c.name for c in running.values()))
         if not running:
-          for cell in pending:  # Unreachable with `grid.order`ed cells; never spin.
+          for cell in pending:  # Unreachable with `plan.order`ed cells; never spin.
             store.mark_failed(out_dir, cell.name, {
                 "returncode": None, "time": time.time(),
                 "error": f"its reference cell {cell.reference} did not run"})
@@ -282,7 +302,7 @@ def _stop_workers() -> None:
     proc.wait()
 
 
-def run_one(cfg: grid.StudyConfig, cell: grid.Cell, out_dir: str,
+def run_one(cfg: grid.StudyConfig, cell: plan.Cell, out_dir: str,
             env: dict[str, str] | None = None,
             provenance: dict[str, Any] | None = None) -> bool:
   """Runs one cell's worker; True when it finished, else its failure is recorded."""
