@@ -152,7 +152,7 @@ def run(session: session_lib.TrainSession,
   summary = logger.summary(start, int(jax.device_get(session.state.step)),
                            time.time() - t_start)
   summary.update(run_dir=cfg.run_dir, preempted=preempt.agreed,
-                 compilations=session.train_step._cache_size(),
+                 compilations=session.step_traces.count,
                  skipped_records=prefetcher.input.skipped,
                  skipped_records_by_task=prefetcher.input.skipped_by_task(),
                  checkpoints=session.checkpointer.directory)

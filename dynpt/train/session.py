@@ -72,6 +72,22 @@ def build_sampler(sampler_cfg: SamplerConfig, task_names, batch_size: int,
 
 
 @dataclasses.dataclass
+class TraceCount:
+  """How often JAX traced a function: once per new input signature.
+
+  A jitted function is traced exactly when it needs a program for inputs of a
+  shape, dtype or sharding it has not seen, and each trace is compiled (or
+  loaded from the persistent compilation cache), so the count is the number
+  of compilations the run's step needed, read through public JAX only
+  (`tests/test_train_e2e.py` asserts one over a run whose mixture changes).
+  """
+  count: int = 0
+
+  def __call__(self) -> None:
+    self.count += 1
+
+
+@dataclasses.dataclass
 class TrainSession:
   """A run ready to step: what `build_session` made.
 
@@ -82,6 +98,7 @@ class TrainSession:
     model: the `VLModel`.
     state: the `TrainState` (donated to every step; replaced by the loop).
     train_step: `(state, batch, loss_weights) -> (state, metrics)`, jitted.
+    step_traces: how often `train_step` was traced (its compilations).
     start_step: the step the run continues from (0 for a fresh run).
     feedback: the mixture feedback around the sampler.
     prefetcher: the input, one batch ahead.
@@ -93,6 +110,7 @@ class TrainSession:
   model: Any
   state: Any
   train_step: Any
+  step_traces: TraceCount
   start_step: int
   feedback: MixtureFeedback
   prefetcher: BatchPrefetcher
@@ -142,16 +160,26 @@ def make_train_optimizer(optimizer_cfg: optim.OptimizerConfig, train_cfg: TrainC
 
 
 def jit_train_step(model, num_tasks: int, train_cfg: TrainConfig,
-                   optimizer_cfg: optim.OptimizerConfig, mesh, shardings):
-  """`step.train_step` jitted with the state donated, traced under the mesh's rules."""
+                   optimizer_cfg: optim.OptimizerConfig, mesh, shardings,
+                   on_trace: Callable[[], Any] | None = None):
+  """`step.train_step` jitted with the state donated, traced under the mesh's rules.
+
+  `on_trace` is called each time JAX traces the step (`TraceCount`).
+  """
   step_fn = functools.partial(
       step_lib.train_step, model=model, num_tasks=num_tasks,
       label_smoothing=train_cfg.label_smoothing,
       loss_normalization=train_cfg.loss_normalization,
       learning_rate_fn=optim.learning_rate_schedule(optimizer_cfg))
+
+  def train_step(state, batch, task_loss_weights):
+    if on_trace is not None:
+      on_trace()  # Python code of a jitted function runs when it is traced only.
+    return step_fn(state, batch, task_loss_weights)
+
   repl = partitioning.replicated(mesh)
   return jax.jit(
-      partitioning.traced_under_rules(step_fn, mesh, train_cfg.partition_mode),
+      partitioning.traced_under_rules(train_step, mesh, train_cfg.partition_mode),
       in_shardings=(shardings, partitioning.batch_sharding(mesh), repl),
       out_shardings=(shardings, repl), donate_argnums=(0,))
 
@@ -223,10 +251,12 @@ def build_session(train_cfg: TrainConfig, data_cfg: DataConfig,
       mesh_shape=(mesh.shape[partitioning.DATA], mesh.shape[partitioning.MODEL]),
       partition_mode=train_cfg.partition_mode, input_length=data_cfg.input_length,
       target_length=data_cfg.target_length)))
+  traces = TraceCount()
   return TrainSession(
       train_cfg=train_cfg, task_names=task_names, mesh=mesh, model=model, state=state,
       train_step=jit_train_step(model, len(task_names), train_cfg, optimizer_cfg, mesh,
-                            shardings),
+                                shardings, on_trace=traces),
+      step_traces=traces,
       start_step=int(jax.device_get(state.step)), feedback=feedback,
       prefetcher=BatchPrefetcher(mixture_input, partitioning.batch_sharding(mesh)),
       checkpointer=ckpt)
