@@ -24,7 +24,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynpt import console  # noqa: E402
+from dynpt import console, hostalloc  # noqa: E402
 
 console.setup(__name__)  # Before TensorFlow and JAX load: their start-up chatter goes.
 
@@ -61,4 +61,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  hostalloc.default_platforms()  # A CPU-only host: JAX's CPU backend, libtpu left alone.
   console.run_app(main)

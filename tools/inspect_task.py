@@ -22,7 +22,7 @@ import numpy as np
 if __package__ in (None, ""):  # Run as a script: make `dynpt` and `tasks` importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynpt import console  # noqa: E402
+from dynpt import console, hostalloc  # noqa: E402
 
 console.setup(__name__)  # Before TensorFlow loads: its start-up chatter goes.
 
@@ -122,4 +122,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  hostalloc.default_platforms()  # A CPU-only host: JAX's CPU backend, libtpu left alone.
   sys.exit(main())

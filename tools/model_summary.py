@@ -14,7 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
-from dynpt import console
+from dynpt import console, hostalloc
 
 console.setup(__name__)  # Before JAX loads: its start-up chatter goes.
 
@@ -88,4 +88,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hostalloc.default_platforms()  # A CPU-only host: JAX's CPU backend, libtpu left alone.
   console.run_app(main)
