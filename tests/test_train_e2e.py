@@ -111,6 +111,18 @@ def test_synchronous_dispatch_and_another_cadence_replay_the_run(uninterrupted,
         np.testing.assert_allclose(loss, hb["task_loss"][t], rtol=1e-5)
 
 
+def test_an_implicit_host_to_device_copy_in_the_step_call_fails(toy_data_dir, tmp_path,
+                                                                monkeypatch):
+  # The loop steps under jax.transfer_guard("disallow"): loss weights handed to
+  # the step as a host array (no explicit copy) are refused, not copied quietly.
+  from dynpt.train import session
+
+  monkeypatch.setattr(session.TrainSession, "loss_weights",
+                      lambda self, draw: draw.loss_weights)
+  with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+    loop.train(**_cfgs(tmp_path, toy_data_dir, 1))
+
+
 def test_unknown_task_fails_before_training(toy_data_dir, tmp_path):
   cfgs = _cfgs(tmp_path, toy_data_dir, 2)
   cfgs["data_cfg"] = DataConfig(mixture="cc3m_cap,no_such_task",

@@ -9,8 +9,10 @@ shares (finetuning adds an `EvalHook`). One iteration, step s:
      `feedback.observe(s-1, losses)`, logging and history hooks;
   3. `feedback.draw(s+1)` (the sampler after the losses of steps <= s-1, see
      `dynpt.train.feedback`) and start assembling batch s+1;
-  4. dispatch step s (its metrics start copying to the host as soon as they
-     are ready);
+  4. dispatch step s under `jax.transfer_guard("disallow")`, with the batch
+     and the loss weights copied to the devices explicitly (an accidental
+     host-to-device copy fails loudly, as in big_vision); its metrics start
+     copying to the host as soon as they are ready;
   5. agree on preemption; checkpoint and eval hooks when due (after taking
      in step s, so the checkpoint holds its losses).
 
@@ -28,7 +30,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from dynpt import console, fs
@@ -127,8 +128,11 @@ def run(session: session_lib.TrainSession,
           take_in(pending)  # Waits for step - 1.
         if step + 1 < last:
           prefetcher.start(feedback.draw(step + 1))
-        session.state, metrics = session.train_step(session.state, batch,
-                                                    jnp.asarray(draw.loss_weights))
+        weights = session.loss_weights(draw)
+        # Every input is on the devices already (explicit copies): an implicit
+        # host-to-device copy in the step call is a bug, and fails here.
+        with jax.transfer_guard("disallow"):
+          session.state, metrics = session.train_step(session.state, batch, weights)
         pending = StepResult(step, draw, _copy_to_host_async(metrics))
         done = step + 1
         # Collective where there are several processes: SIGTERM on any host

@@ -17,7 +17,6 @@ import itertools
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -27,7 +26,7 @@ from dynpt.train import partitioning, preflight, run_lock
 from dynpt.train import state as state_lib
 from dynpt.train import step as step_lib
 from dynpt.train.config import DataConfig, ModelConfig, SamplerConfig, TrainConfig
-from dynpt.train.feedback import MixtureFeedback
+from dynpt.train.feedback import Draw, MixtureFeedback
 from dynpt.train.prefetch import BatchPrefetcher
 
 _COMPILE_BARRIER_TIMEOUT_MS = 3600 * 1000  # Large models compile for minutes.
@@ -136,10 +135,22 @@ class TrainSession:
     batch = {k: jax.ShapeDtypeStruct((v.shape[0] * rows,) + v.shape[1:], v.dtype,
                                      sharding=self.prefetcher.sharding)
              for k, v in local.items()}
-    self.train_step.lower(self.state, batch, jnp.asarray(draw.loss_weights)).compile()
+    weights = jax.ShapeDtypeStruct(draw.loss_weights.shape, draw.loss_weights.dtype,
+                                   sharding=partitioning.replicated(self.mesh))
+    self.train_step.lower(self.state, batch, weights).compile()
     ocp.multihost.get_barrier_sync_fn()(
         key=f"dynpt_train_step_compiled_{next(_BARRIER_IDS)}",
         timeout_ms=_COMPILE_BARRIER_TIMEOUT_MS)
+
+  def loss_weights(self, draw: Draw) -> jax.Array:
+    """`draw.loss_weights` [tasks] copied to every device, as the step takes them.
+
+    An explicit copy: the loop steps under `jax.transfer_guard("disallow")`,
+    where a host array handed to the step would fail.
+    """
+    weights = draw.loss_weights
+    return jax.make_array_from_callback(weights.shape, partitioning.replicated(self.mesh),
+                                        lambda index: weights[index])
 
   def close(self) -> None:
     """Waits for pending checkpoint writes and stops the input thread."""
