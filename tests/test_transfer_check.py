@@ -1,11 +1,11 @@
-"""The grounding probe (true vs shuffled images) and the transfer table."""
+"""The grounding probe (true vs shuffled images), the transfer check's resumable rows and its table."""
 
 import jax
 import numpy as np
 import pytest
 
 from dynpt.downstream import grounding
-from dynpt.metrics import transfer
+from dynpt.study import provenance, transfer
 from dynpt.train import model_setup
 from dynpt.train.config import DataConfig, ModelConfig
 
@@ -65,3 +65,46 @@ def test_summarize_mean_std_and_gain():
   assert vqa[:10] == ["vqav2", "55.0", "+-", "7.1", "40.0", "+-", "0.0", "15.0", "+-", "7.1"]
   assert vqa[-1] == "0,1"
   assert "no seed with both arms" in lines[2]
+
+
+def test_transfer_runs_what_is_missing_once_and_stamps_each_row(tmp_path, monkeypatch):
+  """Fake runs: each missing run runs once, in order, and its row names the code."""
+  from dynpt.toyworld import build
+
+  calls = []
+  monkeypatch.setattr(build, "build_toy_world", lambda *a, **k: calls.append("world"))
+
+  def pretrain(cfg, seed, run_dir, data_dir):
+    calls.append(("pretrain", seed))
+    return {"kind": "pretrain", "seed": seed, "run_dir": run_dir, "export": f"/export{seed}",
+            "seconds": 1.0, "grounding": {}}
+
+  def finetune(cfg, seed, task, init_from, run_dir, data_dir):
+    calls.append(("finetune", seed, task, init_from))
+    return {"kind": "finetune", "seed": seed, "task": task, "run_dir": run_dir,
+            "init": "pretrained" if init_from else "scratch", "seconds": 1.0, "step": 2,
+            "score": 50.0 + seed if init_from else 40.0, "metrics": {}}
+
+  monkeypatch.setattr(transfer, "pretrain", pretrain)
+  monkeypatch.setattr(transfer, "finetune", finetune)
+  cfg = transfer.TransferConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                seeds=(0, 1), tasks=("vqav2",))
+  rows = transfer.run(cfg)
+  assert calls == ["world", ("pretrain", 0), ("finetune", 0, "vqav2", "/export0"),
+                   ("finetune", 0, "vqav2", None), ("pretrain", 1),
+                   ("finetune", 1, "vqav2", "/export1"), ("finetune", 1, "vqav2", None)]
+  version = provenance.of_gin_files([cfg.pretrain_gin, "finetune/toy_study_vqav2.gin"])
+  assert len(rows) == 6 and all({k: r[k] for k in provenance.KEYS} == version for r in rows)
+  path = tmp_path / "out" / "results.jsonl"
+  lines = path.read_text().splitlines()
+  assert len(lines) == 6
+  calls.clear()
+  transfer.run(cfg)
+  assert calls == ["world"]  # Everything is done.
+  path.write_text("\n".join(lines[:-1]) + "\n")  # Seed 1's scratch arm is lost.
+  calls.clear()
+  rows = transfer.run(cfg)
+  assert calls == ["world", ("finetune", 1, "vqav2", None)]
+  assert transfer.summarize(rows, cfg.tasks)[1].split()[7:10] == ["10.5", "+-", "0.7"]
+  (line,) = transfer.code_lines(rows)
+  assert line.startswith(f"rows of commit {version['commit'][:10]}") and line.endswith(": 6")

@@ -16,7 +16,8 @@ runs every N-th group of cells (for N machines or array tasks sharing
 merges whatever cells exist into
 `results.jsonl`, `report.md` and the figures. `--quick` keeps
 StudyConfig.quick_seeds seeds and scales the steps by quick_step_scale.
-docs/study.md explains the grid, the columns and how to scale it out.
+docs/study.md explains the grid, the columns and how to scale it out; what
+runs between these flags and the exit code is `dynpt.study.command`.
 
 Exit codes: 0 every cell of this shard is done; 1 a mistake in the flags or
 the config (one `error:` line); 2 some cells failed (listed in the report;
@@ -42,8 +43,6 @@ from absl import flags, logging  # noqa: E402
 from dynpt import main as dynpt_main  # noqa: E402
 
 EXIT_ERROR = 1
-EXIT_CELLS_FAILED = 2
-COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "dynpt", "jax")
 
 FLAGS = flags.FLAGS
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "The study directory (cells, results, report).")
@@ -71,145 +70,27 @@ def _error(message: str) -> None:
   sys.exit(EXIT_ERROR)
 
 
-def load_config(gin_files, bindings, quick: bool):
-  """The study's StudyConfig from gin; ValueError naming the problem."""
-  import gin
-
-  from dynpt.study import grid
-
-  if not gin_files:
-    raise ValueError("--gin_file is required (e.g. --gin_file=study/default.gin)")
-  dynpt_main.parse_gin(gin_files, bindings)
-  try:
-    cfg = gin.get_configurable(grid.StudyConfig)()
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{', '.join(gin_files)}: {e}") from e
-  finally:
-    gin.clear_config()
-  if not isinstance(cfg, grid.StudyConfig):
-    raise ValueError(f"{', '.join(gin_files)} does not configure dynpt.study.grid.StudyConfig")
-  return cfg.quick() if quick else cfg
-
-
-def check_names(cfg) -> None:
-  """Fails on a sampler, mixture, task or finetuning gin file that does not exist."""
-  import seqio
-
+def _register_tasks() -> None:
   import tasks  # noqa: F401  (this entry point registers the tasks, as the gin files do)
-  from tasks import mixtures
-  from dynpt import mixing
-  from dynpt.data import task_registry
-  from dynpt.study import grid
-
-  for sampler in list(cfg.samplers) + list(cfg.sweep_samplers):
-    if sampler not in mixing.SAMPLERS:
-      raise ValueError(f"StudyConfig: unknown sampler {sampler!r}; known: "
-                       f"{sorted(mixing.SAMPLERS)}")
-  for mixture in [cfg.mixture] + list(cfg.sweep_mixtures):
-    try:
-      task_registry.mixture_task_names(mixture)
-    except ValueError:
-      raise ValueError(f"StudyConfig: unknown mixture {mixture!r}; known mixtures: "
-                       f"{sorted(mixtures.MIXTURES)} (or one registered task)") from None
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "gin_configs")
-  for task in cfg.downstream:
-    if task not in seqio.TaskRegistry.names():
-      raise ValueError(f"StudyConfig.downstream: unknown task {task!r}")
-    path = grid.finetune_gin_file(cfg, task)
-    if not (os.path.exists(path) or os.path.exists(os.path.join(root, path))):
-      raise ValueError(f"StudyConfig.finetune_gin: {path} (task {task!r}) does not exist")
-
-
-def study_provenance(cfg, gin_files) -> dict:
-  """The commit this study runs from (and whether the tree is dirty) and the
-  fingerprint of every gin file it reads (`dynpt.study.provenance`)."""
-  from dynpt.study import grid, provenance
-
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  search = [os.path.join(root, "gin_configs")]
-  files = (list(gin_files) + [cfg.pretrain_gin]
-           + [grid.finetune_gin_file(cfg, task) for task in cfg.downstream])
-  return {**provenance.code_version(root),
-          "gin_fingerprint": provenance.gin_fingerprint(files, search)}
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     _error(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  from dynpt.study import plan, report, runner, store, world
+  from dynpt.study import command
 
-  if not _OUT_DIR.value:
-    _error("--out_dir is required")
-  if _JOBS.value < 1:
-    _error(f"--jobs={_JOBS.value}: must be at least 1")
-  out_dir = os.path.abspath(_OUT_DIR.value)
+  request = command.Request(
+      gin_files=FLAGS.gin_file, bindings=FLAGS.gin_bindings, out_dir=_OUT_DIR.value,
+      quick=_QUICK.value, shard=_SHARD.value, cells=_CELL.value,
+      report_only=_REPORT_ONLY.value, dry_run=_DRY_RUN.value, pool_mixed=_POOL_MIXED.value,
+      progress=_PROGRESS.value, jobs=_JOBS.value)
   try:
-    index, count = plan.parse_shard(_SHARD.value)
-    cfg = load_config(FLAGS.gin_file, FLAGS.gin_bindings, _QUICK.value)
-    check_names(cfg)
-    cells = plan.expand(cfg)
-  except ValueError as e:
+    code = command.run(request, register_tasks=_register_tasks)
+  except command.StudyError as e:
     _error(str(e))
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    _error(f"--out_dir={_OUT_DIR.value}: {e}")
-  mine = plan.shard(cells, index, count)
-  if _CELL.value:
-    try:
-      mine = plan.select(mine, _CELL.value)
-    except ValueError as e:
-      _error(str(e))
-  if not _REPORT_ONLY.value:
-    stale = runner.stale_cells(cfg, mine, out_dir)
-    if stale:
-      _error(f"{out_dir}: {len(stale)} cell(s) ran with another configuration "
-             f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
-             "use a new --out_dir for a changed study (or delete those cells)")
-  done = store.done_cells(out_dir)
-  seconds, how = runner.estimate_seconds(cfg, mine, done)
-  n_pre = sum(c.init == "pretrained" for c in cells)
-  print(f"study: {len(cells)} cells ({n_pre} pretrained, {len(cells) - n_pre} from scratch), "
-        f"{len(cfg.seeds)} seed(s), {cfg.pretrain_steps} pretraining / "
-        f"{cfg.finetune_steps} finetuning steps{' (--quick)' if _QUICK.value else ''}")
-  print(f"shard {index}/{count}: {len(mine)} cells, {sum(c.name in done for c in mine)} "
-        f"done; estimated {seconds / 60:.0f} min of cell time to go ({how})", flush=True)
-  if _DRY_RUN.value:
-    for cell in mine:
-      print(f"  {cell.name}{' (done)' if cell.name in done else ''}")
-    return
-  failed = []
-  if not _REPORT_ONLY.value:
-    if cfg.toy_scale is not None:
-      try:
-        world.build_world(cfg, out_dir, progress=_PROGRESS.value)
-      except ValueError as e:
-        _error(f"StudyConfig.toy_*: {e}")
-    env = {}
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-      # Cells and studies share their compilations (XLA keys them by program).
-      env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
-    try:
-      version = study_provenance(cfg, FLAGS.gin_file)
-    except FileNotFoundError as e:
-      _error(str(e))
-    failed = runner.run_cells(cfg, mine, out_dir, env=env, progress=_PROGRESS.value,
-                              jobs=_JOBS.value, provenance=version).failed
-  try:
-    path = report.write_report(cfg, cells, out_dir,
-                               title=f"dynpt study ({', '.join(FLAGS.gin_file)})",
-                               pool_mixed=_POOL_MIXED.value)
-  except ValueError as e:
-    _error(f"{out_dir}: {e}")
-  print(f"report: {path}")
-  print(f"results: {os.path.join(out_dir, store.RESULTS)}")
-  if failed:
-    print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)}; their logs are in "
-          f"{os.path.join(out_dir, 'cells')}/<cell>/{runner.LOG}; run again to retry",
-          file=sys.stderr)
-    sys.exit(EXIT_CELLS_FAILED)
+  if code:
+    sys.exit(code)
 
 
 def run() -> None:

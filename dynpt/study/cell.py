@@ -34,9 +34,6 @@ from typing import Any
 
 EXIT_ERROR = 1
 SPEC = "spec.json"
-# What each row says of the code and configuration that made it (the runner's
-# `provenance`, dynpt.study.provenance).
-PROVENANCE_KEYS = ("commit", "dirty", "gin_fingerprint")
 # gin appends "In call to configurable 'train' (<function train at 0x...>)" to
 # errors raised inside a configurable; the key is already in the message.
 _GIN_CALL_NOTE = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
@@ -65,7 +62,8 @@ def _run_stage(cell_dir: str, stage: str, fn) -> dict[str, Any]:
   return result
 
 
-def _configure(gin_files: list[str], bindings: list[str]) -> None:
+def configure(gin_files: list[str], bindings: list[str]) -> None:
+  """Replaces this process's gin config with `gin_files` and `bindings`."""
   import gin
 
   from dynpt import main as dynpt_main
@@ -74,18 +72,18 @@ def _configure(gin_files: list[str], bindings: list[str]) -> None:
   dynpt_main.parse_gin(gin_files, bindings)
 
 
-def _train(mode: str, gin_files: list[str], bindings: list[str]) -> dict:
+def run_in_process(mode: str, gin_files: list[str], bindings: list[str]) -> dict:
   """`python -m dynpt.main --mode=<mode>` in this process (`run_mode` locks the run
-  directory and writes its config.gin)."""
+  directory and writes its config.gin); the config stays set for what follows."""
   from dynpt import main as dynpt_main
 
-  _configure(gin_files, bindings)
+  configure(gin_files, bindings)
   return dynpt_main.run_mode(mode)
 
 
 def _pretrain(spec: dict) -> dict[str, Any]:
   pt = spec["pretrain"]
-  summary = _train("pretrain", pt["gin_files"], pt["bindings"])
+  summary = run_in_process("pretrain", pt["gin_files"], pt["bindings"])
   if summary.get("preempted"):
     raise InterruptedError("pretraining was preempted (SIGTERM); run the study again")
   return {"end_step": int(summary["end_step"])}
@@ -105,7 +103,7 @@ def _export(spec: dict) -> dict[str, Any]:
   from dynpt import main as dynpt_main
 
   pt = spec["pretrain"]
-  _configure(pt["gin_files"], pt["bindings"])
+  configure(pt["gin_files"], pt["bindings"])
   out = dynpt_main.run_mode("export")
   return {"out_dir": os.path.abspath(out["out_dir"]), "step": int(out["step"])}
 
@@ -120,7 +118,7 @@ def primary_metric(results: dict[str, float]) -> tuple[str, float]:
 
 def _finetune(ft: dict, init_from: str | None) -> dict[str, Any]:
   bindings = ft["bindings"] + [f"INIT_FROM={init_from!r}"]
-  summary = _train("finetune", ft["gin_files"], bindings)
+  summary = run_in_process("finetune", ft["gin_files"], bindings)
   if summary.get("preempted"):
     raise InterruptedError("finetuning was preempted (SIGTERM); run the study again")
   last = summary.get("eval") or {}
@@ -135,7 +133,7 @@ def _finetune(ft: dict, init_from: str | None) -> dict[str, Any]:
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
   """Runs the cell's stages that have no marker; returns its done record."""
-  from dynpt.study import store
+  from dynpt.study import provenance, store
 
   cell_dir, t0 = spec["cell_dir"], time.time()
   pretrain_loss = export_dir = None
@@ -157,7 +155,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                  "finetune_steps": res["step"], "eval_examples": res["num_examples"],
                  "world_seed": spec.get("world_seed", 0),
                  **{k: v for k, v in (spec.get("provenance") or {}).items()
-                    if k in PROVENANCE_KEYS}})
+                    if k in provenance.KEYS}})
   record = {"cell": spec["name"], "rows": rows, "pretrain_loss": pretrain_loss,
             "fingerprint": spec.get("fingerprint"),
             "pretrain_steps": pretrain_steps,

@@ -11,7 +11,6 @@ apart, then each contrast is called held or not held.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -79,11 +78,6 @@ def _fmt_p(p: float) -> str:
 
 def _fmt_mean(s: stats.Summary) -> str:
   return "missing" if s.n == 0 else f"{s.mean:.1f}"
-
-
-def read_rows(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def resolve(path: str) -> str:

@@ -9,13 +9,17 @@ can refuse to pool rows that different code or configuration produced.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
 import subprocess
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 UNKNOWN = "unknown"
+KEYS = ("commit", "dirty", "gin_fingerprint")  # What a row says of its code and configs.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GIN_DIR = os.path.join(REPO_ROOT, "gin_configs")  # Where `study/default.gin` is found.
 _INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""", re.MULTILINE)
 
 
@@ -79,3 +83,21 @@ def gin_fingerprint(paths: Iterable[str], search_paths: Sequence[str]) -> str:
     with open(path, "rb") as f:
       digest.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
   return digest.hexdigest()[:16]
+
+
+def of_gin_files(paths: Iterable[str]) -> dict[str, Any]:
+  """The commit this checkout is at (and whether it is dirty) and the fingerprint of
+  the gin files `paths` (as given, else under `gin_configs/`) and their includes.
+
+  Raises:
+    FileNotFoundError: naming a gin file that is not there.
+  """
+  return {**code_version(REPO_ROOT), "gin_fingerprint": gin_fingerprint(paths, [GIN_DIR])}
+
+
+def code_versions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], int]:
+  """(commit, dirty, gin fingerprint) -> rows; 'unrecorded' where a row has none."""
+  out: dict[tuple[str, ...], int] = collections.Counter()
+  for r in rows:
+    out[tuple(str(r.get(k, "unrecorded")) for k in KEYS)] += 1
+  return dict(out)

@@ -9,13 +9,12 @@ done, and puts the sections together.
 
 from __future__ import annotations
 
-import collections
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 
-from dynpt.study import figures, grid, plan, store, tables, world
+from dynpt.study import figures, grid, plan, provenance, store, tables, world
 
 REPORT = "report.md"
 FIGURE1 = "figure1_pretrain_loss_vs_accuracy.png"
@@ -59,7 +58,7 @@ def confirmatory(cfg: grid.StudyConfig, table: tables.Table, out_dir: str) -> li
   if cfg.exploratory_results:
     path = confirm.resolve(cfg.exploratory_results)
     if os.path.exists(path):
-      explored = tables.collect(confirm.read_rows(path))
+      explored = tables.collect(store.read_rows(path))
     else:
       logging.warning("exploratory results %s not found", path)
   return confirm.section(cfg, table, priors, explored)
@@ -83,20 +82,9 @@ def status_lines(cells: Sequence[plan.Cell], done: Mapping[str, Any],
   return out + [""]
 
 
-PROVENANCE = ("commit", "dirty", "gin_fingerprint")
-
-
-def code_versions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, ...], int]:
-  """(commit, dirty, gin fingerprint) -> rows; 'unrecorded' where a row has none."""
-  out: dict[tuple[str, ...], int] = collections.Counter()
-  for r in rows:
-    out[tuple(str(r.get(k, "unrecorded")) for k in PROVENANCE)] += 1
-  return dict(out)
-
-
 def provenance_lines(rows: Sequence[Mapping[str, Any]], pool_mixed: bool) -> list[str]:
   """Which code and gin files made the rows; ValueError when they differ, unless pooled."""
-  versions = code_versions(rows)
+  versions = provenance.code_versions(rows)
   named = [f"commit `{c[:10]}`{' (dirty tree)' if d == 'True' else ''}, gin files `{g}`: "
            f"{n} rows" for (c, d, g), n in sorted(versions.items())]
   if len(versions) > 1 and not pool_mixed:
@@ -139,7 +127,7 @@ def write_report(cfg: grid.StudyConfig, cells: Sequence[plan.Cell], out_dir: str
 
     path = confirm.resolve(cfg.exploratory_results)
     if os.path.exists(path):
-      lines += figures.figure1(confirm.read_rows(path), cfg,
+      lines += figures.figure1(store.read_rows(path), cfg,
                                os.path.join(out_dir, FIGURE1_EXPLORATORY),
                                heading="Figure 1 of the exploratory study (tuned world, seeds 0-2)")
   lines += figures.figure2(cfg, out_dir, os.path.join(out_dir, FIGURE2))

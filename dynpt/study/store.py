@@ -100,6 +100,14 @@ def append_rows(path: str, rows: Iterable[dict[str, Any]]) -> None:
     os.close(fd)
 
 
+def read_rows(path: str) -> list[dict[str, Any]]:
+  """The rows of a jsonl file such as results.jsonl; [] if it does not exist."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def _markers(out_dir: str, filename: str) -> dict[str, dict[str, Any]]:
   root = os.path.join(out_dir, "cells")
   if not os.path.isdir(root):
