@@ -30,6 +30,7 @@ from dynpt.mixing import history as history_lib
 from dynpt.train import checkpoints, events
 from dynpt.train.config import TrainConfig
 from dynpt.train.feedback import Draw, MixtureFeedback, task_losses
+from dynpt.train.window_metrics import WindowMetrics
 
 
 class TrainingDivergedError(RuntimeError):
@@ -64,9 +65,11 @@ class StepResult:
 
 
 class LoggingHook:
-  """Averages step metrics over `log_every` steps into the clu writer; counts throughput.
+  """Reduces step metrics over `log_every` steps into the clu writer; counts throughput.
 
-  Metrics are written at the number of steps done (step s -> s + 1), as
+  Each metric is reduced over the window as `window_metrics.WindowMetrics`
+  says (the loss averaged, the gradient norm the last step's, ...). Metrics
+  are written at the number of steps done (step s -> s + 1), as
   `events.truncate_after` expects when a run resumes. The writer gets every
   metric (per-task losses, shares, skipped records: TensorBoard); the
   console gets one line per log step (`console_line`) from the chief.
@@ -82,7 +85,7 @@ class LoggingHook:
     self.skip_counts = skip_counts  # () -> {task: records skipped so far}.
     self.final_task_loss: dict[str, float] = {}
     self.examples = 0
-    self._reset()
+    self._window: WindowMetrics | None = None  # The steps since the last write.
     self._last_time = time.time()
     # When the first step's metrics arrived, and the examples up to then: the first
     # step includes compilation, so throughput after it is the steady rate.
@@ -114,42 +117,36 @@ class LoggingHook:
       writer = metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(log_dir)])
     return cls(writer, task_names, train_cfg, skip_counts, mirror)
 
-  def _reset(self) -> None:
-    self._acc_loss, self._acc_n = 0.0, 0
-    self._acc_task_sum = np.zeros(len(self.task_names))
-    self._acc_task_tokens = np.zeros(len(self.task_names))
-
   def after_step(self, result: StepResult) -> None:
     m = result.host()
     self.examples += int(result.draw.counts.sum())
     if self._first_done is None:
       self._first_done = (time.time(), self.examples)
       self._first_step = (time.time(), result.step + 1)
-    self._acc_loss += float(m["loss"])
-    self._acc_n += 1
-    self._acc_task_sum += np.asarray(m["task_loss_sum"], np.float64)
-    self._acc_task_tokens += np.asarray(m["task_tokens"], np.float64)
+    step = WindowMetrics.from_step(m, result.draw.shares)
+    self._window = step if self._window is None else self._window.merge(step)
     done = result.step + 1
     if done % self.cfg.log_every == 0 or done == self.cfg.num_steps:
-      self._write(done, m, result.draw.shares)
+      self._write(done)
 
-  def _write(self, done: int, m: dict, shares: np.ndarray) -> None:
+  def _write(self, done: int) -> None:
     now = time.time()
-    steps = self._acc_n
+    steps = int(self._window.loss.count)  # Steps merged into the window.
+    window = self._window.compute()
+    shares = window["share"]
     dt = max(now - self._last_time, 1e-9)
-    task_loss = self._acc_task_sum / np.maximum(self._acc_task_tokens, 1)
     scalars = {
-        "train/loss": self._acc_loss / max(steps, 1),
-        "train/grad_norm": float(m["grad_norm"]),
-        "train/learning_rate": float(m.get("learning_rate", 0.0)),
+        "train/loss": float(window["loss"]),
+        "train/grad_norm": float(window["grad_norm"]),
+        "train/learning_rate": float(window["learning_rate"]),
         "train/steps_per_s": steps / dt,
         "train/examples_per_s": steps * self.cfg.global_batch_size / dt,
         "train/step_time_ms": 1000 * dt / max(steps, 1),
     }
     for i, name in enumerate(self.task_names):
-      if self._acc_task_tokens[i] > 0:
-        scalars[f"train/task/{name}/loss"] = float(task_loss[i])
-        self.final_task_loss[name] = float(task_loss[i])
+      if not np.isnan(window["task_loss"][i]):  # NaN: no tokens in the window.
+        scalars[f"train/task/{name}/loss"] = float(window["task_loss"][i])
+        self.final_task_loss[name] = float(window["task_loss"][i])
       scalars[f"train/task/{name}/share"] = float(shares[i])
     if self.skip_counts is not None:
       for name, count in self.skip_counts().items():
@@ -167,7 +164,7 @@ class LoggingHook:
       logging.info("%s", self.console_line(done, scalars["train/loss"], rate, shares, now,
                                            first_step_s=first_s))
     self._last_time = now
-    self._reset()
+    self._window = None
 
   def console_line(self, done: int, loss: float, examples_per_s: float | None,
                    shares: np.ndarray, now: float, first_step_s: float | None = None) -> str:
