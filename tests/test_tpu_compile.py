@@ -117,3 +117,5 @@ def test_check_config_compiles_the_tiny_step_for_a_v5e_8(tmp_path):
   # ... and the compiled program is one chip's: 16 images over 4 data shards.
   compiled = (tmp_path / "compiled.hlo.txt").read_text()
   assert compiled.startswith("HloModule") and "u8[4,32,32,3]" in compiled
+  # The program is named for the function (a profile shows it), not `jit_wrapped`.
+  assert compiled.startswith("HloModule jit_train_step,")

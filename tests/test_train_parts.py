@@ -1,6 +1,9 @@
 """Partitioning rules, optimizer schedule, the trainer's history writer, position re-split."""
+import functools
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,6 +27,18 @@ def test_create_mesh_checks_divisibility():
   assert mesh.axis_names == ("data", "model")
   with pytest.raises(ValueError, match="num_model_partitions"):
     partitioning.create_mesh(3, devices=[object()] * 4)
+
+
+def test_traced_under_rules_keeps_the_function_name_for_jit():
+  def eval_step(x, scale):
+    return x * scale
+
+  mesh = partitioning.create_mesh(1)
+  plain = jax.jit(partitioning.traced_under_rules(eval_step, mesh, "data_parallel"))
+  bound = jax.jit(partitioning.traced_under_rules(functools.partial(eval_step, scale=2.0),
+                                                  mesh, "data_parallel"))
+  assert plain.lower(jnp.ones(2), 1.0).as_text().startswith("module @jit_eval_step ")
+  assert bound.lower(jnp.ones(2)).as_text().startswith("module @jit_eval_step ")
 
 
 def test_schedule_warmup_then_cosine():
