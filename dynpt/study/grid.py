@@ -69,6 +69,11 @@ class StudyConfig:
       this one's choices were made; the report shows it apart from this one's.
     figure2_sampler: the sampler whose first-seed run on `mixture` Figure 2
       shows.
+    share_groups: named groups of `mixture`'s tasks, {name: (task, ...)}, whose
+      summed share of the batch the report gives per sampler and seed
+      (`dynpt.study.shares`); a prediction about where a sampler moves the
+      batch is checked there.
+    share_from_step: the first pretraining step those shares average over.
     quick_seeds: `--quick` keeps the first this many seeds.
     quick_step_scale: `--quick` multiplies pretraining and finetuning steps by
       this (at least 1 step each).
@@ -110,6 +115,8 @@ class StudyConfig:
   contrasts: Sequence[str] = ()
   exploratory_results: str | None = None
   figure2_sampler: str = "dynamic"
+  share_groups: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+  share_from_step: int = 0
   quick_seeds: int = 1
   quick_step_scale: float = 0.25
   quick_downstream: int | None = None
@@ -157,6 +164,12 @@ class StudyConfig:
            f"finetune_bindings EVAL_EXAMPLES={bound}; set one of them")
     for text in self.contrasts:
       parse_contrast(text, self)
+    for group, tasks in self.share_groups.items():
+      _check(bool(tasks) and not isinstance(tasks, str),
+             f"StudyConfig.share_groups[{group!r}]: expected a tuple of task names, "
+             f"got {tasks!r}")
+    _check(self.share_from_step >= 0,
+           f"StudyConfig.share_from_step={self.share_from_step}: must be >= 0")
 
   def quick(self) -> "StudyConfig":
     """The `--quick` study: fewer seeds, steps, tasks and mixtures (`quick_*`)."""
