@@ -11,6 +11,7 @@ versions of the step and time them in alternation. The swap acts at trace time: 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -29,13 +30,19 @@ class _FlaxStdConv(nn.Conv):
     return resnet.weight_standardize(value) if name == "kernel" else value
 
 
-def _flax_conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
-               cpu_kernels: bool = True) -> nn.Module:
-  del cpu_kernels  # The reference layer is flax's whatever the model's switch says.
+def _flax_conv(features: int, kernel: int, strides: int = 1, *, name: str,
+               dtype: Any) -> nn.Module:
   pad = (kernel - 1) // 2
   return _FlaxStdConv(features, (kernel, kernel), (strides, strides),
                       padding=[(pad, pad)] * 2, use_bias=False, dtype=dtype,
                       param_dtype=jnp.float32, kernel_init=resnet._CONV_INIT, name=name)
+
+
+def _flax_conv_layer(cpu_kernels: bool, dtype: Any, variance_eps: float | None = None):
+  """`resnet.conv_layer` as it was: flax's conv whatever the model's switch says (and
+  dynpt's own standardization: the reference predates the BiT trunk)."""
+  del cpu_kernels, variance_eps
+  return functools.partial(_flax_conv, dtype=dtype)
 
 
 def _flax_norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False
@@ -58,7 +65,7 @@ def _autodiff_pointwise_dot(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 # Layer kinds that `reference_layers` can switch back: resnet attribute -> original.
-REFERENCE = {"conv": ("_conv", _flax_conv), "norm": ("_norm", _flax_norm),
+REFERENCE = {"conv": ("conv_layer", _flax_conv_layer), "norm": ("_norm", _flax_norm),
              "pool": ("max_pool_3x3_s2", _flax_max_pool),
              "dotgrad": ("pointwise_dot", _autodiff_pointwise_dot),
              # The fourth round's kxk convs: XLA's own kernel gradient.

@@ -45,7 +45,8 @@ class _Stem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     base = int(64 * self.cfg.width)
-    x = resnet._conv(base, 7, 2, "conv_root", jnp.float32, self.cfg.cpu_kernels)(x)
+    conv = resnet.conv_layer(self.cfg.cpu_kernels, jnp.float32)
+    x = conv(base, 7, 2, name="conv_root")(x)
     return nn.relu(resnet._norm(self.cfg.num_groups, "gn_root", jnp.float32)(x))
 
 
@@ -71,7 +72,7 @@ def _blocks(cfg: model_configs.ResNetConfig, image_size: int, batch: int
     def factory(units=units, nmid=nmid, strides=strides):
       return resnet.ResNetStage(unit_cls=unit, num_units=units, nmid=nmid,
                                 first_strides=strides, num_groups=cfg.num_groups,
-                                cpu_kernels=cfg.cpu_kernels)
+                                conv=resnet.conv_layer(cfg.cpu_kernels, jnp.float32))
     out.append((f"block{stage + 1}", factory, (batch, h, h, cin), True))
     h, cin = -(-h // strides), nmid * (1 if cfg.depth == 18 else 4)
   return out

@@ -54,7 +54,7 @@ class FlopCount:
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
-  """Output side of a conv padded by (kernel - 1) // 2 on each side (as resnet._conv)."""
+  """Output side of a conv padded by (kernel - 1) // 2 on each side (as resnet.StdConv)."""
   pad = (kernel - 1) // 2
   return (size + 2 * pad - kernel) // stride + 1
 

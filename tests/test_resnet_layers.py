@@ -1,7 +1,6 @@
 """The CPU-fast ResNet layers compute what the flax layers they replace compute.
 
-`resnet.StdConv` (with `cpu_kernels` 1x1 kernels as dots, without them XLA's
-convolution), `resnet.GroupNorm` (per-channel statistics first) and `resnet.max_pool_3x3_s2` (maxima of strided views) are checked against
+`resnet.StdConv` (XLA's convolution) and `resnet.CpuStdConv` (1x1 kernels as dots), `resnet.GroupNorm` (per-channel statistics first) and `resnet.max_pool_3x3_s2` (maxima of strided views) are checked against
 `lax.conv_general_dilated`, `nn.GroupNorm` and `nn.max_pool`, forward and backward.
 """
 import flax.linen as nn
@@ -24,8 +23,10 @@ def _images(shape, seed=0, relu=False):
     (3, 2, 7, 1, True), (1, 2, 7, 1, False), (3, 2, 7, 1, False)])
 def test_std_conv_matches_lax_conv(kernel, strides, size, dot_min_channels, cpu_kernels):
   x = _images((2, size, size, 5))
-  conv = resnet.StdConv(6, kernel, strides, dot_min_channels=dot_min_channels,
-                        cpu_kernels=cpu_kernels)
+  if cpu_kernels:
+    conv = resnet.CpuStdConv(6, kernel, strides, dot_min_channels=dot_min_channels)
+  else:
+    conv = resnet.StdConv(6, kernel, strides)
   params = nn.meta.unbox(conv.init(jax.random.key(0), x))
   assert params['params']['kernel'].shape == (kernel, kernel, 5, 6)
   pad = (kernel - 1) // 2

@@ -20,17 +20,20 @@ has no `batch_stats`.
 
 The layers are written for speed on XLA:CPU without changing the function or the params
 (`GroupNorm` reduces per channel before grouping, `max_pool_3x3_s2` takes maxima of
-strided views; both are plain jnp that every backend fuses). With
-`ResNetConfig.cpu_kernels`, `StdConv` also runs 1x1 kernels through the `matmul` kernel
-and takes the kernel gradient of larger ones as an im2col product
-(`dynpt.models.cpu_kernels`); without it, every conv is XLA's own convolution, as on TPU
-and GPU. See each layer and docs/performance.md.
+strided views; both are plain jnp that every backend fuses). The convolution layer is
+chosen once, where the trunk is built (`conv_layer`), and handed to every unit as its
+`conv` (as flax's ResNet example does): `StdConv`, XLA's own convolution, as on TPU and
+GPU; or with `ResNetConfig.cpu_kernels`, `CpuStdConv`, which runs 1x1 kernels through the
+`matmul` kernel and takes the kernel gradient of larger ones as an im2col product
+(`dynpt.models.cpu_kernels`). Both have the same params. See each layer and
+docs/performance.md.
 
 Depths: 18 uses basic blocks (two 3x3 convs, as in the original ResNet-18); 26, 50 and
 101 use bottleneck blocks. Only stages 1-3 are built: the model consumes the stage-3
 ("conv4") map, e.g. 14x14x1024 for ResNet-50 at 224 px.
 """
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -42,6 +45,7 @@ from dynpt.models.cpu_kernels import matmul
 from dynpt.models.configs import ResNetConfig
 
 Array = jax.Array
+ModuleDef = Callable[..., nn.Module]  # A layer constructor: (features, kernel, strides, name=).
 
 # Units per stage for stages 1-3 (stage 4 is never built).
 STAGE_UNITS = {18: (2, 2, 2), 26: (2, 2, 2), 50: (3, 4, 6), 101: (3, 4, 23)}
@@ -51,8 +55,8 @@ _CONV_INIT = nn.with_logical_partitioning(nn.initializers.he_normal(), _CONV_AXE
 # With the malloc settings of `dynpt.hostalloc` the dot also wins at the `tiny` trunk's
 # 8-32 channels (toy step 1.03x: the conv kernel gradients wrote the activations
 # transposed batch-minor, at 32 KB strides); before those settings the two were even
-# there and the threshold was 64 (docs/performance.md). `StdConv.dot_min_channels` keeps
-# the convolution path reachable for A/B runs and for its tests.
+# there and the threshold was 64 (docs/performance.md). `CpuStdConv.dot_min_channels`
+# keeps the convolution path reachable for A/B runs and for its tests.
 FAST_PATH_MIN_CHANNELS = 1
 
 
@@ -89,40 +93,64 @@ def weight_standardize(kernel: Array, eps: float = 1e-5,
 class StdConv(nn.Module):
   """A bias-free, 'same'-padded conv whose kernel is weight-standardized on every use.
 
-  The kernel param is [kernel, kernel, in, out] as in `nn.Conv`. Without `cpu_kernels`
-  the conv is XLA's own (`lax.conv_general_dilated`), which TPU and GPU run best. With
-  them (for XLA:CPU), a 1x1 kernel with at least `dot_min_channels` input and output
-  channels (default: always) runs as the `matmul` kernel over channels on the strided
-  input: the same function, but XLA:CPU sends the backward pass of 1x1 convolutions
-  through its generic convolution code (slowest on large maps), while the dot's
-  gradients are dots too (docs/performance.md). Larger kernels run as XLA's convolution
-  through `spatial_conv`, whose kernel gradient is an im2col matrix product where that
-  is faster (`dynpt.models.cpu_kernels.conv`).
+  The kernel param is [kernel, kernel, in, out] as in `nn.Conv`, and the conv is XLA's
+  own (`lax.conv_general_dilated`), which TPU and GPU run best.
   """
   features: int
   kernel_size: int
   strides: int = 1
   dtype: Any = jnp.float32
-  dot_min_channels: int = FAST_PATH_MIN_CHANNELS
   variance_eps: float | None = None  # BiT's standardization (`weight_standardize`).
-  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    k, s = self.kernel_size, self.strides
+    k = self.kernel_size
     kernel = self.param('kernel', _CONV_INIT, (k, k, x.shape[-1], self.features),
                         jnp.float32)
     kernel = weight_standardize(kernel, variance_eps=self.variance_eps).astype(
         self.dtype)  # [k, k, in, out]
-    x = x.astype(self.dtype)  # [N, H, W, in]
-    if not self.cpu_kernels:
-      return conv_lib.same_conv(x, kernel, s)
+    return self._convolve(x.astype(self.dtype), kernel)  # x: [N, H, W, in]
+
+  def _convolve(self, x: Array, kernel: Array) -> Array:
+    return conv_lib.same_conv(x, kernel, self.strides)
+
+
+class CpuStdConv(StdConv):
+  """`StdConv` through the XLA:CPU kernels: the same params and function.
+
+  A 1x1 kernel with at least `dot_min_channels` input and output channels (default:
+  always) runs as the `matmul` kernel over channels on the strided input: XLA:CPU sends
+  the backward pass of 1x1 convolutions through its generic convolution code (slowest
+  on large maps), while the dot's gradients are dots too (docs/performance.md). Larger
+  kernels run as XLA's convolution through `spatial_conv`, whose kernel gradient is an
+  im2col matrix product where that is faster (`dynpt.models.cpu_kernels.conv`).
+  """
+  dot_min_channels: int = FAST_PATH_MIN_CHANNELS
+
+  def _convolve(self, x: Array, kernel: Array) -> Array:
+    k, s = self.kernel_size, self.strides
     if k == 1 and min(x.shape[-1], self.features) >= self.dot_min_channels:
       # A 1x1 conv without padding reads every s-th pixel: [N, ceil(H/s), ceil(W/s), in].
       return pointwise_dot(x[:, ::s, ::s], kernel[0, 0])
     if k == 1:  # A 1x1 conv below dot_min_channels: XLA's convolution.
       return conv_lib.same_conv(x, kernel, s)
     return spatial_conv(x, kernel, s)
+
+
+def conv_layer(cpu_kernels: bool, dtype: Any, variance_eps: float | None = None
+               ) -> ModuleDef:
+  """The trunk's convolution layer, chosen once for every layer it builds.
+
+  Args:
+    cpu_kernels: `ResNetConfig.cpu_kernels`: `CpuStdConv`, else `StdConv`.
+    dtype: the compute dtype.
+    variance_eps: BiT's weight standardization (`weight_standardize`), or None.
+
+  Returns:
+    `(features, kernel_size, strides, name=...) -> module`.
+  """
+  return functools.partial(CpuStdConv if cpu_kernels else StdConv, dtype=dtype,
+                           variance_eps=variance_eps)
 
 
 class GroupNorm(nn.Module):
@@ -193,11 +221,6 @@ def max_pool_3x3_s2(x: Array, min_channels: int = 1) -> Array:
   return out
 
 
-def _conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
-          cpu_kernels: bool) -> StdConv:
-  return StdConv(features, kernel, strides, dtype=dtype, cpu_kernels=cpu_kernels, name=name)
-
-
 def _norm(num_groups: int, name: str, dtype: Any, zero_scale: bool = False) -> GroupNorm:
   return GroupNorm(num_groups=num_groups, dtype=dtype, zero_scale=zero_scale, name=name)
 
@@ -207,21 +230,21 @@ class BottleneckUnit(nn.Module):
   nmid: int
   strides: int
   num_groups: int
+  conv: ModuleDef = StdConv  # The trunk's `conv_layer`.
   dtype: Any = jnp.float32
-  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     nout = self.nmid * 4
     residual = x
     if x.shape[-1] != nout or self.strides != 1:
-      residual = _conv(nout, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(x)
+      residual = self.conv(nout, 1, self.strides, name='conv_proj')(x)
       residual = _norm(self.num_groups, 'gn_proj', self.dtype)(residual)
-    y = _conv(self.nmid, 1, 1, 'conv1', self.dtype, self.cpu_kernels)(x)
+    y = self.conv(self.nmid, 1, 1, name='conv1')(x)
     y = nn.relu(_norm(self.num_groups, 'gn1', self.dtype)(y))
-    y = _conv(self.nmid, 3, self.strides, 'conv2', self.dtype, self.cpu_kernels)(y)
+    y = self.conv(self.nmid, 3, self.strides, name='conv2')(y)
     y = nn.relu(_norm(self.num_groups, 'gn2', self.dtype)(y))
-    y = _conv(nout, 1, 1, 'conv3', self.dtype, self.cpu_kernels)(y)
+    y = self.conv(nout, 1, 1, name='conv3')(y)
     # Zero-initialized last scale: each unit starts as (a projection of) the identity.
     y = _norm(self.num_groups, 'gn3', self.dtype, zero_scale=True)(y)
     return nn.relu(residual + y)
@@ -232,18 +255,18 @@ class BasicUnit(nn.Module):
   nmid: int
   strides: int
   num_groups: int
+  conv: ModuleDef = StdConv  # The trunk's `conv_layer`.
   dtype: Any = jnp.float32
-  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     residual = x
     if x.shape[-1] != self.nmid or self.strides != 1:
-      residual = _conv(self.nmid, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(x)
+      residual = self.conv(self.nmid, 1, self.strides, name='conv_proj')(x)
       residual = _norm(self.num_groups, 'gn_proj', self.dtype)(residual)
-    y = _conv(self.nmid, 3, self.strides, 'conv1', self.dtype, self.cpu_kernels)(x)
+    y = self.conv(self.nmid, 3, self.strides, name='conv1')(x)
     y = nn.relu(_norm(self.num_groups, 'gn1', self.dtype)(y))
-    y = _conv(self.nmid, 3, 1, 'conv2', self.dtype, self.cpu_kernels)(y)
+    y = self.conv(self.nmid, 3, 1, name='conv2')(y)
     y = _norm(self.num_groups, 'gn2', self.dtype, zero_scale=True)(y)
     return nn.relu(residual + y)
 
@@ -253,12 +276,6 @@ class BasicUnit(nn.Module):
 # `bit_jax/models.py`). dynpt's own defaults (1e-6; std + 1e-5) stay for the v1.5 trunk.
 BIT_GN_EPSILON = 1e-5
 BIT_WS_VARIANCE_EPSILON = 1e-10
-
-
-def _bit_conv(features: int, kernel: int, strides: int, name: str, dtype: Any,
-              cpu_kernels: bool) -> StdConv:
-  return StdConv(features, kernel, strides, dtype=dtype,
-                 variance_eps=BIT_WS_VARIANCE_EPSILON, cpu_kernels=cpu_kernels, name=name)
 
 
 def _bit_norm(num_groups: int, name: str, dtype: Any) -> GroupNorm:
@@ -274,14 +291,15 @@ class PreActBottleneckUnit(nn.Module):
 
   The names are those big_vision's `bit_paper.py` gives the BiT release's tensors
   (`a/group_norm` -> gn1, `b/...` -> gn2, `c/...` -> gn3, `a/proj` -> conv_proj), and the
-  norms and standardization use BiT's epsilons, so an imported release computes BiT's
-  features rather than only holding its filters.
+  norms and standardization use BiT's epsilons (its `conv` standardizes with
+  `BIT_WS_VARIANCE_EPSILON`), so an imported release computes BiT's features rather
+  than only holding its filters.
   """
   nmid: int
   strides: int
   num_groups: int
+  conv: ModuleDef = StdConv  # The trunk's `conv_layer`, with BiT's standardization.
   dtype: Any = jnp.float32
-  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -289,12 +307,12 @@ class PreActBottleneckUnit(nn.Module):
     a = nn.relu(_bit_norm(self.num_groups, 'gn1', self.dtype)(x))
     shortcut = x
     if x.shape[-1] != nout or self.strides != 1:
-      shortcut = _bit_conv(nout, 1, self.strides, 'conv_proj', self.dtype, self.cpu_kernels)(a)
-    y = _bit_conv(self.nmid, 1, 1, 'conv1', self.dtype, self.cpu_kernels)(a)
+      shortcut = self.conv(nout, 1, self.strides, name='conv_proj')(a)
+    y = self.conv(self.nmid, 1, 1, name='conv1')(a)
     y = nn.relu(_bit_norm(self.num_groups, 'gn2', self.dtype)(y))
-    y = _bit_conv(self.nmid, 3, self.strides, 'conv2', self.dtype, self.cpu_kernels)(y)
+    y = self.conv(self.nmid, 3, self.strides, name='conv2')(y)
     y = nn.relu(_bit_norm(self.num_groups, 'gn3', self.dtype)(y))
-    y = _bit_conv(nout, 1, 1, 'conv3', self.dtype, self.cpu_kernels)(y)
+    y = self.conv(nout, 1, 1, name='conv3')(y)
     return y + shortcut.astype(y.dtype)
 
 
@@ -305,15 +323,15 @@ class ResNetStage(nn.Module):
   nmid: int
   first_strides: int
   num_groups: int
+  conv: ModuleDef = StdConv  # The trunk's `conv_layer`.
   dtype: Any = jnp.float32
-  cpu_kernels: bool = False  # `ResNetConfig.cpu_kernels`.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_units):
       x = self.unit_cls(nmid=self.nmid, strides=self.first_strides if i == 0 else 1,
-                        num_groups=self.num_groups, dtype=self.dtype,
-                        cpu_kernels=self.cpu_kernels, name=f'unit{i + 1}')(x)
+                        num_groups=self.num_groups, conv=self.conv, dtype=self.dtype,
+                        name=f'unit{i + 1}')(x)
     return x
 
 
@@ -360,17 +378,19 @@ class ResNet(nn.Module):
     if cfg.remat:
       unit_cls = nn.remat(unit_cls)
 
+    # The one place the convolution is chosen: every layer below is built from it.
+    conv = conv_layer(cfg.cpu_kernels, dtype,
+                      BIT_WS_VARIANCE_EPSILON if cfg.preactivation else None)
+
     images = jnp.asarray(images, dtype)
-    if cfg.preactivation:  # BiT v2's root: the conv alone (its units normalise inputs).
-      x = _bit_conv(base, 7, 2, 'conv_root', dtype, cfg.cpu_kernels)(images)
-    else:
-      x = _conv(base, 7, 2, 'conv_root', dtype, cfg.cpu_kernels)(images)
+    x = conv(base, 7, 2, name='conv_root')(images)
+    if not cfg.preactivation:  # BiT v2's root is the conv alone (its units normalise).
       x = nn.relu(_norm(cfg.num_groups, 'gn_root', dtype)(x))
     x = max_pool_3x3_s2(x)  # stride 4
     for stage, num_units in enumerate(STAGE_UNITS[cfg.depth]):
       x = ResNetStage(unit_cls=unit_cls, num_units=num_units, nmid=base * 2 ** stage,
                       first_strides=1 if stage == 0 else 2, num_groups=cfg.num_groups,
-                      dtype=dtype, cpu_kernels=cfg.cpu_kernels, name=f'block{stage + 1}')(x)
+                      conv=conv, dtype=dtype, name=f'block{stage + 1}')(x)
     # With `preactivation` this is stage 3's unnormalised residual sum, as BiT computes
     # it: BiT normalises a stage's output only as the next unit's gn1 (stage 4, not
     # built) or its pre-head norm (after stage 4), so nothing here has weights for a norm;

@@ -16,11 +16,12 @@ a T5X checkpoint maps onto these params by name. The modules here take only toke
 the text path can be run (and checked) on its own via `T5Transformer`.
 """
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dynpt.models import cpu_kernels as cpu_kernels_lib
 from dynpt.models.configs import T5Config
@@ -36,16 +37,16 @@ _MASK_VALUE = -1e10
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype: Any,
-           init=_DENSE_INIT, cpu_kernels: bool = False) -> nn.Dense:
+           init=_DENSE_INIT, dot_general: Callable = lax.dot_general) -> nn.Dense:
   """A bias-free dense layer with float32 params and logical axis names.
 
-  With `cpu_kernels` its contraction is `cpu_kernels.matmul.dense_dot_general`: the
-  same product, with gradients that XLA:CPU computes without transposing an operand
-  first; otherwise `nn.Dense`'s own.
+  `dot_general` is the model's contraction, chosen from `T5Config.cpu_kernels` where
+  the layers are built: `nn.Dense`'s own, or the same product with gradients that
+  XLA:CPU computes without transposing an operand first (`cpu_kernels.matmul`).
   """
   return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=nn.with_logical_partitioning(init, axes), name=name,
-                  dot_general=cpu_kernels_lib.dense_dot_general(cpu_kernels))
+                  dot_general=dot_general)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool = True,
@@ -132,7 +133,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
-  cpu_kernels: bool = False  # `T5Config.cpu_kernels`.
+  dot_general: Callable = lax.dot_general  # The model's (`T5Config.cpu_kernels`).
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
@@ -162,7 +163,7 @@ class MultiHeadAttention(nn.Module):
       return nn.with_logical_constraint(x, ('batch', 'length', 'heads', 'kv'))
 
     qkv_axes = ('embed', 'joined_kv')
-    dense = functools.partial(_dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+    dense = functools.partial(_dense, dtype=self.dtype, dot_general=self.dot_general)
     query = heads(dense(joined, qkv_axes, 'query', init=query_init)(inputs_q))
     key = heads(dense(joined, qkv_axes, 'key', init=_ATTENTION_INIT)(inputs_kv))
     value = heads(dense(joined, qkv_axes, 'value', init=_ATTENTION_INIT)(inputs_kv))
@@ -207,11 +208,11 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
-  cpu_kernels: bool = False  # `T5Config.cpu_kernels`.
+  dot_general: Callable = lax.dot_general  # The model's (`T5Config.cpu_kernels`).
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    dense = functools.partial(_dense, dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+    dense = functools.partial(_dense, dtype=self.dtype, dot_general=self.dot_general)
     gate = dense(self.mlp_dim, ('embed', 'mlp'), 'wi_0')(x)
     linear = dense(self.mlp_dim, ('embed', 'mlp'), 'wi_1')(x)
     h = nn.gelu(gate, approximate=True) * linear  # [B, L, mlp]
@@ -228,13 +229,14 @@ def _residual_dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
 def _attention(config: T5Config, name: str) -> MultiHeadAttention:
   return MultiHeadAttention(num_heads=config.num_heads, head_dim=config.head_dim,
                             dtype=jnp.dtype(config.dtype), dropout_rate=config.dropout_rate,
-                            cpu_kernels=config.cpu_kernels, name=name)
+                            name=name,
+                            dot_general=cpu_kernels_lib.dense_dot_general(config.cpu_kernels))
 
 
 def _mlp(config: T5Config) -> MlpBlock:
   return MlpBlock(mlp_dim=config.mlp_dim, dtype=jnp.dtype(config.dtype),
-                  dropout_rate=config.dropout_rate, cpu_kernels=config.cpu_kernels,
-                  name='mlp')
+                  dropout_rate=config.dropout_rate, name='mlp',
+                  dot_general=cpu_kernels_lib.dense_dot_general(config.cpu_kernels))
 
 
 class EncoderLayer(nn.Module):
@@ -377,7 +379,7 @@ class Decoder(nn.Module):
     y = RMSNorm(dtype=jnp.dtype(cfg.dtype), name='decoder_norm')(y)
     y = _residual_dropout(cfg, y, deterministic)
     logits = _dense(cfg.vocab_size, ('embed', 'vocab'), 'logits_dense', jnp.float32,
-                    cpu_kernels=cfg.cpu_kernels)(y)
+                    dot_general=cpu_kernels_lib.dense_dot_general(cfg.cpu_kernels))(y)
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
