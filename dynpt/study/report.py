@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 
-from dynpt.study import figures, grid, plan, provenance, store, tables, world
+from dynpt.study import figures, grid, plan, provenance, shares, store, tables, world
 
 REPORT = "report.md"
 FIGURE1 = "figure1_pretrain_loss_vs_accuracy.png"
@@ -131,6 +131,7 @@ def write_report(cfg: grid.StudyConfig, cells: Sequence[plan.Cell], out_dir: str
                                os.path.join(out_dir, FIGURE1_EXPLORATORY),
                                heading="Figure 1 of the exploratory study (tuned world, seeds 0-2)")
   lines += figures.figure2(cfg, out_dir, os.path.join(out_dir, FIGURE2))
+  lines += shares.share_lines(cfg, out_dir)
   lines += difficulty_spread(cfg, out_dir)
   path = os.path.join(out_dir, REPORT)
   with open(path, "w") as f:
