@@ -42,7 +42,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from dynpt import console
+from dynpt import console, fs
 from dynpt.data import preprocessors as pp
 from dynpt.data import schema
 from dynpt.data import sources
@@ -251,7 +251,7 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
     ValueError: when the source is the output, or has no still images.
     FileExistsError: when the output exists and `overwrite` is False.
   """
-  if (os.path.abspath(data_dir), dataset) == (os.path.abspath(out_dir), out_dataset):
+  if (fs.absolute(data_dir), dataset) == (fs.absolute(out_dir), out_dataset):
     raise ValueError(f"output {out_dir}/{out_dataset} is the source dataset itself")
   if max_examples is not None and max_examples < 1:
     raise ValueError(f"max_examples must be >= 1, got {max_examples}")
@@ -286,8 +286,8 @@ def generate_captions(captioner: CaptionFn, *, data_dir: str, dataset: str, spli
   bar.close()
   seconds = time.time() - start
   summary = {
-      "source": {"data_dir": os.path.abspath(data_dir), "dataset": dataset, "split": split},
-      "out_dir": os.path.abspath(out_dir), "dataset": out_dataset, "split": split,
+      "source": {"data_dir": fs.absolute(data_dir), "dataset": dataset, "split": split},
+      "out_dir": fs.absolute(out_dir), "dataset": out_dataset, "split": split,
       "captioner": getattr(captioner, "info", {}), "read": read, "written": writer.count,
       "skipped": dict(sorted(skipped.items())), "skipped_total": sum(skipped.values()),
       "num_shards": num_shards, "seconds": round(seconds, 2),

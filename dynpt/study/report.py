@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 
+from dynpt import fs
 from dynpt.study import figures, grid, plan, provenance, shares, store, tables, world
 
 REPORT = "report.md"
@@ -108,7 +109,7 @@ def write_report(cfg: grid.StudyConfig, cells: Sequence[plan.Cell], out_dir: str
   rows = store.merge_results(out_dir)
   done, failed = store.done_cells(out_dir), store.failed_cells(out_dir)
   table = tables.collect(rows)
-  lines = [f"# {title}", "", f"Study directory `{os.path.abspath(out_dir)}`; "
+  lines = [f"# {title}", "", f"Study directory `{fs.absolute(out_dir)}`; "
            f"{len(rows)} rows in `{store.RESULTS}`; seeds {list(cfg.seeds)}; downstream "
            f"tasks {list(cfg.downstream)}.", ""]
   lines += provenance_lines(rows, pool_mixed)

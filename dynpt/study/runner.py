@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 
+from dynpt import fs
 from dynpt.study import grid, plan, store, world
 from dynpt.study.cell import SPEC
 
@@ -34,7 +35,7 @@ LOG_TAIL_CHARS = 4000
 
 def cell_spec(cfg: grid.StudyConfig, cell: plan.Cell, out_dir: str) -> dict[str, Any]:
   """Everything the worker of `cell` needs, as plain JSON."""
-  out_dir = os.path.abspath(out_dir)
+  out_dir = fs.absolute(out_dir)
   directory = store.cell_dir(out_dir, cell.name)
   data = world.data_dir(cfg, out_dir)
   spec: dict[str, Any] = {
