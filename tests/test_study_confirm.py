@@ -147,3 +147,17 @@ def test_report_refuses_mixed_code_unless_pooled_and_figure1_points_per_sampler(
   assert [p["samplers"] for p in points] == [["uniform", "dsg"], ["dynamic"]]
   assert points[1]["accuracy"].mean == 61.0 and points[1]["loss"].mean == 2.5
   assert points[1]["accuracy"].std == pytest.approx(math.sqrt(2))
+
+
+def test_figure1_sentence_names_a_missing_interval(tmp_path):
+  """Three points give r but no Fisher-z interval: the sentence must not cite one."""
+  rows = []
+  for i, sampler in enumerate(("uniform", "dynamic", "doremi")):
+    rows += [_row(sampler, s, "vqav2", 50.0 + 2 * i + s, loss=1.0 + i + 0.1 * s)
+             for s in (0, 1)]
+  cfg = grid.StudyConfig(mixture="m", downstream=("vqav2",))
+  text = " ".join(figures.figure1(rows, cfg, str(tmp_path / "f1.png")))
+  assert "r over the 3 points: 1.00" in text and "no interval with fewer than 4" in text
+  assert "with no interval the sign is not settled" in text
+  assert "interval includes 0" not in text
+  assert (tmp_path / "f1.png").exists()

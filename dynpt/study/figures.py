@@ -103,7 +103,9 @@ def figure1(rows: Sequence[Mapping[str, Any]], cfg: grid.StudyConfig, path: str,
     sure = not math.isnan(low) and (low > 0 or high < 0)
     sign = (f"Its sign is {'the same as' if same else 'the opposite of'} the paper's "
             f"Figure 1 (positive: higher pretraining loss, better transfer)"
-            + ("" if sure else ", but the interval includes 0, so the sign is not settled")
+            + ("" if sure else
+               ", but with no interval the sign is not settled" if math.isnan(low) else
+               ", but the interval includes 0, so the sign is not settled")
             + ".")
   merged = [p for p in points if len(p["samplers"]) > 1]
   one = [p for p in points if p["mixture"] == cfg.mixture]
