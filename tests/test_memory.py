@@ -167,3 +167,17 @@ def test_check_config_prints_the_table():
       2 * rows["params"], rel=0.05)
   assert "fits in 32 GiB per device" in out
   assert np.isfinite(rows["total"])
+
+
+def test_paper_base_is_partitioned_to_fit_a_v4_chip(clean_gin):
+  """The recipe runs as base_fsdp.gin (bf16, remat) unless a preset after it says otherwise."""
+  dynpt_main.parse_gin(["pretrain/paper_base.gin"], ["RUN_DIR='/tmp/x'"])
+  train_cfg = gin.get_configurable(config.TrainConfig)()
+  model_cfg = gin.get_configurable(config.ModelConfig)()
+  assert (train_cfg.partition_mode, model_cfg.dtype, model_cfg.remat) == (
+      "fsdp", "bfloat16", True)
+  assert train_cfg.global_batch_size == 4096 and model_cfg.name == "base"
+  gin.clear_config()
+  dynpt_main.parse_gin(["pretrain/paper_base.gin", "partitioning/base_dp.gin"],
+                       ["RUN_DIR='/tmp/x'"])
+  assert gin.get_configurable(config.TrainConfig)().partition_mode == "data_parallel"
