@@ -287,6 +287,14 @@ def test_make_toy_data_tool(tmp_path):
   assert len(schema.read_records(str(tmp_path), "cc3m", "train")) == 48
   rec = schema.read_records(str(tmp_path), "cc3m", "validation")[0]
   assert render.decode_image(rec["image/encoded"]).shape == (16, 16, 3)
+  # A split the dataset does not have: one error line naming it, no traceback.
+  bad = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "make_toy_data.py"),
+       f"--data_dir={tmp_path}", "--datasets=cc3m", "--records=testA=3"],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "testA" in errors[0], bad.stderr[-2000:]
 
 
 def test_simple_palette_draws_only_its_vocabulary_and_is_recorded(tmp_path):

@@ -8,6 +8,8 @@ Deterministic in --seed. Splits that are already complete are skipped unless
 --overwrite. See docs/data.md for what each dataset contains.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 
@@ -51,10 +53,14 @@ def main(argv):
   from dynpt.toyworld import build  # TensorFlow: after the flags (a fast --help).
 
   records = _parse_records(_RECORDS.value)
-  counts = build.build_toy_world(
-      _DATA_DIR.value, seed=_SEED.value, scale=_SCALE.value, image_size=_IMAGE_SIZE.value,
-      num_frames=_NUM_FRAMES.value, datasets=_DATASETS.value, records=records,
-      overwrite=_OVERWRITE.value, palette=_PALETTE.value)
+  try:
+    counts = build.build_toy_world(
+        _DATA_DIR.value, seed=_SEED.value, scale=_SCALE.value, image_size=_IMAGE_SIZE.value,
+        num_frames=_NUM_FRAMES.value, datasets=_DATASETS.value, records=records,
+        overwrite=_OVERWRITE.value, palette=_PALETTE.value)
+  except ValueError as e:  # A flag the world cannot honour (unknown dataset or split).
+    print(f"error: {_DATA_DIR.value}: {e}", file=sys.stderr)
+    sys.exit(1)
   width = max(len(name) for name in counts)
   print(f"toy world ({_SCALE.value}, {_PALETTE.value} palette, seed {_SEED.value}) in "
         f"{_DATA_DIR.value}:")
