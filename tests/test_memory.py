@@ -119,6 +119,7 @@ PRESETS = {
     "partitioning/base_dp.gin": ("data_parallel", 1),
     "partitioning/base_fsdp.gin": ("fsdp", 1),
     "partitioning/large_fsdp_mp.gin": ("fsdp_model_parallel", 2),
+    "partitioning/large_fsdp.gin": ("fsdp", 1),
 }
 
 
@@ -146,7 +147,7 @@ def test_paper_large_uses_the_large_model_and_its_preset(clean_gin):
   dynpt_main.parse_gin(["pretrain/paper_large.gin"], ["RUN_DIR='/tmp/x'"])
   train_cfg = gin.get_configurable(config.TrainConfig)()
   assert gin.get_configurable(config.ModelConfig)().name == "large"
-  assert train_cfg.partition_mode == "fsdp_model_parallel"
+  assert (train_cfg.partition_mode, train_cfg.num_model_partitions) == ("fsdp", 1)
   assert train_cfg.global_batch_size == 4096
 
 
