@@ -78,18 +78,31 @@ def test_main_refuses_a_second_trainer_and_keeps_its_config(
   assert not os.path.exists(os.path.join(run_dir, "config.gin"))
 
 
-def _open_descriptors() -> int:
-  return len(os.listdir("/proc/self/fd"))
+def _open_under(root) -> list[str]:
+  """What this process's descriptors lead to under `root` (other tests' leftover
+  threads in this worker open and close their own files meanwhile: only the
+  test's own folder is compared)."""
+  out = []
+  for fd in os.listdir("/proc/self/fd"):
+    try:
+      target = os.readlink(os.path.join("/proc/self/fd", fd))
+    except OSError:  # Closed between the listing and the read.
+      continue
+    if target.startswith(str(root)):
+      out.append(target)
+  return sorted(out)
 
 
 def test_a_run_takes_the_lock_once_and_a_second_hold_is_refused(tmp_path):
   # Not re-entrant: a second hold of the same directory, from this process
   # too, is a second trainer.
-  before = _open_descriptors()
   with run_lock.RunLock(str(tmp_path)):
+    held = _open_under(tmp_path)
+    assert held == [str(tmp_path / run_lock.LOCK_FILE)]  # The holder's own descriptor.
     with pytest.raises(run_lock.RunDirInUseError, match=f"pid {os.getpid()}"):
       run_lock.RunLock(str(tmp_path)).acquire()
-  assert _open_descriptors() == before  # The refused one kept no descriptor.
+    assert _open_under(tmp_path) == held  # The refused one kept no descriptor.
+  assert _open_under(tmp_path) == []  # Released on exit.
   with run_lock.RunLock(str(tmp_path)):  # Released on exit: free again.
     pass
 
@@ -169,12 +182,11 @@ def test_a_lock_file_that_leads_elsewhere_is_refused_and_left_alone(tmp_path, ki
     os.link(target, lock)
   else:
     os.symlink(target, lock)
-  before = _open_descriptors()
   with pytest.raises(run_lock.UnsafeLockFileError) as err:
     run_lock.RunLock(str(run_dir)).acquire()
   assert str(lock) in str(err.value)
   assert "\n" not in str(err.value)
-  assert _open_descriptors() == before
+  assert _open_under(tmp_path) == []  # Nothing of the run or the target left open.
   if kind == "dangling_symlink":
     assert not target.exists()  # O_CREAT did not create the link's target.
   else:
