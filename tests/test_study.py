@@ -365,6 +365,15 @@ def test_bad_shard_flag_is_one_error_line(tmp_path):
   assert "Traceback" not in res.stderr
 
 
+def test_a_bucket_out_dir_is_one_error_line_and_writes_nothing(tmp_path):
+  res = _study("gs://bucket/study", timeout=120)
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines()[-1].startswith(
+      "error: --out_dir=gs://bucket/study: a study runs in a local folder")
+  assert "Traceback" not in res.stderr
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
 def test_study_end_to_end_resumes_and_reports(tmp_path):
   out = str(tmp_path / "study")
   # A third sampler whose options the sampler refuses: that cell fails, the rest run.

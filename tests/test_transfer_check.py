@@ -1,5 +1,7 @@
 """The grounding probe (true vs shuffled images), the transfer check's resumable rows and its table."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -108,3 +110,14 @@ def test_transfer_runs_what_is_missing_once_and_stamps_each_row(tmp_path, monkey
   assert transfer.summarize(rows, cfg.tasks)[1].split()[7:10] == ["10.5", "+-", "0.7"]
   (line,) = transfer.code_lines(rows)
   assert line.startswith(f"rows of commit {version['commit'][:10]}") and line.endswith(": 6")
+
+
+@pytest.mark.parametrize("flag", ["data_dir", "out_dir"])
+def test_a_bucket_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, flag):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(transfer, "pretrain", lambda *a: pytest.fail("pretrained"))
+  folders = {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out"),
+             flag: "gs://bucket/check"}
+  with pytest.raises(ValueError, match=f"--{flag}=gs://bucket/check: .* local folders"):
+    transfer.run(transfer.TransferConfig(**folders, seeds=(0,), tasks=("vqav2",)))
+  assert os.listdir(tmp_path) == []

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dynpt import fs
 from dynpt.study import cell, provenance, store
 
 # (kind, seed, task, init) of a row: ('pretrain', 0, None, None), ('finetune', 0, 'gqa', 'scratch').
@@ -121,9 +122,15 @@ def run(cfg: TransferConfig) -> list[dict[str, Any]]:
 
   Raises:
     FileNotFoundError: a gin file is missing (before anything runs).
+    ValueError: a folder is a bucket URL (before anything runs).
   """
   from dynpt.toyworld import build
 
+  for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
+    if fs.is_remote(path):
+      # The toy world is built and the results file appended to in place, on local disk.
+      raise ValueError(f"{flag}={path}: the transfer check runs in local folders; "
+                       "copy the finished folder to the bucket")
   data_dir = os.path.abspath(cfg.data_dir)
   out_dir = os.path.abspath(cfg.out_dir)
   version = provenance.of_gin_files(
