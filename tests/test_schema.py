@@ -48,3 +48,14 @@ def test_interrupted_writer_leaves_no_complete_shard(tmp_path):
       raise RuntimeError("killed")
   with pytest.raises(FileNotFoundError, match="toy"):
     schema.read_records(str(tmp_path), "toy", "train")
+
+
+def test_writer_on_a_url_data_dir_writes_there_and_nothing_locally(tmp_path, monkeypatch):
+  """TensorFlow's in-memory `ram://` file system stands in for a bucket."""
+  monkeypatch.chdir(tmp_path)
+  data_dir = f"ram://{tmp_path.name}/data"
+  with schema.ShardedWriter(data_dir, "toy", "train", num_shards=2) as w:
+    w.write_all({"image/id": f"coco:{i}"} for i in range(3))
+  recs = schema.read_records(data_dir, "toy", "train")
+  assert sorted(r["image/id"] for r in recs) == [b"coco:0", b"coco:1", b"coco:2"]
+  assert list(tmp_path.iterdir()) == []

@@ -160,7 +160,8 @@ class ShardedWriter:
     self._tf = tf
     self.paths = [shard_path(data_dir, dataset, split, i, num_shards)
                   for i in range(num_shards)]
-    os.makedirs(split_dir(data_dir, dataset, split), exist_ok=True)
+    # gfile, like the writers: a `gs://` data_dir must not become a local `./gs:/` folder.
+    tf.io.gfile.makedirs(split_dir(data_dir, dataset, split))
     self._writers = [tf.io.TFRecordWriter(p + ".tmp") for p in self.paths]
     self.count = 0
 
