@@ -69,6 +69,23 @@ def test_out_of_hbm_is_summarised_from_xla_s_message():
       "RESOURCE_EXHAUSTED: other")
 
 
+@pytest.mark.parametrize("temporaries_gib,verdict,tight", [
+    (10.0, "fits", False), (29.6, "fits", True), (33.0, "does NOT fit", False)])
+def test_report_says_whether_the_step_fits_and_when_it_is_tight(temporaries_gib, verdict,
+                                                                 tight):
+  gib = 2 ** 30
+  step = aot.CompiledStep(
+      arguments=gib, outputs=gib, aliased=gib, temporaries=int(temporaries_gib * gib),
+      generated_code=0, flops=1e12, collectives=aot.collectives(""), compile_seconds=1.0,
+      num_devices=16, mesh_shape=(16, 1), num_params=1)
+  text = aot.report(step, aot.tpu_slice("v4-32"), estimate_total=8 * gib)
+  assert f"\n{verdict} in 32 GiB per chip" in text
+  assert ("tight:" in text) == tight
+  assert aot.fits(step, aot.tpu_slice("v4-32")) == (verdict == "fits")
+  if tight:
+    assert "  tight: 1.40 GiB (4%) to spare" in text
+
+
 def _check_config(*args, timeout=1200):
   env = {k: v for k, v in os.environ.items() if k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
   env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")

@@ -345,6 +345,11 @@ def compile_train_step(train_cfg: TrainConfig, data_cfg: DataConfig,
       lowered=lowered, compiled=compiled)
 
 
+# Below this fraction of a chip's HBM to spare, the report says the fit is tight: XLA's
+# figure leaves out the TPU runtime's own reservations, and compilers move by a few GiB.
+TIGHT_FRACTION = 0.1
+
+
 def report(step: CompiledStep, tpu: TpuSlice, estimate_total: int | None = None) -> str:
   """The per-chip table `tools/check_config.py --tpu` prints."""
   hbm = tpu.hbm_gib * _GIB
@@ -372,6 +377,11 @@ def report(step: CompiledStep, tpu: TpuSlice, estimate_total: int | None = None)
   lines.append(f"  compile time  {step.compile_seconds:.1f} s")
   fits = step.total <= hbm
   lines.append(f"{'fits' if fits else 'does NOT fit'} in {tpu.hbm_gib:g} GiB per chip")
+  spare = hbm - step.total
+  if fits and spare < TIGHT_FRACTION * hbm:
+    lines.append(f"  tight: {spare / _GIB:.2f} GiB ({100 * spare / hbm:.0f}%) to spare; the "
+                 "runtime's own buffers or another XLA version may not fit: a larger slice "
+                 "(fewer examples per chip) leaves room")
   return "\n".join(lines)
 
 
