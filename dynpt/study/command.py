@@ -140,7 +140,7 @@ def run(request: Request, register_tasks: Callable[[], None]) -> int:
   except ValueError as e:
     raise StudyError(str(e)) from e
   try:
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
   except OSError as e:
     raise StudyError(f"--out_dir={request.out_dir}: {e}") from e
   mine = plan.shard(cells, index, count)

@@ -135,7 +135,7 @@ def run(cfg: TransferConfig) -> list[dict[str, Any]]:
   out_dir = os.path.abspath(cfg.out_dir)
   version = provenance.of_gin_files(
       [cfg.pretrain_gin] + [cfg.finetune_gin.format(task=t) for t in cfg.tasks])
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   build.build_toy_world(data_dir, seed=0, scale=cfg.scale, progress=False,
                         palette=cfg.palette)
   path = os.path.join(out_dir, store.RESULTS)
