@@ -124,14 +124,8 @@ def run(request: Request, register_tasks: Callable[[], None]) -> int:
     raise StudyError("--out_dir is required")
   if request.jobs < 1:
     raise StudyError(f"--jobs={request.jobs}: must be at least 1")
-  if fs.is_remote(request.out_dir):
-    # The cells run as local worker processes that share the folder through local
-    # file locks and an append-only results file: an object store offers neither.
-    raise StudyError(f"--out_dir={request.out_dir}: a study runs in a local folder "
-                     "(its cells share it through file locks); copy the finished "
-                     "folder to the bucket")
-  out_dir = os.path.abspath(request.out_dir)
   try:
+    out_dir = store.local_folder("--out_dir", request.out_dir)
     index, count = plan.parse_shard(request.shard)
     cfg = load_config(request.gin_files, request.bindings, request.quick)
     register_tasks()

@@ -29,12 +29,31 @@ from typing import Any, Iterable
 
 from absl import logging
 
+from dynpt import fs
+
 DONE = "done.json"
 FAILED = "failed.json"
 RESULTS = "results.jsonl"
 # Keys every results.jsonl row has (docs/study.md explains each).
 ROW_KEYS = ("cell", "sampler", "mixture", "seed", "init", "task", "metric", "value",
             "pretrain_loss", "pretrain_steps", "finetune_steps")
+
+
+def local_folder(flag: str, path: str) -> str:
+  """`path` made absolute; a bucket URL is refused (before anything is written).
+
+  A study's workers (and the transfer check) share their folder through local file
+  locks, atomic renames and an appended results file, which an object store does not
+  offer: run in a local folder and copy the finished one to the bucket.
+
+  Raises:
+    ValueError: naming `flag`, for a `gs://` URL.
+  """
+  if fs.is_remote(path):
+    raise ValueError(f"{flag}={path}: a study runs in a local folder, as does the transfer "
+                     "check (their workers share local folders through file locks); copy "
+                     "the finished folder to the bucket")
+  return os.path.abspath(path)
 
 
 def cell_dir(out_dir: str, cell_name: str) -> str:

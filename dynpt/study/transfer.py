@@ -126,13 +126,8 @@ def run(cfg: TransferConfig) -> list[dict[str, Any]]:
   """
   from dynpt.toyworld import build
 
-  for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
-    if fs.is_remote(path):
-      # The toy world is built and the results file appended to in place, on local disk.
-      raise ValueError(f"{flag}={path}: the transfer check runs in local folders; "
-                       "copy the finished folder to the bucket")
-  data_dir = os.path.abspath(cfg.data_dir)
-  out_dir = os.path.abspath(cfg.out_dir)
+  data_dir = store.local_folder("--data_dir", cfg.data_dir)
+  out_dir = store.local_folder("--out_dir", cfg.out_dir)
   version = provenance.of_gin_files(
       [cfg.pretrain_gin] + [cfg.finetune_gin.format(task=t) for t in cfg.tasks])
   fs.makedirs(out_dir)
