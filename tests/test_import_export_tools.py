@@ -193,6 +193,22 @@ def test_import_refuses_an_existing_export_without_overwrite(imported, t5x_check
   assert _leftovers(tmp_path) == []
 
 
+
+def _second_save_fails(monkeypatch, error: OSError) -> list[str]:
+  """Makes `checkpoints.save_params` raise `error` on its second call (a disk that
+  fails half way through writing an export); returns the folders it was given."""
+  save_params = checkpoints.save_params
+  calls = []
+
+  def fails_on_the_second_save(directory, params):
+    calls.append(directory)
+    if len(calls) == 2:
+      raise error
+    save_params(directory, params)
+
+  monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
+  return calls
+
 def test_import_failing_half_way_leaves_the_old_export_intact(imported, t5x_checkpoint,
                                                               tmp_path, monkeypatch):
   from dynpt.interop import importer
@@ -201,16 +217,7 @@ def test_import_failing_half_way_leaves_the_old_export_intact(imported, t5x_chec
   out_dir = str(tmp_path / "export")
   shutil.copytree(imported, out_dir)
   before = _tree_bytes(out_dir)
-  save_params = checkpoints.save_params
-  calls = []
-
-  def fails_on_the_second_save(directory, params):
-    calls.append(directory)
-    if len(calls) == 2:
-      raise OSError(28, "No space left on device")
-    save_params(directory, params)
-
-  monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
+  calls = _second_save_fails(monkeypatch, OSError(28, "No space left on device"))
   with pytest.raises(OSError, match="No space left"):
     importer.import_checkpoint("t5x", folder, out_dir, image_size=32, seed=5,
                                vocabulary=vocab_lib.default_vocab_path(), overwrite=True)
@@ -300,16 +307,7 @@ def test_a_run_export_failing_half_way_leaves_the_old_export(tmp_path, monkeypat
            "encoder": {"w": jnp.zeros((2,))}, "decoder": {"w": jnp.zeros((2,))}}
   ckpt.save(4, {"params": tower, "step": jnp.asarray(4)}, {}, {})  # A newer step.
   ckpt.close()
-  save_params = checkpoints.save_params
-  calls = []
-
-  def fails_on_the_second_save(directory, params):
-    calls.append(directory)
-    if len(calls) == 2:
-      raise OSError(5, "Input/output error")
-    save_params(directory, params)
-
-  monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
+  _second_save_fails(monkeypatch, OSError(5, "Input/output error"))
   with pytest.raises(OSError, match="Input/output error"):
     export.export(run_dir)
   assert _tree_bytes(out_dir) == before  # Step 3's export, whole.
