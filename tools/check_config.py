@@ -22,7 +22,9 @@ prints per chip XLA's arguments, temporaries and total next to the chip's HBM
 and the analytic estimate, the FLOPs of one step, the collectives of the
 compiled step and the compile time. --devices defaults to the slice's chips and
 --device_memory_gib to its HBM; the exit status is 1 when the compiled step does
-not fit. A T5-base step compiles in about 5-8 minutes on a 2-core host:
+not fit. The compile runs in a child process, started again (pinned to one CPU
+core, up to --tpu_attempts times) when the TPU compiler crashes in it
+(`dynpt.train.crash_retry`). A T5-base step compiles in about 5-8 minutes on a 2-core host:
 
   python tools/check_config.py --gin_file=pretrain/paper_base.gin \
       --gin_file=partitioning/base_fsdp.gin --tpu=v4-32
@@ -39,6 +41,7 @@ from absl import app, flags
 # Defines --gin_file, --gin_bindings and --gin_search_paths, parsed as there.
 from dynpt import console
 from dynpt import main as dynpt_main
+from dynpt.train import crash_retry
 
 FLAGS = flags.FLAGS
 _DEVICES = flags.DEFINE_integer("devices", None, "Devices (chips) of the run.",
@@ -55,6 +58,10 @@ _DEVICE_MEMORY = flags.DEFINE_float(
 _TPU = flags.DEFINE_string(
     "tpu", None, "A Cloud TPU accelerator type (v4-32, v5litepod-256, v5p-128, "
     "v6e-64, ...): compile the train step for it with the TPU compiler.")
+_TPU_ATTEMPTS = flags.DEFINE_integer(
+    "tpu_attempts", 3, "With --tpu: how many times to start the compile when the TPU "
+    "compiler crashes (libtpu's compiler crashes at random on some steps, e.g. for "
+    "v6e); each retry runs in a fresh process pinned to one CPU core.", lower_bound=1)
 _SAVE_HLO = flags.DEFINE_string(
     "save_hlo", None, "With --tpu: a local folder to write the step's HLO to: "
     "lowered.hlo.txt (before partitioning, with the activations' Sharding custom "
@@ -173,7 +180,36 @@ def main(argv) -> int:
   return 0
 
 
+def _arg_value(argv: list[str], name: str) -> str | None:
+  """The value of --name=V or --name V in `argv` (None when absent)."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _compile_in_children(argv: list[str]) -> int:
+  """This tool again, in child processes that crash_retry restarts when the TPU
+  compiler kills one (a segfault cannot be caught in the process it hits)."""
+  from importlib import metadata
+
+  try:
+    attempts = max(1, int(_arg_value(argv, "tpu_attempts") or 3))
+  except ValueError:
+    attempts = 1  # The child's flag parsing says what is wrong with it.
+  try:
+    libtpu = f"libtpu {metadata.version('libtpu')}"
+  except metadata.PackageNotFoundError:
+    libtpu = "libtpu"
+  what = f"the TPU compiler ({libtpu}), compiling the step for {_arg_value(argv, 'tpu')},"
+  return crash_retry.run_retrying([sys.executable, *argv], attempts, what)
+
+
 def run() -> None:
+  if _arg_value(sys.argv, "tpu") is not None and not crash_retry.in_child():
+    sys.exit(_compile_in_children(sys.argv))
   console.setup()  # Before JAX and libtpu load: their start-up chatter goes.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Shapes only; no accelerator.
   console.run_app(lambda argv: sys.exit(main(argv)),
