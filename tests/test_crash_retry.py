@@ -14,8 +14,10 @@ from dynpt.train import crash_retry
 # before CRASHES + 1, else prints its CPUs and exits 3.
 _CHILD = textwrap.dedent("""
     import faulthandler, os, signal, sys
+    from dynpt.train import crash_retry
     faulthandler.enable()
-    attempt = int(os.environ["%s"])
+    assert crash_retry.begin_attempt()
+    attempt = int(os.environ[crash_retry.ATTEMPT_ENV])
     print("header line")
     print("second header line")
     print("progress of attempt", attempt, file=sys.stderr)
@@ -23,7 +25,7 @@ _CHILD = textwrap.dedent("""
       os.kill(os.getpid(), signal.SIGSEGV)
     print("cpus", len(os.sched_getaffinity(0)))
     sys.exit(3)
-""" % crash_retry.ATTEMPT_ENV)
+""")
 
 
 def _run(crashes: int, attempts: int, capsys):
@@ -43,6 +45,12 @@ def test_a_crash_is_retried_in_a_fresh_process_on_one_cpu(capsys):
       "a fresh process, pinned to one CPU core" for n in (2, 3)], err
   assert "Fatal Python error" not in err and "error:" not in err.replace("warning:", "")
   assert [f"progress of attempt {n}" in err for n in (1, 2, 3)] == [True] * 3
+
+
+def test_begin_attempt_is_false_outside_a_child(monkeypatch):
+  monkeypatch.delenv(crash_retry.ATTEMPT_ENV, raising=False)
+  cpus = os.sched_getaffinity(0)
+  assert not crash_retry.begin_attempt() and os.sched_getaffinity(0) == cpus
 
 
 def test_no_crash_runs_once_with_every_cpu(capsys):

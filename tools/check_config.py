@@ -196,7 +196,7 @@ def _compile_in_children(argv: list[str]) -> int:
   from importlib import metadata
 
   try:
-    attempts = max(1, int(_arg_value(argv, "tpu_attempts") or 3))
+    attempts = max(1, int(_arg_value(argv, "tpu_attempts") or _TPU_ATTEMPTS.default))
   except ValueError:
     attempts = 1  # The child's flag parsing says what is wrong with it.
   try:
@@ -208,7 +208,7 @@ def _compile_in_children(argv: list[str]) -> int:
 
 
 def run() -> None:
-  if _arg_value(sys.argv, "tpu") is not None and not crash_retry.in_child():
+  if _arg_value(sys.argv, "tpu") is not None and not crash_retry.begin_attempt():
     sys.exit(_compile_in_children(sys.argv))
   console.setup()  # Before JAX and libtpu load: their start-up chatter goes.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Shapes only; no accelerator.

@@ -5,7 +5,8 @@ ResNet step for a v6e slice (libtpu 0.0.42) segfaults in some runs and not in
 others, and less often with one CPU core than with two (docs/scaling.md). A
 segfault takes the whole process with it, so `tools/check_config.py --tpu`
 compiles in a child process (this tool run again, with `ATTEMPT_ENV` set) and
-starts a new one when the last died of a signal, pinned to one CPU core. The
+starts a new one when the last died of a signal, which pins itself to one CPU
+core (`begin_attempt`). The
 user sees the child's output once (a rerun's repeated lines are not printed
 again), a `warning:` line per crash, and, when every attempt crashed, one
 `error:` line naming the log that holds the crash's dump.
@@ -25,14 +26,16 @@ ATTEMPT_ENV = "DYNPT_CRASH_RETRY_ATTEMPT"  # Set in the child: which attempt it 
 _CRASH_START = "Fatal Python error:"  # faulthandler's first line: the dump follows.
 
 
-def in_child() -> bool:
-  """Whether this process is an attempt that `run_retrying` started."""
-  return ATTEMPT_ENV in os.environ
-
-
-def _pin_to_one_cpu() -> None:
-  if hasattr(os, "sched_setaffinity"):
+def begin_attempt() -> bool:
+  """Whether this process is an attempt that `run_retrying` started; a retry (not
+  the first attempt) pins itself to one CPU core here, before any native threads
+  start (the parent does not, since a `preexec_fn` forks a multithreaded process)."""
+  attempt = os.environ.get(ATTEMPT_ENV)
+  if attempt is None:
+    return False
+  if attempt != "1" and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  return True
 
 
 def _forward_stdout(stream: TextIO, printed: list[str], out: TextIO) -> None:
@@ -70,7 +73,7 @@ def run_retrying(command: Sequence[str], attempts: int, what: str) -> int:
   """Runs `command` until it ends other than by a signal, at most `attempts` times.
 
   Args:
-    command: the child's argv (it should check `in_child()` to do the work itself).
+    command: the child's argv; it calls `begin_attempt()` first (True: do the work).
     attempts: how many processes to start at most (1: no retry).
     what: who may crash, for the messages ("the TPU compiler (libtpu 0.0.42.1),
       compiling the step for v6e-64,").
@@ -88,8 +91,7 @@ def run_retrying(command: Sequence[str], attempts: int, what: str) -> int:
                                      delete=False) as log:
       proc = subprocess.Popen(list(command), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env,
-                              errors="backslashreplace",
-                              preexec_fn=_pin_to_one_cpu if attempt > 1 else None)
+                              errors="backslashreplace")
       threads = [threading.Thread(target=_forward_stdout,
                                   args=(proc.stdout, printed, sys.stdout)),
                  threading.Thread(target=_forward_stderr,
