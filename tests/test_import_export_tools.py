@@ -193,7 +193,6 @@ def test_import_refuses_an_existing_export_without_overwrite(imported, t5x_check
   assert _leftovers(tmp_path) == []
 
 
-
 def _second_save_fails(monkeypatch, error: OSError) -> list[str]:
   """Makes `checkpoints.save_params` raise `error` on its second call (a disk that
   fails half way through writing an export); returns the folders it was given."""
@@ -208,6 +207,7 @@ def _second_save_fails(monkeypatch, error: OSError) -> list[str]:
 
   monkeypatch.setattr(checkpoints, "save_params", fails_on_the_second_save)
   return calls
+
 
 def test_import_failing_half_way_leaves_the_old_export_intact(imported, t5x_checkpoint,
                                                               tmp_path, monkeypatch):

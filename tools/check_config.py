@@ -180,40 +180,39 @@ def main(argv) -> int:
   return 0
 
 
-def _arg_value(argv: list[str], name: str) -> str | None:
-  """The value of --name=V or --name V in `argv` (None when absent)."""
-  for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{name}" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+def _tpu_request(argv: list[str]) -> tuple[str, int] | None:
+  """(--tpu, --tpu_attempts) of `argv`; None without --tpu or when `argv` does not
+  parse (the in-process run then says what is wrong, or prints --help)."""
+  try:
+    FLAGS(argv)
+    return (_TPU.value, _TPU_ATTEMPTS.value) if _TPU.value is not None else None
+  except flags.Error:
+    return None
+  finally:
+    FLAGS.unparse_flags()  # The run (parent or child) parses its flags itself.
 
 
-def _compile_in_children(argv: list[str]) -> int:
+def _compile_in_children(argv: list[str], tpu: str, attempts: int) -> int:
   """This tool again, in child processes that crash_retry restarts when the TPU
   compiler kills one (a segfault cannot be caught in the process it hits)."""
   from importlib import metadata
 
   try:
-    attempts = max(1, int(_arg_value(argv, "tpu_attempts") or _TPU_ATTEMPTS.default))
-  except ValueError:
-    attempts = 1  # The child's flag parsing says what is wrong with it.
-  try:
     libtpu = f"libtpu {metadata.version('libtpu')}"
   except metadata.PackageNotFoundError:
     libtpu = "libtpu"
-  what = f"the TPU compiler ({libtpu}), compiling the step for {_arg_value(argv, 'tpu')},"
+  what = f"the TPU compiler ({libtpu}), compiling the step for {tpu},"
   return crash_retry.run_retrying([sys.executable, *argv], attempts, what)
 
 
 def run() -> None:
-  if _arg_value(sys.argv, "tpu") is not None and not crash_retry.begin_attempt():
-    sys.exit(_compile_in_children(sys.argv))
+  argv = dynpt_main.rewrite_gin_args(sys.argv)
+  request = None if crash_retry.begin_attempt() else _tpu_request(argv)
+  if request:
+    sys.exit(_compile_in_children(sys.argv, *request))
   console.setup()  # Before JAX and libtpu load: their start-up chatter goes.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Shapes only; no accelerator.
-  console.run_app(lambda argv: sys.exit(main(argv)),
-          argv=dynpt_main.rewrite_gin_args(sys.argv))
+  console.run_app(lambda args: sys.exit(main(args)), argv=argv)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ others, and less often with one CPU core than with two (docs/scaling.md). A
 segfault takes the whole process with it, so `tools/check_config.py --tpu`
 compiles in a child process (this tool run again, with `ATTEMPT_ENV` set) and
 starts a new one when the last died of a signal, which pins itself to one CPU
-core (`begin_attempt`). The
-user sees the child's output once (a rerun's repeated lines are not printed
-again), a `warning:` line per crash, and, when every attempt crashed, one
-`error:` line naming the log that holds the crash's dump.
+core (`begin_attempt`). The user sees the child's output once (a rerun's
+repeated lines are not printed again), a `warning:` line per crash, and, when
+every attempt crashed, one `error:` line naming the log that holds the last
+crash's dump.
 """
 
 from __future__ import annotations
@@ -83,8 +83,6 @@ def run_retrying(command: Sequence[str], attempts: int, what: str) -> int:
     (after one `error:` line) when every attempt was.
   """
   printed: list[str] = []
-  log_path = None
-  returncode = 0
   for attempt in range(1, attempts + 1):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ATTEMPT_ENV: str(attempt)})
     with tempfile.NamedTemporaryFile("w", prefix="dynpt_crash_", suffix=".log",
@@ -106,16 +104,15 @@ def run_retrying(command: Sequence[str], attempts: int, what: str) -> int:
           proc.wait()
         for t in threads:
           t.join()
-    if log_path:
-      os.remove(log_path)  # Only the last crash's dump is kept.
-    log_path = log.name
+    if returncode >= 0 or attempt < attempts:
+      os.remove(log.name)  # Only the last crash's dump is kept.
     if returncode >= 0:
-      os.remove(log_path)
       return returncode
     if attempt < attempts:
-      print(f"warning: {what} crashed ({_signal_name(returncode)}); starting attempt {attempt + 1} of {attempts} in a fresh "
-            "process, pinned to one CPU core", file=sys.stderr, flush=True)
+      print(f"warning: {what} crashed ({_signal_name(returncode)}); starting attempt "
+            f"{attempt + 1} of {attempts} in a fresh process, pinned to one CPU core",
+            file=sys.stderr, flush=True)
   print(f"error: {what} crashed ({_signal_name(returncode)}) in each of {attempts} "
-        f"attempt(s); the last crash's output is in {log_path}", file=sys.stderr,
+        f"attempt(s); the last crash's output is in {log.name}", file=sys.stderr,
         flush=True)
   return 1
